@@ -1,0 +1,1 @@
+//! Group chats and their membership: POST /chat/group and the members routes.

@@ -1,0 +1,1 @@
+//! Reading chats: GET /chat/history/{chat_id} and GET /chat/list.

@@ -1,0 +1,1 @@
+//! Sending messages with per-chat seq and idempotent dedup: POST /chat/message.

@@ -1,0 +1,1 @@
+//! Read markers: PATCH /chat/message/{id}/read.

@@ -1,0 +1,178 @@
+//! Authentication primitives: argon2id password hashes and HS-family JWT access tokens.
+//!
+//! Hashing is CPU- and memory-heavy by design (~16 ms and 19 MiB per hash), so it runs on the
+//! blocking pool and at most a few at a time: a burst of logins must not starve the async
+//! executor or the machine's memory.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::{
+    config::JwtConfig,
+    error::{Error, Result},
+};
+
+/// argon2id at the OWASP minimum: m = 19 MiB, t = 2, p = 1.
+fn argon2() -> Argon2<'static> {
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19 * 1024, 2, 1, None).unwrap_or(Params::DEFAULT),
+    )
+}
+
+/// Hashes and verifies passwords off the async executor, a bounded number at a time.
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    permits: Arc<Semaphore>,
+}
+
+impl Passwords {
+    /// `max_parallel` bounds memory (19 MiB each) and keeps cores free for other requests.
+    pub fn new(max_parallel: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+        }
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String> {
+        self.blocking(move || {
+            argon2()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| Error::Internal(format!("argon2 hash: {e}")))
+        })
+        .await
+    }
+
+    /// Checks `password` against `stored`. With no stored hash (unknown email) it still does the
+    /// full work against a dummy hash, so the answer's timing does not reveal which emails exist.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool> {
+        self.blocking(move || {
+            let known = stored.is_some();
+            let hash = stored.unwrap_or_else(|| dummy_hash().to_owned());
+            let ok = argon2()
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok();
+            Ok(known && ok)
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("password hasher closed".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::Internal(format!("password task: {e}")))?
+    }
+}
+
+/// A real argon2id hash of a random password, made once, for [`Passwords::verify`].
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        argon2()
+            .hash_password(b"windi-dummy-password-never-matches")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// The claims of an access token. `sub` is the user id as a string (RFC 7519 says StringOrURI).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    pub iat: u64,
+}
+
+/// Signs and checks access tokens with one pinned algorithm.
+#[derive(Clone)]
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    header: Header,
+    ttl_secs: u64,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("algorithm", &self.header.alg)
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An issued token and its lifetime in seconds.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: u64,
+}
+
+impl Tokens {
+    pub fn new(config: &JwtConfig) -> Self {
+        // Only the configured algorithm verifies: a token saying `alg: none` or another
+        // algorithm is refused before its signature is even looked at.
+        let mut validation = Validation::new(config.algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_exp = true;
+        // Clock skew between Lambda instances is small; a short leeway keeps expiry meaningful.
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(&config.secret),
+            decoding: DecodingKey::from_secret(&config.secret),
+            validation,
+            header: Header::new(config.algorithm),
+            ttl_secs: config.ttl.as_secs(),
+        }
+    }
+
+    pub fn issue(&self, user_id: i64) -> Result<IssuedToken> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now + self.ttl_secs,
+        };
+        let token = encode(&self.header, &claims, &self.encoding)
+            .map_err(|e| Error::Internal(format!("jwt encode: {e}")))?;
+        Ok(IssuedToken {
+            token,
+            expires_in: self.ttl_secs,
+        })
+    }
+
+    /// The user id of a valid token; 401 for anything else (bad signature, expired, malformed).
+    pub fn verify(&self, token: &str) -> Result<i64> {
+        let data = decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| Error::Unauthorized("invalid or expired token"))?;
+        data.claims
+            .sub
+            .parse()
+            .map_err(|_| Error::Unauthorized("invalid or expired token"))
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

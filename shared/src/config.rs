@@ -1,0 +1,232 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every variable is named in the error when it is missing or malformed, so a bad deployment
+//! stops at once with a message an operator can act on, instead of failing on the first request.
+
+use std::{env, fmt, time::Duration};
+
+use jsonwebtoken::Algorithm;
+
+/// The shortest HS256 secret we accept: 32 bytes is the key size the algorithm's security
+/// assumes (RFC 7518 §3.2); anything shorter is guessable offline from one token.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Why the configuration could not be loaded. Displays as one line naming the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set{1}")]
+    Missing(&'static str, &'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// The settings of the API side (the functions and the local `windi` binary).
+#[derive(Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub jwt: JwtConfig,
+    /// `None` means no external broker: the local binary carries events in-process.
+    pub nats_url: Option<String>,
+    /// Prefix of every NATS subject (`<prefix>.chat.<id>`). Lets several deployments, or
+    /// parallel test runs, share one NATS without hearing each other.
+    pub nats_prefix: String,
+    pub port: u16,
+    /// Pool size per process. Small on Lambda (one request at a time per instance), larger for
+    /// the long-running local server.
+    pub db_max_connections: u32,
+}
+
+/// JWT settings; the secret is never printed (see the `Debug` impl).
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub secret: Vec<u8>,
+    pub algorithm: Algorithm,
+    pub ttl: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("jwt", &self.jwt)
+            .field("nats_url", &self.nats_url)
+            .field("nats_prefix", &self.nats_prefix)
+            .field("port", &self.port)
+            .field("db_max_connections", &self.db_max_connections)
+            .finish()
+    }
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &"<redacted>")
+            .field("algorithm", &self.algorithm)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// Hides the password of a `postgres://user:password@host/db` URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Config {
+    /// Reads the environment (after a `.env` file, where one exists; real environment
+    /// variables win over it).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        load_dotenv();
+        Ok(Self {
+            database_url: required("DATABASE_URL", "")?,
+            jwt: JwtConfig::from_env()?,
+            nats_url: optional("NATS_URL"),
+            nats_prefix: nats_prefix_from_env()?,
+            port: parsed_or("PORT", 8000)?,
+            db_max_connections: parsed_or("DB_MAX_CONNECTIONS", 10)?,
+        })
+    }
+}
+
+impl JwtConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        load_dotenv();
+        let secret = required(
+            "JWT_SECRET_KEY",
+            "; generate one with: openssl rand -hex 32",
+        )?;
+        let algorithm = match optional("JWT_ALGORITHM").as_deref() {
+            None | Some("HS256") => Algorithm::HS256,
+            Some("HS384") => Algorithm::HS384,
+            Some("HS512") => Algorithm::HS512,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "JWT_ALGORITHM",
+                    reason: format!(
+                        "{other:?} is not supported; use HS256, HS384 or HS512 (shared-secret algorithms)"
+                    ),
+                });
+            }
+        };
+        let minutes: u64 = parsed_or("ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
+        if minutes == 0 {
+            return Err(ConfigError::Invalid {
+                var: "ACCESS_TOKEN_EXPIRE_MINUTES",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Self::new(
+            secret.into_bytes(),
+            algorithm,
+            Duration::from_secs(minutes * 60),
+        )
+    }
+
+    /// Builds the settings, refusing a secret too short to be safe.
+    pub fn new(secret: Vec<u8>, algorithm: Algorithm, ttl: Duration) -> Result<Self, ConfigError> {
+        if secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::Invalid {
+                var: "JWT_SECRET_KEY",
+                reason: format!(
+                    "it is {} bytes long and must be at least {MIN_JWT_SECRET_BYTES}; \
+                     generate one with: openssl rand -hex 32",
+                    secret.len()
+                ),
+            });
+        }
+        Ok(Self {
+            secret,
+            algorithm,
+            ttl,
+        })
+    }
+}
+
+/// `NATS_SUBJECT_PREFIX`, default `windi`; one NATS subject token (no dots or wildcards).
+pub fn nats_prefix_from_env() -> Result<String, ConfigError> {
+    let prefix = optional("NATS_SUBJECT_PREFIX").unwrap_or_else(|| "windi".to_owned());
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ConfigError::Invalid {
+            var: "NATS_SUBJECT_PREFIX",
+            reason: "use letters, digits, '-' and '_' only".into(),
+        });
+    }
+    Ok(prefix)
+}
+
+/// Reads `.env` once if present. Never overrides a variable already set.
+pub fn load_dotenv() {
+    // A missing file is the normal case in production; a malformed one is worth a warning.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("warning: could not read .env: {e}");
+    }
+}
+
+pub fn optional(var: &'static str) -> Option<String> {
+    env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub fn required(var: &'static str, hint: &'static str) -> Result<String, ConfigError> {
+    optional(var).ok_or(ConfigError::Missing(var, hint))
+}
+
+pub fn parsed_or<T>(var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    match optional(var) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e| ConfigError::Invalid {
+            var,
+            reason: format!("{raw:?}: {e}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_secret_is_refused_with_a_hint() {
+        let err = JwtConfig::new(b"short".to_vec(), Algorithm::HS256, Duration::from_secs(60))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("JWT_SECRET_KEY"), "{err}");
+        assert!(err.contains("openssl rand"), "{err}");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/windi"),
+            "postgres://app:***@db:5432/windi"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@localhost/windi"),
+            "postgres://postgres@localhost/windi"
+        );
+    }
+}

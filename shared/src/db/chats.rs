@@ -1,0 +1,200 @@
+//! `chats`: private pairs and groups, and each chat's seq counter.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use crate::model::{ChatSummary, MessageOut};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Chat {
+    pub id: i64,
+    pub kind: String,
+    pub name: Option<String>,
+    pub creator_id: i64,
+    pub last_seq: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Chat {
+    pub fn is_group(&self) -> bool {
+        self.kind == "group"
+    }
+}
+
+const COLUMNS: &str = "id, kind, name, creator_id, last_seq, created_at";
+
+/// The private chat of two users, created if it does not exist. Two racing calls for the same
+/// pair both end with the one row: the loser's INSERT waits on `chats_private_pair_key`, does
+/// nothing, and the SELECT then sees the winner's committed row.
+pub async fn private_between(
+    tx: &mut sqlx::PgConnection,
+    creator: i64,
+    other: i64,
+) -> sqlx::Result<(i64, bool)> {
+    let (low, high) = (creator.min(other), creator.max(other));
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO chats (kind, creator_id, private_low, private_high)
+         VALUES ('private', $1, $2, $3)
+         ON CONFLICT (private_low, private_high) DO NOTHING
+         RETURNING id",
+    )
+    .bind(creator)
+    .bind(low)
+    .bind(high)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = created {
+        return Ok((id, true));
+    }
+    let id =
+        sqlx::query_scalar("SELECT id FROM chats WHERE private_low = $1 AND private_high = $2")
+            .bind(low)
+            .bind(high)
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok((id, false))
+}
+
+pub async fn insert_group(db: impl PgExecutor<'_>, name: &str, creator: i64) -> sqlx::Result<Chat> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO chats (kind, name, creator_id) VALUES ('group', $1, $2) RETURNING {COLUMNS}"
+    )))
+    .bind(name)
+    .bind(creator)
+    .fetch_one(db)
+    .await
+}
+
+/// The chat, if `user_id` is a member of it. Non-members get `None` whether or not it exists,
+/// which is what keeps chat ids from being probed.
+pub async fn for_member(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_id: i64,
+) -> sqlx::Result<Option<Chat>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM chats c
+         WHERE c.id = $1 AND EXISTS (
+             SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = $2)"
+    )))
+    .bind(chat_id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Allocates the chat's next seq. The row lock this UPDATE takes is held to commit, so senders
+/// in one chat queue here and seqs are handed out in commit order; a rollback returns the number.
+pub async fn next_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+        .bind(chat_id)
+        .fetch_one(db)
+        .await
+}
+
+/// One row of the chat list query, flattened; `last_message` columns are null for an empty chat.
+#[derive(Debug, sqlx::FromRow)]
+struct ListRow {
+    pub id: i64,
+    pub kind: String,
+    pub name: Option<String>,
+    pub creator_id: i64,
+    pub role: String,
+    pub member_ids: Vec<i64>,
+    pub last_seq: i64,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub lm_id: Option<i64>,
+    pub lm_sender_id: Option<i64>,
+    pub lm_text: Option<String>,
+    pub lm_timestamp: Option<DateTime<Utc>>,
+    pub lm_read: Option<bool>,
+    pub lm_dedup_key: Option<String>,
+}
+
+/// The caller's chats (or just `only_chat`), most recently active first, each with its last
+/// message and unread count.
+pub async fn list_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    only_chat: Option<i64>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<ChatSummary>> {
+    let rows: Vec<ListRow> =
+    sqlx::query_as(
+        "SELECT c.id, c.kind,
+                CASE WHEN c.kind = 'private' THEN (
+                    SELECT u.name FROM chat_members o JOIN users u ON u.id = o.user_id
+                    WHERE o.chat_id = c.id AND o.user_id <> me.user_id LIMIT 1)
+                ELSE c.name END AS name,
+                c.creator_id, me.role,
+                ARRAY(SELECT a.user_id FROM chat_members a WHERE a.chat_id = c.id ORDER BY a.user_id)
+                    AS member_ids,
+                c.last_seq, me.last_read_seq,
+                (SELECT count(*) FROM messages u
+                  WHERE u.chat_id = c.id AND u.seq > me.last_read_seq AND u.sender_id <> me.user_id)
+                    AS unread_count,
+                c.created_at,
+                lm.id AS lm_id, lm.sender_id AS lm_sender_id, lm.text AS lm_text,
+                lm.created_at AS lm_timestamp, lm.dedup_key AS lm_dedup_key,
+                CASE WHEN lm.id IS NULL THEN NULL ELSE NOT EXISTS (
+                    SELECT 1 FROM chat_members r
+                    WHERE r.chat_id = c.id AND r.user_id <> lm.sender_id AND r.last_read_seq < lm.seq)
+                END AS lm_read
+         FROM chat_members me
+         JOIN chats c ON c.id = me.chat_id
+         LEFT JOIN messages lm ON lm.chat_id = c.id AND lm.seq = c.last_seq
+         WHERE me.user_id = $1 AND ($4::bigint IS NULL OR c.id = $4)
+         ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id DESC
+         LIMIT $2 OFFSET $3",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .bind(offset)
+    .bind(only_chat)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(ChatSummary::from).collect())
+}
+
+/// One chat as `user_id` sees it in their list (for `chat.added` events).
+pub async fn summary_for(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_id: i64,
+) -> sqlx::Result<Option<ChatSummary>> {
+    Ok(list_for_user(db, user_id, Some(chat_id), 1, 0).await?.pop())
+}
+
+impl From<ListRow> for ChatSummary {
+    fn from(r: ListRow) -> Self {
+        let last_message = match (r.lm_id, r.lm_sender_id, r.lm_text, r.lm_timestamp) {
+            (Some(id), Some(sender_id), Some(text), Some(timestamp)) => Some(MessageOut {
+                id,
+                chat_id: r.id,
+                seq: r.last_seq,
+                sender_id,
+                text,
+                timestamp,
+                read: r.lm_read.unwrap_or(false),
+                dedup_key: r.lm_dedup_key,
+            }),
+            _ => None,
+        };
+        Self {
+            id: r.id,
+            kind: r.kind,
+            name: r.name,
+            creator_id: r.creator_id,
+            role: r.role,
+            member_ids: r.member_ids,
+            last_seq: r.last_seq,
+            last_read_seq: r.last_read_seq,
+            unread_count: r.unread_count,
+            last_message,
+            created_at: r.created_at,
+        }
+    }
+}

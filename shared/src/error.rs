@@ -1,0 +1,218 @@
+//! The one error type of the HTTP layer.
+//!
+//! Every failure a handler can meet becomes an [`Error`]; its `IntoResponse` writes the JSON body
+//! `{"detail": "...", "code": "..."}` with the right status. Client errors name what is wrong.
+//! Server errors are opaque to the client (`"internal error"`) and carry their cause to the log.
+
+use axum::{
+    Json,
+    extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the request could not be read (malformed JSON, a bad path or query parameter).
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    /// 401: no token, a bad token, or bad credentials. Always with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403: the caller is a member but lacks the role for this change.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: the thing does not exist, or the caller may not know that it does.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409: the request conflicts with what is stored (taken email, reused dedup key).
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// 413, 415 and other rejections of the request as a whole.
+    #[error("{detail}")]
+    Rejected {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+    },
+    /// 422: well-formed, but a value breaks a rule; `detail` names the field.
+    #[error("{detail}")]
+    Validation { code: &'static str, detail: String },
+    /// 503: a dependency the request needs is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a database failure with no client-side cause. Logged, never shown.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    /// 500: anything else that should not happen. Logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, in words for a developer; names the offending field where there is one.
+    #[schema(example = "text: must not be empty")]
+    pub detail: String,
+    /// A stable machine-readable code.
+    #[schema(example = "validation_error")]
+    pub code: String,
+}
+
+impl Error {
+    /// A 422 naming the field: `Error::invalid("text", "must not be empty")`.
+    pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::Validation {
+            code: "validation_error",
+            detail: format!("{field}: {problem}"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Rejected { status, .. } => *status,
+            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Rejected { code, .. }
+            | Self::Validation { code, .. } => code,
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Database(_) | Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The error as the JSON body a client sees (opaque for 5xx).
+    pub fn body(&self) -> ErrorBody {
+        let detail = match self {
+            Self::Database(_) | Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            detail,
+            code: self.code().to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Constraint violations become client errors by constraint name; the rest are 500s.
+/// This is what lets handlers INSERT and let the database decide, instead of SELECT-then-INSERT.
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.constraint() {
+                Some("users_email_key") => {
+                    return Self::Conflict {
+                        code: "email_taken",
+                        detail: "email: already registered".into(),
+                    };
+                }
+                Some("chat_members_user_id_fkey") | Some("chats_creator_id_fkey") => {
+                    return Self::NotFound("user");
+                }
+                _ => {}
+            }
+        }
+        Self::Database(e)
+    }
+}
+
+/// 400 for syntax, 422 for the wrong shape, 413/415 for the request as a whole. The detail is
+/// serde's message, which names the field and position ("missing field `text` at line 1 ...").
+impl From<JsonRejection> for Error {
+    fn from(r: JsonRejection) -> Self {
+        let detail = r.body_text();
+        match r {
+            JsonRejection::JsonSyntaxError(_) => Self::BadRequest {
+                code: "malformed_json",
+                detail,
+            },
+            JsonRejection::JsonDataError(_) => Self::Validation {
+                code: "invalid_body",
+                detail,
+            },
+            other => rejected(other.status(), detail),
+        }
+    }
+}
+
+impl From<FormRejection> for Error {
+    fn from(r: FormRejection) -> Self {
+        let status = r.status();
+        let detail = r.body_text();
+        match status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Self::Validation {
+                code: "invalid_body",
+                detail,
+            },
+            other => rejected(other, detail),
+        }
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(r: PathRejection) -> Self {
+        Self::BadRequest {
+            code: "invalid_path",
+            detail: r.body_text(),
+        }
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(r: QueryRejection) -> Self {
+        Self::Validation {
+            code: "invalid_query",
+            detail: r.body_text(),
+        }
+    }
+}
+
+fn rejected(status: StatusCode, detail: String) -> Error {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => return Error::Internal(detail),
+        _ => "bad_request",
+    };
+    Error::Rejected {
+        status,
+        code,
+        detail,
+    }
+}

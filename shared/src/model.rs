@@ -1,0 +1,186 @@
+//! The shapes the API speaks: request bodies, answers, and the limits that bound them.
+//!
+//! Field names follow the seed project, so a client written for it keeps working.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Longest message text, in Unicode scalar values (the same bound as Telegram's).
+pub const MAX_TEXT_CHARS: usize = 4096;
+/// Longest user or group name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest email address (RFC 5321 path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Password length bounds: 8 is NIST SP 800-63B's minimum; the maximum keeps one hash cheap
+/// enough that long inputs cannot be used to burn CPU.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest idempotency key.
+pub const MAX_DEDUP_KEY_CHARS: usize = 128;
+/// Largest group, creator included.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Page sizes of history and the chat list.
+pub const DEFAULT_PAGE: i64 = 100;
+pub const MAX_PAGE: i64 = 200;
+/// Largest request body any route accepts. A 4096-character message is at most 16 KiB of UTF-8.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A stored message, as every route and event shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct MessageOut {
+    pub id: i64,
+    pub chat_id: i64,
+    /// Position in the chat: 1, 2, 3 … with no gaps. Order by this, never by `timestamp`.
+    pub seq: i64,
+    pub sender_id: i64,
+    pub text: String,
+    /// When the message was committed (UTC, RFC 3339).
+    pub timestamp: DateTime<Utc>,
+    /// True once every member other than the sender has read up to this message.
+    pub read: bool,
+    /// The sender's idempotency key, if the send carried one.
+    pub dedup_key: Option<String>,
+}
+
+/// `POST /chat/message`. Exactly one of `recipient_id` (a private chat, created on the first
+/// message) and `chat_id` (any chat the sender belongs to).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SendMessage {
+    pub recipient_id: Option<i64>,
+    pub chat_id: Option<i64>,
+    #[schema(example = "Привет, как дела?")]
+    pub text: String,
+    /// Idempotency key, scoped to the sender; the `Idempotency-Key` header works too.
+    pub dedup_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterUser {
+    #[schema(example = "Alice")]
+    pub name: String,
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    #[schema(example = "correct horse battery")]
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct UserOut {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+}
+
+/// The caller's own profile.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct Me {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /auth/login`, as an OAuth2 password form (`username` is the email) or as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginForm {
+    /// The email address. JSON bodies may call it `email`.
+    #[serde(alias = "email")]
+    #[schema(example = "alice@example.com")]
+    pub username: String,
+    #[schema(example = "correct horse battery")]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenOut {
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateGroup {
+    #[schema(example = "Project Team")]
+    pub name: String,
+    /// Members besides the creator, who is always included.
+    #[schema(example = json!([2, 3]))]
+    pub participant_ids: Vec<i64>,
+}
+
+/// A group as the group routes answer it (the seed's shape; `id` and `chat_id` are the same).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupOut {
+    pub id: i64,
+    pub name: String,
+    pub creator_id: i64,
+    pub chat_id: i64,
+    /// Every member, the creator included, ascending.
+    pub participant_ids: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddMembers {
+    #[schema(example = json!([4]))]
+    pub user_ids: Vec<i64>,
+}
+
+/// One chat of `GET /chat/list`, as the caller sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatSummary {
+    pub id: i64,
+    /// `private` or `group`.
+    pub kind: String,
+    /// The group's name, or for a private chat the other member's name.
+    pub name: Option<String>,
+    pub creator_id: i64,
+    /// The caller's role: `owner` or `member`.
+    pub role: String,
+    pub member_ids: Vec<i64>,
+    /// Seq of the newest message (0 for none).
+    pub last_seq: i64,
+    /// How far the caller has read.
+    pub last_read_seq: i64,
+    /// Messages after the caller's marker that others sent.
+    pub unread_count: i64,
+    pub last_message: Option<MessageOut>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Query of `GET /chat/history/{chat_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Page size, 1–200 (default 100).
+    pub limit: Option<i64>,
+    /// Messages to skip from the oldest (the seed's paging). Not combined with the seq cursors.
+    pub offset: Option<i64>,
+    /// Only messages with a smaller seq; without `after_seq`, the page ends just before it
+    /// (scrolling back).
+    pub before_seq: Option<i64>,
+    /// Only messages with a greater seq; the page starts just after it (catching up).
+    pub after_seq: Option<i64>,
+}
+
+/// Query of `GET /chat/list`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1–200 (default 100).
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    pub database: String,
+    pub broker: String,
+}

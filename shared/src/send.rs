@@ -1,0 +1,180 @@
+//! The send path: one function used by `POST /chat/message` and by the relay's `send` frame, so
+//! both get the same seq allocation, deduplication and events.
+//!
+//! Invariants kept here:
+//! - **Gap-free seq.** The seq comes from the chat's counter row, updated in the same
+//!   transaction as the INSERT; the row lock orders senders, and a rollback returns the number.
+//! - **Idempotency.** `(sender_id, dedup_key)` is unique in Postgres. A replay with the same chat
+//!   and text answers the original message (`created: false`); other content is a 409. Concurrent
+//!   duplicates: the INSERT's `ON CONFLICT DO NOTHING` waits for the winner, then this transaction
+//!   rolls back (returning its seq) and answers the winner's row.
+
+use sha2::{Digest, Sha256};
+
+use crate::{
+    db::{
+        chats, members,
+        messages::{self, NewMessage},
+        users,
+    },
+    error::{Error, Result},
+    events::Event,
+    model::MessageOut,
+    state::AppState,
+    validate,
+};
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The private chat with this user, created on the first message.
+    Recipient(i64),
+    /// Any chat the sender is a member of.
+    Chat(i64),
+}
+
+impl Target {
+    /// From the request's two optional fields, exactly one of which must be set.
+    pub fn from_fields(recipient_id: Option<i64>, chat_id: Option<i64>) -> Result<Self> {
+        match (recipient_id, chat_id) {
+            (Some(r), None) => Ok(Self::Recipient(r)),
+            (None, Some(c)) => Ok(Self::Chat(c)),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "recipient_id",
+                "give either recipient_id or chat_id, not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                "recipient_id",
+                "one of recipient_id or chat_id is required",
+            )),
+        }
+    }
+}
+
+/// The outcome of a send: the message, and whether this call stored it (false for a replay).
+#[derive(Debug)]
+pub struct Sent {
+    pub message: MessageOut,
+    pub created: bool,
+}
+
+pub async fn send_message(
+    state: &AppState,
+    sender: i64,
+    target: Target,
+    text: &str,
+    dedup_key: Option<&str>,
+) -> Result<Sent> {
+    validate::message_text(text)?;
+    if let Some(key) = dedup_key {
+        validate::dedup_key(key)?;
+    }
+
+    let mut tx = state.db.begin().await?;
+    let (chat_id, new_chat) = match target {
+        Target::Chat(id) => {
+            let chat = chats::for_member(&mut *tx, id, sender)
+                .await?
+                .ok_or(Error::NotFound("chat"))?;
+            (chat.id, false)
+        }
+        Target::Recipient(recipient) => {
+            if recipient == sender {
+                return Err(Error::invalid("recipient_id", "cannot be yourself"));
+            }
+            if !users::exists(&mut *tx, recipient).await? {
+                return Err(Error::NotFound("recipient"));
+            }
+            let (id, created) = chats::private_between(&mut tx, sender, recipient).await?;
+            if created {
+                members::add(&mut *tx, id, &[sender, recipient], "member").await?;
+            }
+            (id, created)
+        }
+    };
+    let hash = content_hash(chat_id, text);
+
+    if let Some(key) = dedup_key
+        && let Some(existing) = messages::by_dedup_key(&mut *tx, sender, key).await?
+    {
+        tx.rollback().await?;
+        return replay(existing, chat_id, &hash);
+    }
+
+    let seq = chats::next_seq(&mut *tx, chat_id).await?;
+    let new = NewMessage {
+        chat_id,
+        seq,
+        sender_id: sender,
+        text,
+        dedup_key,
+        content_hash: &hash,
+    };
+    let Some(message) = messages::insert(&mut *tx, &new).await? else {
+        // A concurrent send with this key committed first; ours must not take a seq.
+        tx.rollback().await?;
+        let key = dedup_key.unwrap_or_default();
+        let existing = messages::by_dedup_key(&state.db, sender, key)
+            .await?
+            .ok_or_else(|| Error::Internal("dedup conflict without a stored message".into()))?;
+        return replay(existing, chat_id, &hash);
+    };
+    // Sending is reading: the sender has seen everything up to their own message.
+    members::advance_read(&mut *tx, chat_id, sender, seq).await?;
+    tx.commit().await?;
+
+    let mut events = Vec::with_capacity(3);
+    if new_chat {
+        for user_id in [sender, target_user(target)] {
+            if let Some(chat) = chats::summary_for(&state.db, chat_id, user_id).await? {
+                events.push(Event::ChatAdded { user_id, chat });
+            }
+        }
+    }
+    events.push(Event::MessageCreated {
+        chat_id,
+        seq,
+        message: message.clone(),
+    });
+    state.events.publish(events).await;
+    Ok(Sent {
+        message,
+        created: true,
+    })
+}
+
+fn target_user(target: Target) -> i64 {
+    match target {
+        Target::Recipient(id) | Target::Chat(id) => id,
+    }
+}
+
+/// A stored message found under the same key: the original if the content matches, else 409.
+fn replay(
+    (message, stored_hash): (MessageOut, Vec<u8>),
+    chat_id: i64,
+    hash: &[u8],
+) -> Result<Sent> {
+    if message.chat_id == chat_id && stored_hash == hash {
+        Ok(Sent {
+            message,
+            created: false,
+        })
+    } else {
+        Err(Error::Conflict {
+            code: "dedup_conflict",
+            detail: format!(
+                "dedup_key: already used for message {} with a different chat or text",
+                message.id
+            ),
+        })
+    }
+}
+
+/// sha256(chat_id ‖ text): equal only for the same text in the same chat.
+fn content_hash(chat_id: i64, text: &str) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(chat_id.to_be_bytes());
+    hasher.update(text.as_bytes());
+    hasher.finalize().to_vec()
+}

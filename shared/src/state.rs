@@ -1,0 +1,73 @@
+//! The one cloneable state every handler shares, built once per process (per Lambda container).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::{
+    auth::{Passwords, Tokens},
+    config::{Config, JwtConfig},
+    db,
+    events::{self, LocalBus, Publisher},
+};
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub tokens: Arc<Tokens>,
+    pub passwords: Passwords,
+    pub events: Publisher,
+}
+
+/// What a process does for events when `NATS_URL` is unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// Lambda functions and the standalone relay: NATS is the only way events leave the process.
+    Required,
+    /// The local `windi` binary: its API and relay share a process, so an in-process bus works.
+    LocalFallback,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, jwt: &JwtConfig, events: Publisher) -> Self {
+        // Each hash holds 19 MiB for ~16 ms of CPU: two per core keeps the cores busy without
+        // letting a login burst take the machine's memory.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            db,
+            tokens: Arc::new(Tokens::new(jwt)),
+            passwords: Passwords::new(cores * 2),
+            events,
+        }
+    }
+
+    /// Connects the pool and the broker. The error names what could not be reached.
+    pub async fn connect(
+        config: &Config,
+        broker: Broker,
+        client_name: &str,
+    ) -> Result<Self, String> {
+        let pool = db::connect(&config.database_url, config.db_max_connections)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot connect to DATABASE_URL ({}): {e}",
+                    crate::config::redact_url(&config.database_url)
+                )
+            })?;
+        let events = match (&config.nats_url, broker) {
+            (Some(url), _) => {
+                Publisher::Nats(events::connect_nats(url, &config.nats_prefix, client_name).await?)
+            }
+            (None, Broker::LocalFallback) => Publisher::Local(LocalBus::new(&config.nats_prefix)),
+            (None, Broker::Required) => {
+                return Err(
+                    "NATS_URL is not set; this service needs NATS to publish events \
+                            (e.g. NATS_URL=nats://127.0.0.1:4222)"
+                        .into(),
+                );
+            }
+        };
+        Ok(Self::new(pool, &config.jwt, events))
+    }
+}

@@ -1,0 +1,159 @@
+//! Input rules, each returning a 422 that names the field. Postgres refuses NUL in `text`
+//! columns, so every string that reaches the database passes through here first.
+
+use crate::{
+    error::{Error, Result},
+    model::{
+        DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PAGE,
+        MAX_PASSWORD_BYTES, MAX_TEXT_CHARS, MIN_PASSWORD_CHARS,
+    },
+};
+
+/// Message text: kept exactly as sent (whitespace is content), but not blank, not over
+/// [`MAX_TEXT_CHARS`], and without NUL.
+pub fn message_text(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid("text", "must not be empty"));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(Error::invalid(
+            "text",
+            format!("is {chars} characters long; the limit is {MAX_TEXT_CHARS}"),
+        ));
+    }
+    no_nul("text", text)
+}
+
+/// A display name (user or group): trimmed, 1..=[`MAX_NAME_CHARS`], no control characters.
+pub fn name(field: &str, raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// An email address: trimmed, one `@` with text on both sides and a dot in the domain. The
+/// real check is the confirmation mail a production deployment would send; this catches typos.
+pub fn email(raw: &str) -> Result<String> {
+    let email = raw.trim();
+    let bad = || Error::invalid("email", "is not a valid email address");
+    if email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(Error::invalid(
+            "email",
+            format!("must be at most {MAX_EMAIL_CHARS} characters"),
+        ));
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    if local.is_empty()
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
+        return Err(bad());
+    }
+    Ok(email.to_owned())
+}
+
+pub fn password(password: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Error::invalid(
+            "password",
+            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::invalid(
+            "password",
+            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// An idempotency key: 1..=[`MAX_DEDUP_KEY_CHARS`] printable characters.
+pub fn dedup_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.chars().count() > MAX_DEDUP_KEY_CHARS {
+        return Err(Error::invalid(
+            "dedup_key",
+            format!("must be 1 to {MAX_DEDUP_KEY_CHARS} characters"),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "dedup_key",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `limit` (1..=[`MAX_PAGE`], default [`DEFAULT_PAGE`]) and `offset` (≥ 0, default 0).
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}, got {limit}"),
+        ));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(Error::invalid("offset", "must not be negative"));
+    }
+    Ok((limit, offset))
+}
+
+fn no_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_limits_are_counted_in_characters_not_bytes() {
+        assert!(message_text(&"я".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert!(message_text(&"я".repeat(MAX_TEXT_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn blank_and_nul_text_are_refused() {
+        assert!(message_text("  \n").is_err());
+        assert!(message_text("a\0b").is_err());
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_dotted_domain() {
+        assert_eq!(email("  a@b.co ").ok().as_deref(), Some("a@b.co"));
+        for bad in ["", "a", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.co"] {
+            assert!(email(bad).is_err(), "{bad:?} passed");
+        }
+    }
+
+    #[test]
+    fn page_bounds_are_explicit() {
+        assert_eq!(page(None, None).ok(), Some((DEFAULT_PAGE, 0)));
+        assert!(page(Some(0), None).is_err());
+        assert!(page(Some(MAX_PAGE + 1), None).is_err());
+        assert!(page(Some(5), Some(-1)).is_err());
+    }
+}
