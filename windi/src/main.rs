@@ -1,1 +1,49 @@
-fn main() {}
+//! `windi`: the whole system in one process for development, compose and tests. Creates and
+//! migrates its database, then serves every route on `PORT` (default 8000).
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use windi_shared::{
+    AppState,
+    config::{Config, redact_url},
+    runtime::{init_tracing, serve},
+    state::Broker,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("windi cannot start: {e}");
+            eprintln!("windi: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    windi::prepare_database(&config.database_url)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot prepare the database at DATABASE_URL ({}): {e}",
+                redact_url(&config.database_url)
+            )
+        })?;
+    let state = AppState::connect(&config, Broker::LocalFallback, "windi").await?;
+    match &config.nats_url {
+        Some(url) => tracing::info!(%url, "events go to NATS"),
+        None => tracing::info!(
+            "NATS_URL is not set: events stay in this process (fine for one local windi; \
+             set NATS_URL to run Lambda functions or several relays)"
+        ),
+    }
+    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+    tracing::info!("Swagger UI at http://localhost:{}/docs", config.port);
+    serve(windi::app(state), addr)
+        .await
+        .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port))
+}

@@ -1,1 +1,246 @@
-//! Group chats and their membership: POST /chat/group and the members routes.
+//! Group chats and their membership: `POST /chat/group`, `POST /chat/group/{chat_id}/members`
+//! and `DELETE /chat/group/{chat_id}/members/{user_id}`.
+//!
+//! The creator is the owner and always a member. The owner adds and removes members; any member
+//! may remove themself (leave). When the owner leaves, the longest-standing member takes over.
+//! Every change publishes `member.joined`/`member.left` on the chat and `chat.added`/
+//! `chat.removed` to the user, so relays start or stop delivering without a reconnect.
+
+use axum::{extract::State, http::StatusCode};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use windi_shared::{
+    AppState, Error, Result,
+    db::{chats, members, users},
+    error::ErrorBody,
+    events::Event,
+    extract::{AuthUser, Json, Path},
+    model::{AddMembers, CreateGroup, GroupOut, MAX_GROUP_MEMBERS},
+    validate,
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_group))
+        .routes(routes!(add_members))
+        .routes(routes!(remove_member))
+}
+
+/// Create a group; the caller is its owner and a member.
+#[utoipa::path(
+    post, path = "/chat/group", tag = "group",
+    security(("oauth2" = [])),
+    request_body = CreateGroup,
+    responses(
+        (status = 201, description = "The group", body = GroupOut),
+        (status = 404, description = "A participant does not exist; `detail` lists them", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule; `detail` names it", body = ErrorBody),
+    )
+)]
+async fn create_group(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<CreateGroup>,
+) -> Result<(StatusCode, axum::Json<GroupOut>)> {
+    let name = validate::name("name", &body.name)?;
+    let mut ids = member_ids("participant_ids", &body.participant_ids)?;
+    ids.retain(|&id| id != user.id);
+    if ids.len() + 1 > MAX_GROUP_MEMBERS {
+        return Err(too_many());
+    }
+    check_users_exist(&state, &ids).await?;
+
+    let mut tx = state.db.begin().await?;
+    let chat = chats::insert_group(&mut *tx, &name, user.id).await?;
+    members::add(&mut *tx, chat.id, &[user.id], "owner").await?;
+    members::add(&mut *tx, chat.id, &ids, "member").await?;
+    let participant_ids = members::ids(&mut *tx, chat.id).await?;
+    tx.commit().await?;
+
+    publish_added(&state, chat.id, &participant_ids, false).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(GroupOut {
+            id: chat.id,
+            name,
+            creator_id: chat.creator_id,
+            chat_id: chat.id,
+            participant_ids,
+        }),
+    ))
+}
+
+/// Add members to a group (owner only). Users already in it are left as they are.
+#[utoipa::path(
+    post, path = "/chat/group/{chat_id}/members", tag = "group",
+    security(("oauth2" = [])),
+    params(("chat_id" = i64, Path, description = "Group chat id")),
+    request_body = AddMembers,
+    responses(
+        (status = 200, description = "The group with its members", body = GroupOut),
+        (status = 403, description = "The caller is not the owner", body = ErrorBody),
+        (status = 404, description = "No such group among the caller's, or no such user", body = ErrorBody),
+        (status = 422, description = "Not a group, or a field breaks a rule", body = ErrorBody),
+    )
+)]
+async fn add_members(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(chat_id): Path<i64>,
+    Json(body): Json<AddMembers>,
+) -> Result<axum::Json<GroupOut>> {
+    let ids = member_ids("user_ids", &body.user_ids)?;
+    if ids.is_empty() {
+        return Err(Error::invalid("user_ids", "must not be empty"));
+    }
+    let chat = group_of_member(&state, chat_id, user.id).await?;
+    require_owner(&state, chat_id, user.id).await?;
+    check_users_exist(&state, &ids).await?;
+
+    let mut tx = state.db.begin().await?;
+    let added: Vec<i64> = members::add(&mut *tx, chat_id, &ids, "member")
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let participant_ids = members::ids(&mut *tx, chat_id).await?;
+    if participant_ids.len() > MAX_GROUP_MEMBERS {
+        return Err(too_many());
+    }
+    tx.commit().await?;
+
+    publish_added(&state, chat_id, &added, true).await?;
+    Ok(axum::Json(GroupOut {
+        id: chat.id,
+        name: chat.name.unwrap_or_default(),
+        creator_id: chat.creator_id,
+        chat_id: chat.id,
+        participant_ids,
+    }))
+}
+
+/// Remove a member (owner), or leave (any member removing themself).
+#[utoipa::path(
+    delete, path = "/chat/group/{chat_id}/members/{user_id}", tag = "group",
+    security(("oauth2" = [])),
+    params(
+        ("chat_id" = i64, Path, description = "Group chat id"),
+        ("user_id" = i64, Path, description = "The member to remove; the caller's own id to leave"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Only the owner removes others", body = ErrorBody),
+        (status = 404, description = "No such group among the caller's, or not a member", body = ErrorBody),
+        (status = 422, description = "Not a group", body = ErrorBody),
+    )
+)]
+async fn remove_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((chat_id, member_id)): Path<(i64, i64)>,
+) -> Result<StatusCode> {
+    group_of_member(&state, chat_id, user.id).await?;
+    if member_id != user.id {
+        require_owner(&state, chat_id, user.id).await?;
+    }
+
+    let mut tx = state.db.begin().await?;
+    let role = members::role(&mut *tx, chat_id, member_id)
+        .await?
+        .ok_or(Error::NotFound("member"))?;
+    members::remove(&mut *tx, chat_id, member_id).await?;
+    if role == "owner" {
+        members::promote_eldest(&mut *tx, chat_id).await?;
+    }
+    tx.commit().await?;
+
+    state
+        .events
+        .publish(vec![
+            Event::MemberLeft {
+                chat_id,
+                user_id: member_id,
+            },
+            Event::ChatRemoved {
+                user_id: member_id,
+                chat_id,
+            },
+        ])
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deduplicated ids, each a positive number, at most a group's worth.
+fn member_ids(field: &str, raw: &[i64]) -> Result<Vec<i64>> {
+    if raw.len() > MAX_GROUP_MEMBERS {
+        return Err(too_many());
+    }
+    if let Some(bad) = raw.iter().find(|&&id| id <= 0) {
+        return Err(Error::invalid(field, format!("{bad} is not a user id")));
+    }
+    let mut ids = raw.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn too_many() -> Error {
+    Error::invalid(
+        "participant_ids",
+        format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+    )
+}
+
+async fn check_users_exist(state: &AppState, ids: &[i64]) -> Result<()> {
+    let missing = users::missing(&state.db, ids).await?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Validation {
+            code: "unknown_user",
+            detail: format!("no user with id {missing:?}"),
+        })
+    }
+}
+
+/// The group, if the caller is in it: 404 for strangers, 422 for a private chat.
+async fn group_of_member(state: &AppState, chat_id: i64, user_id: i64) -> Result<chats::Chat> {
+    let chat = chats::for_member(&state.db, chat_id, user_id)
+        .await?
+        .ok_or(Error::NotFound("chat"))?;
+    if !chat.is_group() {
+        return Err(Error::Validation {
+            code: "not_a_group",
+            detail: "chat_id: is a private chat; members change only in groups".into(),
+        });
+    }
+    Ok(chat)
+}
+
+async fn require_owner(state: &AppState, chat_id: i64, user_id: i64) -> Result<()> {
+    match members::role(&state.db, chat_id, user_id).await?.as_deref() {
+        Some("owner") => Ok(()),
+        _ => Err(Error::Forbidden(
+            "only the group's owner can change its members".into(),
+        )),
+    }
+}
+
+/// `chat.added` to each new member, and `member.joined` on the chat when it already existed.
+async fn publish_added(
+    state: &AppState,
+    chat_id: i64,
+    user_ids: &[i64],
+    joined: bool,
+) -> Result<()> {
+    let mut events = Vec::with_capacity(user_ids.len() * 2);
+    for &user_id in user_ids {
+        if joined {
+            events.push(Event::MemberJoined { chat_id, user_id });
+        }
+        if let Some(chat) = chats::summary_for(&state.db, chat_id, user_id).await? {
+            events.push(Event::ChatAdded { user_id, chat });
+        }
+    }
+    state.events.publish(events).await;
+    Ok(())
+}

@@ -1,1 +1,7 @@
-fn main() {}
+//! The `group` function: a Lambda handler under the Lambda runtime, a local server on `PORT`
+//! otherwise.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    windi_shared::runtime::run_function("windi-group", windi_group::routes()).await
+}

@@ -1,1 +1,92 @@
-//! Reading chats: GET /chat/history/{chat_id} and GET /chat/list.
+//! Reading chats: `GET /chat/history/{chat_id}` and `GET /chat/list`.
+//!
+//! History is ordered by seq, never by time. Two ways to page: the seed's `limit`/`offset` from
+//! the oldest message, and seq cursors (`before_seq` to scroll back, `after_seq` to catch up),
+//! which stay correct while new messages arrive.
+
+use axum::extract::State;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use windi_shared::{
+    AppState, Error, Result,
+    db::{chats, messages},
+    error::ErrorBody,
+    extract::{AuthUser, Path, Query},
+    model::{ChatSummary, HistoryQuery, ListQuery, MessageOut},
+    validate,
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(history))
+        .routes(routes!(list))
+}
+
+/// A page of a chat's messages, ascending by seq.
+#[utoipa::path(
+    get, path = "/chat/history/{chat_id}", tag = "chat",
+    security(("oauth2" = [])),
+    params(("chat_id" = i64, Path, description = "Chat id"), HistoryQuery),
+    responses(
+        (status = 200, description = "Messages ascending by seq", body = [MessageOut]),
+        (status = 404, description = "No such chat among the caller's", body = ErrorBody),
+        (status = 422, description = "A query parameter is out of range; `detail` names it", body = ErrorBody),
+    )
+)]
+async fn history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(chat_id): Path<i64>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<Vec<MessageOut>>> {
+    let range = seq_range(&query)?;
+    chats::for_member(&state.db, chat_id, user.id)
+        .await?
+        .ok_or(Error::NotFound("chat"))?;
+    Ok(axum::Json(messages::page(&state.db, chat_id, range).await?))
+}
+
+/// Turns the query into a range, refusing combinations that have no clear meaning.
+fn seq_range(q: &HistoryQuery) -> Result<messages::SeqRange> {
+    let (limit, offset) = validate::page(q.limit, q.offset)?;
+    let cursor = q.before_seq.is_some() || q.after_seq.is_some();
+    if cursor && q.offset.is_some_and(|o| o != 0) {
+        return Err(Error::invalid(
+            "offset",
+            "cannot be combined with before_seq or after_seq",
+        ));
+    }
+    for (field, value) in [("before_seq", q.before_seq), ("after_seq", q.after_seq)] {
+        if value.is_some_and(|v| v < 0) {
+            return Err(Error::invalid(field, "must not be negative"));
+        }
+    }
+    Ok(messages::SeqRange {
+        after: q.after_seq.unwrap_or(0),
+        before: q.before_seq.unwrap_or(i64::MAX),
+        limit,
+        offset,
+        // Scrolling back: the page nearest the cursor, not the oldest one.
+        from_newest: q.before_seq.is_some() && q.after_seq.is_none(),
+    })
+}
+
+/// The caller's chats, most recently active first, with last message and unread count.
+#[utoipa::path(
+    get, path = "/chat/list", tag = "chat",
+    security(("oauth2" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's chats", body = [ChatSummary]),
+        (status = 422, description = "A query parameter is out of range", body = ErrorBody),
+    )
+)]
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<Vec<ChatSummary>>> {
+    let (limit, offset) = validate::page(query.limit, query.offset)?;
+    Ok(axum::Json(
+        chats::list_for_user(&state.db, user.id, None, limit, offset).await?,
+    ))
+}

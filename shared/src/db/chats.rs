@@ -25,13 +25,17 @@ const COLUMNS: &str = "id, kind, name, creator_id, last_seq, created_at";
 
 /// The private chat of two users, created if it does not exist. Two racing calls for the same
 /// pair both end with the one row: the loser's INSERT waits on `chats_private_pair_key`, does
-/// nothing, and the SELECT then sees the winner's committed row.
+/// nothing, and the SELECT after it sees the winner's committed row.
 pub async fn private_between(
     tx: &mut sqlx::PgConnection,
     creator: i64,
     other: i64,
 ) -> sqlx::Result<(i64, bool)> {
     let (low, high) = (creator.min(other), creator.max(other));
+    // Look first: the common case (the chat exists) then takes no lock and burns no id.
+    if let Some(id) = private_id(&mut *tx, low, high).await? {
+        return Ok((id, false));
+    }
     let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO chats (kind, creator_id, private_low, private_high)
          VALUES ('private', $1, $2, $3)
@@ -43,16 +47,21 @@ pub async fn private_between(
     .bind(high)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(id) = created {
-        return Ok((id, true));
+    match created {
+        Some(id) => Ok((id, true)),
+        None => {
+            let id = private_id(&mut *tx, low, high).await?;
+            Ok((id.ok_or(sqlx::Error::RowNotFound)?, false))
+        }
     }
-    let id =
-        sqlx::query_scalar("SELECT id FROM chats WHERE private_low = $1 AND private_high = $2")
-            .bind(low)
-            .bind(high)
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok((id, false))
+}
+
+async fn private_id(db: impl PgExecutor<'_>, low: i64, high: i64) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT id FROM chats WHERE private_low = $1 AND private_high = $2")
+        .bind(low)
+        .bind(high)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn insert_group(db: impl PgExecutor<'_>, name: &str, creator: i64) -> sqlx::Result<Chat> {

@@ -1,0 +1,125 @@
+//! The local stand-in for API Gateway: every function's routes behind one port, plus the
+//! OpenAPI document, Swagger UI, and health checks.
+//!
+//! This is where the routers are merged — the one place that lists every route of windi.
+
+use axum::{Router, extract::State, http::StatusCode};
+use sqlx::{Postgres, migrate::MigrateDatabase};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{Flow, OAuth2, Password, Scopes, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+use windi_shared::{
+    AppState, SECURITY_SCHEME,
+    db::MIGRATOR,
+    model::{Health, Readiness},
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "windi",
+        description = "A chat backend: JWT auth, private and group chats, idempotent messages \
+                       with gap-free per-chat seq, history, read marks.\n\n\
+                       Press **Authorize** and log in with your email as the username.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&OAuth2Password),
+    tags(
+        (name = "auth", description = "Accounts and tokens"),
+        (name = "chat", description = "Messages, history, read marks, chat list"),
+        (name = "group", description = "Groups and their members"),
+        (name = "ops", description = "Health checks"),
+    )
+)]
+struct ApiDoc;
+
+/// Swagger UI's Authorize button: the OAuth2 password flow against `/auth/login`.
+struct OAuth2Password;
+
+impl Modify for OAuth2Password {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SECURITY_SCHEME,
+            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new(
+                "/auth/login",
+                Scopes::new(),
+            ))])),
+        );
+    }
+}
+
+/// Every route of windi with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(windi_auth::routes())
+        .merge(windi_message::routes())
+        .merge(windi_group::routes())
+        .merge(windi_history::routes())
+        .merge(windi_read::routes())
+        .routes(utoipa_axum::routes!(health))
+        .routes(utoipa_axum::routes!(ready))
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The whole HTTP application for this state.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = routes().split_for_parts();
+    let router = router
+        .with_state(state)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api));
+    windi_shared::runtime::with_http_layers(router)
+}
+
+/// Creates the database if it does not exist, then applies pending migrations.
+pub async fn prepare_database(url: &str) -> Result<(), sqlx::Error> {
+    if !Postgres::database_exists(url).await? {
+        tracing::info!("creating the database");
+        Postgres::create_database(url).await?;
+    }
+    let pool = windi_shared::db::connect(url, 1).await?;
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "ops",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: Postgres answers a query and the event broker is connected.
+#[utoipa::path(get, path = "/ready", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A dependency is down; the body says which", body = Readiness),
+    ))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
+    let db_ok = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let broker_ok = state.events.is_connected();
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
+    let status = if db_ok && broker_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(Readiness {
+            status: word(db_ok && broker_ok),
+            database: word(db_ok),
+            broker: format!("{} ({})", word(broker_ok), state.events.describe()),
+        }),
+    )
+}
