@@ -116,7 +116,7 @@ pub struct Envelope {
 /// Publishes events after commit, to NATS or to the in-process bus.
 #[derive(Debug, Clone)]
 pub enum Publisher {
-    Nats(NatsPublisher),
+    Nats(Box<NatsPublisher>),
     Local(LocalBus),
 }
 
@@ -183,6 +183,12 @@ pub async fn connect_nats(url: &str, prefix: &str, name: &str) -> Result<NatsPub
         js,
         prefix: prefix.into(),
     })
+}
+
+impl From<NatsPublisher> for Publisher {
+    fn from(nats: NatsPublisher) -> Self {
+        Self::Nats(Box::new(nats))
+    }
 }
 
 impl Publisher {

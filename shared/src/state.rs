@@ -57,7 +57,7 @@ impl AppState {
             })?;
         let events = match (&config.nats_url, broker) {
             (Some(url), _) => {
-                Publisher::Nats(events::connect_nats(url, &config.nats_prefix, client_name).await?)
+                Publisher::from(events::connect_nats(url, &config.nats_prefix, client_name).await?)
             }
             (None, Broker::LocalFallback) => Publisher::Local(LocalBus::new(&config.nats_prefix)),
             (None, Broker::Required) => {

@@ -1,1 +1,13 @@
-fn main() {}
+//! The API end to end: real HTTP against a real windi on a fresh Postgres database per test.
+
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod bad_input;
+mod docs;
+mod events;
+mod groups;
+mod history;
+mod membership;
+mod messages;
+mod read_marks;

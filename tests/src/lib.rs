@@ -1,1 +1,399 @@
-//! x
+//! Test support: a real windi on `127.0.0.1:0`, on its own fresh Postgres database, driven over
+//! real HTTP.
+//!
+//! Each [`TestApp`] creates a database `windi_test_*`, migrates it, and drops it again when the
+//! test ends (pass or fail). Tests therefore run in parallel without seeing each other's rows.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use jsonwebtoken::Algorithm;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use windi_shared::{
+    AppState,
+    config::JwtConfig,
+    db::MIGRATOR,
+    events::{LocalBus, Publisher},
+};
+
+/// The signing secret of test apps (tests forge tokens with it).
+pub const TEST_SECRET: &[u8] = b"test-only-secret-0123456789abcdefghijklmnop";
+/// A password that passes the rules.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The server that test databases are created on.
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The shared NATS of the machine (never stopped by tests; fault tests start their own).
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A unique name for this test's database, NATS prefix, emails...
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh, migrated database that is dropped when this value is.
+#[derive(Debug)]
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = admin_database_url();
+        let name = unique("windi_test");
+        let mut conn = PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let url = with_database(&admin, &name);
+        let pool = windi_shared::db::connect(&url, 20).await.unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        Self { pool, url, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on; a thread with its own
+        // runtime can. WITH (FORCE) closes the connections the pool still holds.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A running windi serving the whole API.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    pub db: TestDb,
+    /// The NATS subject prefix of this app (unique per test).
+    pub prefix: String,
+}
+
+impl TestApp {
+    /// windi with the in-process event bus.
+    pub async fn spawn() -> Self {
+        let db = TestDb::new().await;
+        let prefix = unique("t");
+        let events = Publisher::Local(LocalBus::new(&prefix));
+        Self::start(db, events, prefix).await
+    }
+
+    /// windi publishing to the machine's NATS, under a prefix no other test uses.
+    pub async fn spawn_with_nats() -> Self {
+        let prefix = unique("t");
+        let publisher = windi_shared::events::connect_nats(&nats_url(), &prefix, "windi-test")
+            .await
+            .unwrap();
+        Self::start(TestDb::new().await, Publisher::from(publisher), prefix).await
+    }
+
+    /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
+    pub async fn start(db: TestDb, events: Publisher, prefix: String) -> Self {
+        let jwt = JwtConfig::new(
+            TEST_SECRET.to_vec(),
+            Algorithm::HS256,
+            Duration::from_secs(1800),
+        )
+        .unwrap();
+        let state = AppState::new(db.pool.clone(), &jwt, events);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = windi::app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            state,
+            http: reqwest::Client::new(),
+            db,
+            prefix,
+        }
+    }
+
+    /// Registers and logs in a new user with a unique email.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let email = format!("{}@example.com", unique(&name.to_lowercase()));
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/auth/register",
+                None,
+                Some(json!({"name": name, "email": email, "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["id"].as_i64().unwrap();
+        let token = self.login(&email, PASSWORD).await;
+        TestUser { id, email, token }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/auth/login"))
+            .form(&[("username", email), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// One JSON request; answers the status and the JSON body (`Null` when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(&user.token), None).await
+    }
+
+    pub async fn delete(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(&user.token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(&user.token), Some(body))
+            .await
+    }
+
+    /// Sends `text` to a user (private chat); asserts success and answers the message.
+    pub async fn send_to_user(&self, from: &TestUser, to: &TestUser, text: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/chat/message",
+                from,
+                json!({"recipient_id": to.id, "text": text}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Sends `text` to a chat; asserts success and answers the message.
+    pub async fn send_to_chat(&self, from: &TestUser, chat_id: i64, text: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/chat/message",
+                from,
+                json!({"chat_id": chat_id, "text": text}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Creates a group owned by `owner`; answers its chat id.
+    pub async fn group(&self, owner: &TestUser, members: &[&TestUser]) -> i64 {
+        let ids: Vec<i64> = members.iter().map(|u| u.id).collect();
+        let (status, body) = self
+            .post(
+                "/chat/group",
+                owner,
+                json!({"name": "Project Team", "participant_ids": ids}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["chat_id"].as_i64().unwrap()
+    }
+
+    pub async fn history(&self, user: &TestUser, chat_id: i64, query: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!("/chat/history/{chat_id}?{query}"), user)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().unwrap().clone()
+    }
+
+    pub async fn mark_read(&self, user: &TestUser, message_id: i64) -> (StatusCode, Value) {
+        self.call(
+            Method::PATCH,
+            &format!("/chat/message/{message_id}/read"),
+            Some(&user.token),
+            None,
+        )
+        .await
+    }
+}
+
+/// Status and JSON body of a response (`Null` for an empty body; a non-JSON body fails).
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    if bytes.is_empty() {
+        return (status, Value::Null);
+    }
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {bytes:?}"));
+    (status, body)
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: i64,
+    pub email: String,
+    pub token: String,
+}
+
+/// Waits for `condition` to hold, polling, up to `timeout`; panics with `what` otherwise.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A private `nats-server` on a free port, for tests that stop or break the broker. Killed on
+/// drop. The shared NATS on 4222 is never touched.
+#[derive(Debug)]
+pub struct PrivateNats {
+    pub url: String,
+    pub port: u16,
+    child: Option<std::process::Child>,
+    store: std::path::PathBuf,
+}
+
+impl PrivateNats {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = std::env::temp_dir().join(unique("windi-nats"));
+        let mut nats = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            child: None,
+            store,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    /// Starts the server (again, on the same port and store) and waits until it accepts.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = std::process::Command::new(&bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (set NATS_SERVER_BIN): {e}"));
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(
+            Duration::from_secs(10),
+            "private nats-server accepts",
+            || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+            },
+        )
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}

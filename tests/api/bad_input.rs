@@ -1,0 +1,210 @@
+//! Bad input gets a 4xx JSON `{"detail", "code"}` that names the problem — never a 500.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use windi_shared::model::{MAX_BODY_BYTES, MAX_TEXT_CHARS};
+use windi_tests::{TestApp, read};
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, mentions: &str) {
+    assert_eq!(status, expected, "{body}");
+    let detail = body["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail: {body}"));
+    assert!(body["code"].as_str().is_some(), "no code: {body}");
+    assert!(
+        detail.contains(mentions),
+        "detail {detail:?} should mention {mentions:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_named_in_4xx_answers() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    let raw = |body: &'static str| {
+        app.http
+            .post(app.url("/chat/message"))
+            .bearer_auth(&alice.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (status, body) = read(raw("{\"text\": ").await.unwrap()).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "");
+    assert_eq!(body["code"], "malformed_json");
+
+    let (status, body) = read(
+        raw(r#"{"recipient_id": "two", "text": "x"}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "recipient_id",
+    );
+
+    let (status, body) = read(raw(r#"{"recipient_id": 2}"#).await.unwrap()).await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "text");
+
+    let (status, body) = read(raw("[]").await.unwrap()).await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "");
+
+    let plain = app
+        .http
+        .post(app.url("/chat/message"))
+        .bearer_auth(&alice.token)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(plain).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Content-Type",
+    );
+
+    for (text, mentions) in [
+        (json!(""), "text"),
+        (json!("   "), "text"),
+        (json!("a\u{0}b"), "NUL"),
+        (json!("x".repeat(MAX_TEXT_CHARS + 1)), "4096"),
+    ] {
+        let (status, body) = app
+            .post(
+                "/chat/message",
+                &alice,
+                json!({"recipient_id": bob.id, "text": text}),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, mentions);
+    }
+    let (status, body) = app
+        .post(
+            "/chat/message",
+            &alice,
+            json!({"recipient_id": bob.id, "chat_id": 1, "text": "x"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "not both");
+    let (status, body) = app
+        .post("/chat/message", &alice, json!({"text": "x"}))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "recipient_id",
+    );
+    let (status, body) = app
+        .post(
+            "/chat/message",
+            &alice,
+            json!({"recipient_id": bob.id, "text": "x", "dedup_key": "k".repeat(129)}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "dedup_key");
+
+    // Nothing half-written: no chat or message came out of all that.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("Alice").await;
+    let huge = format!(
+        r#"{{"recipient_id": 2, "text": "{}"}}"#,
+        "x".repeat(MAX_BODY_BYTES)
+    );
+    let response = app
+        .http
+        .post(app.url("/chat/message"))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "");
+    assert_eq!(body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn registration_rules_are_explicit() {
+    let app = TestApp::spawn().await;
+    let register = |body: Value| app.call(Method::POST, "/auth/register", None, Some(body));
+    for (body, field) in [
+        (
+            json!({"name": "", "email": "a@b.co", "password": "long enough"}),
+            "name",
+        ),
+        (
+            json!({"name": "A", "email": "not-an-email", "password": "long enough"}),
+            "email",
+        ),
+        (
+            json!({"name": "A", "email": "a@b.co", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"name": "A\u{0}", "email": "a@b.co", "password": "long enough"}),
+            "name",
+        ),
+        (
+            json!({"name": "A", "email": "a\u{0}@b.co", "password": "long enough"}),
+            "email",
+        ),
+        (json!({"name": "A", "password": "long enough"}), "email"),
+        (
+            json!({"name": "x".repeat(101), "email": "a@b.co", "password": "long enough"}),
+            "name",
+        ),
+    ] {
+        let (status, response) = register(body).await;
+        assert_error(status, &response, StatusCode::UNPROCESSABLE_ENTITY, field);
+    }
+}
+
+#[tokio::test]
+async fn bad_paths_and_unknown_routes_answer_json() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("Alice").await;
+    let (status, body) = app.get("/chat/history/abc", &alice).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "");
+    assert_eq!(body["code"], "invalid_path");
+    let (status, body) = app
+        .get("/chat/history/99999999999999999999999", &alice)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "");
+    let (status, body) = app.get("/no/such/route", &alice).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "/no/such/route");
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/chat/message/abc/read",
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "");
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({"username": "x"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "password");
+}

@@ -1,0 +1,210 @@
+//! Events reach NATS after commit, with the payloads and message ids of DESIGN §4.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use windi_shared::events::{Event, Publisher, connect_nats, stream_name};
+use windi_tests::{PrivateNats, TestApp, TestDb, nats_url};
+
+/// Collects what arrives on the app's subjects, in order.
+struct Listener {
+    sub: async_nats::Subscriber,
+}
+
+impl Listener {
+    async fn new(prefix: &str) -> Self {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let sub = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        Self { sub }
+    }
+
+    /// The next event: (subject, Nats-Msg-Id, payload).
+    async fn next(&mut self) -> (String, String, Value) {
+        let msg = tokio::time::timeout(Duration::from_secs(5), self.sub.next())
+            .await
+            .expect("an event within 5 s")
+            .unwrap();
+        let id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        (
+            msg.subject.to_string(),
+            id,
+            serde_json::from_slice(&msg.payload).unwrap(),
+        )
+    }
+}
+
+async fn drop_stream(prefix: &str) {
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let _ = jetstream::new(client)
+        .delete_stream(stream_name(prefix))
+        .await;
+}
+
+#[tokio::test]
+async fn committed_changes_are_published_with_their_payloads_and_ids() {
+    let app = TestApp::spawn_with_nats().await;
+    let p = app.prefix.clone();
+    let mut events = Listener::new(&p).await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+
+    let message = app.send_to_user(&alice, &bob, "hello").await;
+    let chat = message["chat_id"].as_i64().unwrap();
+    for user in [&alice, &bob] {
+        let (subject, id, event) = events.next().await;
+        assert_eq!(subject, format!("{p}.user.{}", user.id));
+        assert_eq!(event["type"], "chat.added");
+        assert_eq!(event["chat"]["id"], chat);
+        assert_eq!(id, format!("added.{chat}.{}", user.id));
+    }
+    let (subject, id, event) = events.next().await;
+    assert_eq!(subject, format!("{p}.chat.{chat}"));
+    assert_eq!(id, format!("msg.{}", message["id"]));
+    assert_eq!(
+        event,
+        json!({"type": "message.created", "chat_id": chat, "seq": 1, "message": message})
+    );
+
+    app.mark_read(&bob, message["id"].as_i64().unwrap()).await;
+    let (subject, _, event) = events.next().await;
+    assert_eq!(subject, format!("{p}.chat.{chat}"));
+    assert_eq!(
+        event,
+        json!({"type": "message.read", "chat_id": chat, "user_id": bob.id, "last_read_seq": 1})
+    );
+
+    let group = app.group(&alice, &[&bob]).await;
+    let mut added = Vec::new();
+    for _ in 0..2 {
+        let (subject, _, event) = events.next().await;
+        assert_eq!(event["type"], "chat.added");
+        added.push(subject);
+    }
+    added.sort();
+    let mut expected = vec![
+        format!("{p}.user.{}", alice.id),
+        format!("{p}.user.{}", bob.id),
+    ];
+    expected.sort();
+    assert_eq!(added, expected);
+
+    app.post(
+        &format!("/chat/group/{group}/members"),
+        &alice,
+        json!({"user_ids": [carol.id]}),
+    )
+    .await;
+    let (subject, _, event) = events.next().await;
+    assert_eq!(subject, format!("{p}.chat.{group}"));
+    assert_eq!(
+        event,
+        json!({"type": "member.joined", "chat_id": group, "user_id": carol.id})
+    );
+    let (subject, _, event) = events.next().await;
+    assert_eq!(subject, format!("{p}.user.{}", carol.id));
+    assert_eq!(event["type"], "chat.added");
+
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/chat/group/{group}/members/{}", carol.id),
+            Some(&carol.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, event) = events.next().await;
+    assert_eq!(
+        event,
+        json!({"type": "member.left", "chat_id": group, "user_id": carol.id})
+    );
+    let (subject, _, event) = events.next().await;
+    assert_eq!(subject, format!("{p}.user.{}", carol.id));
+    assert_eq!(
+        event,
+        json!({"type": "chat.removed", "chat_id": group, "user_id": carol.id})
+    );
+
+    // A replayed send publishes nothing new.
+    let body = json!({"chat_id": chat, "text": "once", "dedup_key": "ev"});
+    assert_eq!(
+        app.post("/chat/message", &alice, body.clone()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.post("/chat/message", &alice, body).await.0,
+        StatusCode::OK
+    );
+    let (_, _, event) = events.next().await;
+    assert_eq!(event["message"]["text"], "once");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.sub.next())
+            .await
+            .is_err(),
+        "the replay must not publish"
+    );
+    drop_stream(&p).await;
+}
+
+#[tokio::test]
+async fn jetstream_drops_a_republished_event_by_its_msg_id() {
+    let prefix = windi_tests::unique("t");
+    let publisher = connect_nats(&nats_url(), &prefix, "windi-test")
+        .await
+        .unwrap();
+    let client = publisher.client.clone();
+    let publisher = Publisher::from(publisher);
+    let event = Event::MessageRead {
+        chat_id: 1,
+        user_id: 2,
+        last_read_seq: 3,
+    };
+    publisher.publish(vec![event.clone()]).await;
+    publisher.publish(vec![event]).await;
+    let mut stream = jetstream::new(client)
+        .get_stream(stream_name(&prefix))
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    drop_stream(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_dead_broker_never_fails_a_request_that_committed() {
+    let mut nats = PrivateNats::start().await;
+    let prefix = windi_tests::unique("t");
+    let publisher = connect_nats(&nats.url, &prefix, "windi-test")
+        .await
+        .unwrap();
+    let app = TestApp::start(TestDb::new().await, Publisher::from(publisher), prefix).await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    nats.stop();
+
+    let started = std::time::Instant::now();
+    let message = app.send_to_user(&alice, &bob, "committed anyway").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stored: String = sqlx::query_scalar("SELECT text FROM messages WHERE id = $1")
+        .bind(message["id"].as_i64().unwrap())
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "committed anyway");
+    let (status, ready) = app.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+}
