@@ -97,7 +97,12 @@ impl Config {
             nats_url: optional("NATS_URL"),
             nats_prefix: nats_prefix_from_env()?,
             port: parsed_or("PORT", 8000)?,
-            db_max_connections: parsed_or("DB_MAX_CONNECTIONS", 10)?,
+            // A Lambda instance serves one request at a time; many instances times a big pool
+            // would exhaust Postgres's connection limit.
+            db_max_connections: parsed_or(
+                "DB_MAX_CONNECTIONS",
+                if crate::runtime::in_lambda() { 2 } else { 10 },
+            )?,
         })
     }
 }

@@ -142,8 +142,11 @@ impl From<sqlx::Error> for Error {
                         detail: "email: already registered".into(),
                     };
                 }
-                Some("chat_members_user_id_fkey") | Some("chats_creator_id_fkey") => {
-                    return Self::NotFound("user");
+                // A participant deleted between the check and the insert.
+                Some("chat_members_user_id_fkey") => return Self::NotFound("user"),
+                // A valid token whose user is gone (e.g. the database was reset).
+                Some("messages_sender_id_fkey") | Some("chats_creator_id_fkey") => {
+                    return Self::Unauthorized("the token's user no longer exists");
                 }
                 _ => {}
             }

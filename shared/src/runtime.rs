@@ -33,6 +33,7 @@ pub fn init_tracing() {
 pub fn with_http_layers(router: Router) -> Router {
     router
         .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
@@ -47,6 +48,15 @@ async fn no_route(method: Method, uri: Uri) -> Response {
         status: axum::http::StatusCode::NOT_FOUND,
         code: "no_route",
         detail: format!("no route for {method} {}", uri.path()),
+    }
+    .into_response()
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    Error::Rejected {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        detail: format!("{method} is not allowed on {}", uri.path()),
     }
     .into_response()
 }

@@ -125,10 +125,9 @@ pub async fn send_message(
 
     let mut events = Vec::with_capacity(3);
     if new_chat {
-        for user_id in [sender, target_user(target)] {
-            if let Some(chat) = chats::summary_for(&state.db, chat_id, user_id).await? {
-                events.push(Event::ChatAdded { user_id, chat });
-            }
+        let users = [sender, target_user(target)];
+        for (user_id, chat) in chats::summaries_for(&state.db, chat_id, &users).await? {
+            events.push(Event::ChatAdded { user_id, chat });
         }
     }
     events.push(Event::MessageCreated {

@@ -233,13 +233,15 @@ async fn publish_added(
     joined: bool,
 ) -> Result<()> {
     let mut events = Vec::with_capacity(user_ids.len() * 2);
-    for &user_id in user_ids {
-        if joined {
-            events.push(Event::MemberJoined { chat_id, user_id });
-        }
-        if let Some(chat) = chats::summary_for(&state.db, chat_id, user_id).await? {
-            events.push(Event::ChatAdded { user_id, chat });
-        }
+    if joined {
+        events.extend(
+            user_ids
+                .iter()
+                .map(|&user_id| Event::MemberJoined { chat_id, user_id }),
+        );
+    }
+    for (user_id, chat) in chats::summaries_for(&state.db, chat_id, user_ids).await? {
+        events.push(Event::ChatAdded { user_id, chat });
     }
     state.events.publish(events).await;
     Ok(())

@@ -87,6 +87,6 @@ async fn list(
 ) -> Result<axum::Json<Vec<ChatSummary>>> {
     let (limit, offset) = validate::page(query.limit, query.offset)?;
     Ok(axum::Json(
-        chats::list_for_user(&state.db, user.id, None, limit, offset).await?,
+        chats::list_for_user(&state.db, user.id, limit, offset).await?,
     ))
 }

@@ -104,6 +104,7 @@ pub async fn next_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<i64
 /// One row of the chat list query, flattened; `last_message` columns are null for an empty chat.
 #[derive(Debug, sqlx::FromRow)]
 struct ListRow {
+    pub viewer_id: i64,
     pub id: i64,
     pub kind: String,
     pub name: Option<String>,
@@ -122,18 +123,37 @@ struct ListRow {
     pub lm_dedup_key: Option<String>,
 }
 
-/// The caller's chats (or just `only_chat`), most recently active first, each with its last
-/// message and unread count.
+/// The caller's chats, most recently active first, each with its last message and unread count.
 pub async fn list_for_user(
     db: impl PgExecutor<'_>,
     user_id: i64,
-    only_chat: Option<i64>,
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<ChatSummary>> {
-    let rows: Vec<ListRow> =
-    sqlx::query_as(
-        "SELECT c.id, c.kind,
+    let rows = summaries(db, &[user_id], None, limit, offset).await?;
+    Ok(rows.into_iter().map(|(_, chat)| chat).collect())
+}
+
+/// One chat as each of `user_ids` sees it in their list (for `chat.added` events), in one query.
+pub async fn summaries_for(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_ids: &[i64],
+) -> sqlx::Result<Vec<(i64, ChatSummary)>> {
+    let limit = i64::try_from(user_ids.len()).unwrap_or(i64::MAX);
+    summaries(db, user_ids, Some(chat_id), limit, 0).await
+}
+
+/// Chat rows as `user_ids` see them (or just `only_chat`), paired with whose view each is.
+async fn summaries(
+    db: impl PgExecutor<'_>,
+    user_ids: &[i64],
+    only_chat: Option<i64>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<(i64, ChatSummary)>> {
+    let rows: Vec<ListRow> = sqlx::query_as(
+        "SELECT me.user_id AS viewer_id, c.id, c.kind,
                 CASE WHEN c.kind = 'private' THEN (
                     SELECT u.name FROM chat_members o JOIN users u ON u.id = o.user_id
                     WHERE o.chat_id = c.id AND o.user_id <> me.user_id LIMIT 1)
@@ -155,26 +175,17 @@ pub async fn list_for_user(
          FROM chat_members me
          JOIN chats c ON c.id = me.chat_id
          LEFT JOIN messages lm ON lm.chat_id = c.id AND lm.seq = c.last_seq
-         WHERE me.user_id = $1 AND ($4::bigint IS NULL OR c.id = $4)
-         ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id DESC
+         WHERE me.user_id = ANY($1) AND ($4::bigint IS NULL OR c.id = $4)
+         ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id DESC, me.user_id
          LIMIT $2 OFFSET $3",
     )
-    .bind(user_id)
+    .bind(user_ids)
     .bind(limit)
     .bind(offset)
     .bind(only_chat)
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(ChatSummary::from).collect())
-}
-
-/// One chat as `user_id` sees it in their list (for `chat.added` events).
-pub async fn summary_for(
-    db: impl PgExecutor<'_>,
-    chat_id: i64,
-    user_id: i64,
-) -> sqlx::Result<Option<ChatSummary>> {
-    Ok(list_for_user(db, user_id, Some(chat_id), 1, 0).await?.pop())
+    Ok(rows.into_iter().map(|r| (r.viewer_id, r.into())).collect())
 }
 
 impl From<ListRow> for ChatSummary {
