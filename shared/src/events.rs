@@ -51,12 +51,20 @@ pub enum Event {
     /// On `<prefix>.chat.<chat_id>`.
     #[serde(rename = "member.left")]
     MemberLeft { chat_id: i64, user_id: i64 },
-    /// On `<prefix>.user.<user_id>`: you were added to a chat (or created it).
+    /// On `<prefix>.user.<user_id>`: you were added to a chat (or created it). Messages with a
+    /// seq above `joined_seq` are the ones a relay delivers to the new member live.
     #[serde(rename = "chat.added")]
-    ChatAdded { user_id: i64, chat: ChatSummary },
+    ChatAdded {
+        user_id: i64,
+        joined_seq: i64,
+        chat: ChatSummary,
+    },
     /// On `<prefix>.user.<user_id>`: you left or were removed from a chat.
     #[serde(rename = "chat.removed")]
     ChatRemoved { user_id: i64, chat_id: i64 },
+    /// On `<prefix>.typing.<chat_id>`, outside the stream: ephemeral, never stored.
+    #[serde(rename = "typing")]
+    Typing { chat_id: i64, user_id: i64 },
 }
 
 /// Where an event goes: a chat's subject or a user's.
@@ -64,6 +72,8 @@ pub enum Event {
 pub enum Topic {
     Chat(i64),
     User(i64),
+    /// Ephemeral chat events (typing): core NATS only, not captured by the stream.
+    Typing(i64),
 }
 
 impl Topic {
@@ -71,6 +81,7 @@ impl Topic {
         match self {
             Self::Chat(id) => format!("{prefix}.chat.{id}"),
             Self::User(id) => format!("{prefix}.user.{id}"),
+            Self::Typing(id) => format!("{prefix}.typing.{id}"),
         }
     }
 }
@@ -85,6 +96,7 @@ impl Event {
             Self::ChatAdded { user_id, .. } | Self::ChatRemoved { user_id, .. } => {
                 Topic::User(*user_id)
             }
+            Self::Typing { chat_id, .. } => Topic::Typing(*chat_id),
         }
     }
 
@@ -100,8 +112,9 @@ impl Event {
             } => format!("read.{chat_id}.{user_id}.{last_read_seq}"),
             Self::MemberJoined { chat_id, user_id } => format!("joined.{chat_id}.{user_id}"),
             Self::MemberLeft { chat_id, user_id } => format!("left.{chat_id}.{user_id}"),
-            Self::ChatAdded { user_id, chat } => format!("added.{}.{user_id}", chat.id),
+            Self::ChatAdded { user_id, chat, .. } => format!("added.{}.{user_id}", chat.id),
             Self::ChatRemoved { user_id, chat_id } => format!("removed.{chat_id}.{user_id}"),
+            Self::Typing { chat_id, user_id } => format!("typing.{chat_id}.{user_id}"),
         }
     }
 }
@@ -149,7 +162,8 @@ impl LocalBus {
     }
 }
 
-/// The JetStream stream that captures `<prefix>.>`: `WINDI` for the default prefix.
+/// The JetStream stream that captures `<prefix>.chat.*` and `<prefix>.user.*`: `WINDI` for the
+/// default prefix.
 pub fn stream_name(prefix: &str) -> String {
     prefix.to_ascii_uppercase().replace('-', "_")
 }
@@ -165,7 +179,8 @@ pub async fn connect_nats(url: &str, prefix: &str, name: &str) -> Result<NatsPub
     let js = jetstream::new(client.clone());
     js.get_or_create_stream(jetstream::stream::Config {
         name: stream_name(prefix),
-        subjects: vec![format!("{prefix}.>")],
+        // Chat and user events only: `<prefix>.typing.*` stays outside, never stored.
+        subjects: vec![format!("{prefix}.chat.*"), format!("{prefix}.user.*")],
         duplicate_window: DUPLICATE_WINDOW,
         // The stream is a short-lived log of news, not the record: Postgres is.
         max_age: Duration::from_secs(24 * 3600),
@@ -217,6 +232,35 @@ impl Publisher {
                     );
                 }
             }
+        }
+    }
+
+    /// Publishes an ephemeral event (typing): fire and forget, not stored, not acknowledged.
+    pub async fn publish_ephemeral(&self, event: Event) {
+        match self {
+            Self::Local(bus) => {
+                let subject = event.topic().subject(&bus.prefix);
+                let _ = bus.tx.send(Arc::new(Envelope { subject, event }));
+            }
+            Self::Nats(nats) => {
+                let subject = event.topic().subject(&nats.prefix);
+                match serde_json::to_vec(&event) {
+                    Ok(payload) => {
+                        if let Err(e) = nats.client.publish(subject, payload.into()).await {
+                            tracing::debug!(error = %e, "ephemeral publish failed");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "event not serialisable"),
+                }
+            }
+        }
+    }
+
+    /// The subject prefix events are published under.
+    pub fn prefix(&self) -> &str {
+        match self {
+            Self::Local(bus) => &bus.prefix,
+            Self::Nats(nats) => &nats.prefix,
         }
     }
 

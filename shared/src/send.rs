@@ -127,7 +127,12 @@ pub async fn send_message(
     if new_chat {
         let users = [sender, target_user(target)];
         for (user_id, chat) in chats::summaries_for(&state.db, chat_id, &users).await? {
-            events.push(Event::ChatAdded { user_id, chat });
+            // A new private chat: both members get it from its first message.
+            events.push(Event::ChatAdded {
+                user_id,
+                joined_seq: 0,
+                chat,
+            });
         }
     }
     events.push(Event::MessageCreated {

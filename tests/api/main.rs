@@ -11,3 +11,5 @@ mod history;
 mod membership;
 mod messages;
 mod read_marks;
+mod ws;
+mod ws_faults;

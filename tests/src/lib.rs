@@ -22,6 +22,26 @@ use windi_shared::{
     db::MIGRATOR,
     events::{LocalBus, Publisher},
 };
+use ws_relay::{RelayHandle, RelaySettings, RelaySource};
+
+pub mod ws;
+
+/// Which event carrier a test runs on: the delivery tests run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Local,
+    Nats,
+}
+
+/// Relay settings for tests: the production limits with shorter timings.
+pub fn relay_settings() -> RelaySettings {
+    RelaySettings {
+        port: 0,
+        allowed_origins: Some(vec!["http://allowed.example".into()]),
+        poll_interval: Duration::from_millis(200),
+        ..RelaySettings::default()
+    }
+}
 
 /// The signing secret of test apps (tests forge tokens with it).
 pub const TEST_SECRET: &[u8] = b"test-only-secret-0123456789abcdefghijklmnop";
@@ -117,6 +137,8 @@ pub struct TestApp {
     pub db: TestDb,
     /// The NATS subject prefix of this app (unique per test).
     pub prefix: String,
+    /// The NATS server events go to (`None`: the in-process bus).
+    pub nats_url: Option<String>,
 }
 
 impl TestApp {
@@ -130,11 +152,41 @@ impl TestApp {
 
     /// windi publishing to the machine's NATS, under a prefix no other test uses.
     pub async fn spawn_with_nats() -> Self {
+        Self::spawn_on_nats(&nats_url()).await
+    }
+
+    /// windi publishing to the NATS at `url` (e.g. a [`PrivateNats`]).
+    pub async fn spawn_on_nats(url: &str) -> Self {
         let prefix = unique("t");
-        let publisher = windi_shared::events::connect_nats(&nats_url(), &prefix, "windi-test")
+        let publisher = windi_shared::events::connect_nats(url, &prefix, "windi-test")
             .await
             .unwrap();
-        Self::start(TestDb::new().await, Publisher::from(publisher), prefix).await
+        let mut app = Self::start(TestDb::new().await, Publisher::from(publisher), prefix).await;
+        app.nats_url = Some(url.to_owned());
+        app
+    }
+
+    /// windi with the in-process bus, or on the shared NATS.
+    pub async fn spawn_in(mode: Mode) -> Self {
+        match mode {
+            Mode::Local => Self::spawn().await,
+            Mode::Nats => Self::spawn_with_nats().await,
+        }
+    }
+
+    /// A relay sharing this app's state and event carrier, on 127.0.0.1:0.
+    pub async fn relay(&self, settings: RelaySettings) -> RelayHandle {
+        let source = match &self.nats_url {
+            Some(url) => RelaySource::Nats { url: url.clone() },
+            None => match &self.state.events {
+                Publisher::Local(bus) => RelaySource::Local(bus.clone()),
+                Publisher::Nats(_) => panic!("a NATS app needs its nats_url"),
+            },
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ws_relay::start(self.state.clone(), source, settings, listener)
+            .await
+            .unwrap()
     }
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
@@ -157,6 +209,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             db,
             prefix,
+            nats_url: None,
         }
     }
 

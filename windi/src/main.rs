@@ -1,5 +1,6 @@
 //! `windi`: the whole system in one process for development, compose and tests. Creates and
-//! migrates its database, then serves every route on `PORT` (default 8000).
+//! migrates its database, then serves every route on `PORT` (default 8000) and the WebSocket
+//! relay on `RELAY_PORT` (default 8001).
 
 use std::{net::SocketAddr, process::ExitCode};
 
@@ -9,6 +10,7 @@ use windi_shared::{
     runtime::{init_tracing, serve},
     state::Broker,
 };
+use ws_relay::{RelaySettings, RelaySource};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,6 +35,7 @@ async fn run() -> Result<(), String> {
                 redact_url(&config.database_url)
             )
         })?;
+    let relay_settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
     let state = AppState::connect(&config, Broker::LocalFallback, "windi").await?;
     match &config.nats_url {
         Some(url) => tracing::info!(%url, "events go to NATS"),
@@ -41,9 +44,22 @@ async fn run() -> Result<(), String> {
              set NATS_URL to run Lambda functions or several relays)"
         ),
     }
+
+    let relay_port = relay_settings.port;
+    let relay_listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], relay_port)))
+            .await
+            .map_err(|e| format!("cannot listen on RELAY_PORT {relay_port}: {e}"))?;
+    let source = RelaySource::for_publisher(&state.events, config.nats_url.as_deref())?;
+    let relay = ws_relay::start(state.clone(), source, relay_settings, relay_listener).await?;
+    tracing::info!("WebSocket relay at ws://localhost:{relay_port}/ws");
+
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
     tracing::info!("Swagger UI at http://localhost:{}/docs", config.port);
-    serve(windi::app(state), addr)
+    let served = serve(windi::app(state), addr)
         .await
-        .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port))
+        .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
+    // The API stopped (a signal): close WebSockets with 1012 so clients reconnect and resume.
+    relay.stop().await;
+    served
 }

@@ -96,11 +96,14 @@ impl Drop for Running {
 
 #[test]
 fn it_creates_and_migrates_its_database_then_serves() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, relay_port) = (free_port(), free_port());
     let database = format!("windi_start_{}", std::process::id());
     let base = admin_url();
     let url = format!("{}/{database}", base.rsplit_once('/').unwrap().0);
@@ -108,6 +111,7 @@ fn it_creates_and_migrates_its_database_then_serves() {
         .env("DATABASE_URL", &url)
         .env("JWT_SECRET_KEY", "y".repeat(40))
         .env("PORT", port.to_string())
+        .env("RELAY_PORT", relay_port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,6 +128,11 @@ fn it_creates_and_migrates_its_database_then_serves() {
     };
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(ready.contains("in-process"), "{ready}");
+    let relay = http_get(relay_port, "/health").unwrap_or_default();
+    assert!(
+        relay.starts_with("HTTP/1.1 200"),
+        "the relay runs too: {relay}"
+    );
 }
 
 /// A minimal HTTP/1.1 GET (the test needs no client library for one request).

@@ -56,7 +56,7 @@ async fn create_group(
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
     tx.commit().await?;
 
-    publish_added(&state, chat.id, &participant_ids, false).await?;
+    publish_added(&state, chat.id, &participant_ids, None).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(GroupOut {
@@ -97,18 +97,16 @@ async fn add_members(
     check_users_exist(&state, &ids).await?;
 
     let mut tx = state.db.begin().await?;
-    let added: Vec<i64> = members::add(&mut *tx, chat_id, &ids, "member")
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let added = members::add(&mut *tx, chat_id, &ids, "member").await?;
+    let joined_seq = added.first().map_or(0, |&(_, seq)| seq);
+    let added: Vec<i64> = added.into_iter().map(|(id, _)| id).collect();
     let participant_ids = members::ids(&mut *tx, chat_id).await?;
     if participant_ids.len() > MAX_GROUP_MEMBERS {
         return Err(too_many());
     }
     tx.commit().await?;
 
-    publish_added(&state, chat_id, &added, true).await?;
+    publish_added(&state, chat_id, &added, Some(joined_seq)).await?;
     Ok(axum::Json(GroupOut {
         id: chat.id,
         name: chat.name.unwrap_or_default(),
@@ -225,15 +223,16 @@ async fn require_owner(state: &AppState, chat_id: i64, user_id: i64) -> Result<(
     }
 }
 
-/// `chat.added` to each new member, and `member.joined` on the chat when it already existed.
+/// `chat.added` to each new member, and `member.joined` on the chat when it already existed
+/// (`joined_seq` is then the chat's seq when they joined; a new group starts at 0).
 async fn publish_added(
     state: &AppState,
     chat_id: i64,
     user_ids: &[i64],
-    joined: bool,
+    joined_seq: Option<i64>,
 ) -> Result<()> {
     let mut events = Vec::with_capacity(user_ids.len() * 2);
-    if joined {
+    if joined_seq.is_some() {
         events.extend(
             user_ids
                 .iter()
@@ -241,7 +240,11 @@ async fn publish_added(
         );
     }
     for (user_id, chat) in chats::summaries_for(&state.db, chat_id, user_ids).await? {
-        events.push(Event::ChatAdded { user_id, chat });
+        events.push(Event::ChatAdded {
+            user_id,
+            joined_seq: joined_seq.unwrap_or(0),
+            chat,
+        });
     }
     state.events.publish(events).await;
     Ok(())

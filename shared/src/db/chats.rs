@@ -218,3 +218,28 @@ impl From<ListRow> for ChatSummary {
         }
     }
 }
+
+/// The current `last_seq` of each of these chats.
+pub async fn last_seqs(db: impl PgExecutor<'_>, chat_ids: &[i64]) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as("SELECT id, last_seq FROM chats WHERE id = ANY($1)")
+        .bind(chat_ids)
+        .fetch_all(db)
+        .await
+}
+
+/// The chats `user_id` is a member of, with their current `last_seq` (optionally only among
+/// `only`).
+pub async fn positions_of_member(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    only: Option<&[i64]>,
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as(
+        "SELECT c.id, c.last_seq FROM chat_members m JOIN chats c ON c.id = m.chat_id
+         WHERE m.user_id = $1 AND ($2::bigint[] IS NULL OR c.id = ANY($2))",
+    )
+    .bind(user_id)
+    .bind(only)
+    .fetch_all(db)
+    .await
+}

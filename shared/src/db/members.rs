@@ -1,23 +1,23 @@
 //! `chat_members`: who is in which chat, with which role, and how far they have read.
 
-use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-/// Adds members who are not in the chat yet and answers the ones actually added. A new member's
-/// read marker starts at the chat's current seq: history stays readable, but it neither counts
-/// as their unread nor makes older messages "unread by everyone" again.
+/// Adds members who are not in the chat yet and answers the ones actually added, each with the
+/// chat's seq at the moment they joined. A new member's read marker starts there: history stays
+/// readable, but it neither counts as their unread nor makes older messages "unread by
+/// everyone" again.
 pub async fn add(
     db: impl PgExecutor<'_>,
     chat_id: i64,
     user_ids: &[i64],
     role: &str,
-) -> sqlx::Result<Vec<(i64, DateTime<Utc>)>> {
+) -> sqlx::Result<Vec<(i64, i64)>> {
     sqlx::query_as(
         "INSERT INTO chat_members (chat_id, user_id, role, last_read_seq)
          SELECT $1, u, $3, (SELECT last_seq FROM chats WHERE id = $1)
          FROM unnest($2::bigint[]) AS u
          ON CONFLICT (chat_id, user_id) DO NOTHING
-         RETURNING user_id, joined_at",
+         RETURNING user_id, last_read_seq",
     )
     .bind(chat_id)
     .bind(user_ids)

@@ -1,0 +1,41 @@
+//! `ws-relay`: the standalone relay. Needs `DATABASE_URL`, `JWT_SECRET_KEY` and `NATS_URL`
+//! (several relays share events only through NATS); listens on `RELAY_PORT` (default 8001).
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use windi_shared::{
+    AppState,
+    config::Config,
+    runtime::{init_tracing, shutdown_signal},
+    state::Broker,
+};
+use ws_relay::{RelaySettings, RelaySource};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("ws-relay cannot start: {e}");
+            eprintln!("ws-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
+    let state = AppState::connect(&config, Broker::Required, "ws-relay").await?;
+    let source = RelaySource::for_publisher(&state.events, config.nats_url.as_deref())?;
+    let addr = SocketAddr::from(([0, 0, 0, 0], settings.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on RELAY_PORT {}: {e}", settings.port))?;
+    let relay = ws_relay::start(state, source, settings, listener).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing connections with 1012 so clients resume elsewhere");
+    relay.stop().await;
+    Ok(())
+}
