@@ -45,6 +45,18 @@ async fn run() -> Result<(), String> {
         ),
     }
 
+    // WINDI_RELAY=off leaves the relay to a separate ws-relay service (as compose does).
+    let embedded_relay = !matches!(
+        windi_shared::config::optional("WINDI_RELAY").as_deref(),
+        Some("off")
+    );
+    if !embedded_relay {
+        tracing::info!("WINDI_RELAY=off: no embedded WebSocket relay");
+        let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+        return serve(windi::app(state), addr)
+            .await
+            .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
+    }
     let relay_port = relay_settings.port;
     let relay_listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], relay_port)))
