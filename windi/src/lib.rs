@@ -3,7 +3,7 @@
 //!
 //! This is where the routers are merged — the one place that lists every route of windi.
 
-use axum::{Router, extract::State, http::StatusCode};
+use axum::{Router, extract::State, http::StatusCode, routing::get};
 use sqlx::{Postgres, migrate::MigrateDatabase};
 use utoipa::{
     Modify, OpenApi,
@@ -69,13 +69,76 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
 
-/// The whole HTTP application for this state.
+/// The whole HTTP application for this state, with the browser client at `/` pointing at a
+/// relay on `relay_port` of the same host.
 pub fn app(state: AppState) -> Router {
+    app_with_client(state, ClientConfig::default())
+}
+
+/// What the browser client needs to know that it cannot see from its own URL.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientConfig {
+    /// The relay's port on the page's host (`RELAY_PORT`).
+    pub relay_port: u16,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self { relay_port: 8001 }
+    }
+}
+
+/// [`app`] with an explicit client configuration.
+pub fn app_with_client(state: AppState, client: ClientConfig) -> Router {
     let (router, api) = routes().split_for_parts();
     let router = router
         .with_state(state)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", api));
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(static_client(client));
     windi_shared::runtime::with_http_layers(router)
+}
+
+/// The browser client: plain files compiled into the binary (no build step, no CDN).
+fn static_client(config: ClientConfig) -> Router {
+    use axum::{http::header, response::IntoResponse};
+    fn asset(content_type: &'static str, body: &'static str) -> axum::routing::MethodRouter {
+        get(move || async move {
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                body,
+            )
+                .into_response()
+        })
+    }
+    Router::new()
+        .route(
+            "/",
+            asset(
+                "text/html; charset=utf-8",
+                include_str!("../static/index.html"),
+            ),
+        )
+        .route(
+            "/app.js",
+            asset(
+                "text/javascript; charset=utf-8",
+                include_str!("../static/app.js"),
+            ),
+        )
+        .route(
+            "/style.css",
+            asset(
+                "text/css; charset=utf-8",
+                include_str!("../static/style.css"),
+            ),
+        )
+        .route(
+            "/client-config.json",
+            get(move || async move { axum::Json(config) }),
+        )
 }
 
 /// Creates the database if it does not exist, then applies pending migrations.

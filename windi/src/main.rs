@@ -68,7 +68,8 @@ async fn run() -> Result<(), String> {
 
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
     tracing::info!("Swagger UI at http://localhost:{}/docs", config.port);
-    let served = serve(windi::app(state), addr)
+    let client = windi::ClientConfig { relay_port };
+    let served = serve(windi::app_with_client(state, client), addr)
         .await
         .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
     // The API stopped (a signal): close WebSockets with 1012 so clients reconnect and resume.

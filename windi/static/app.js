@@ -1,0 +1,1 @@
+// windi browser client
