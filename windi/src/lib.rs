@@ -2,6 +2,11 @@
 //! OpenAPI document, Swagger UI, and health checks.
 //!
 //! This is where the routers are merged — the one place that lists every route of windi.
+//! The data tools live here too: [`demo`], [`generate`] and [`check`].
+
+pub mod check;
+pub mod demo;
+pub mod generate;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use sqlx::{Postgres, migrate::MigrateDatabase};

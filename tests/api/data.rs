@@ -1,0 +1,165 @@
+//! The data tools: `windi demo`, `windi generate` and `windi check`.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use windi::generate::{GENERATED_PASSWORD, Options};
+use windi_tests::TestApp;
+
+async fn count(app: &TestApp, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_builds_the_seed_scenario_and_a_rerun_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let first = windi::demo::run(windi::app(app.state.clone()))
+        .await
+        .unwrap();
+    assert_eq!(first.new_messages, 7);
+    let counts = (
+        count(&app, "users").await,
+        count(&app, "chats").await,
+        count(&app, "messages").await,
+    );
+    assert_eq!(counts, (3, 2, 7));
+
+    let again = windi::demo::run(windi::app(app.state.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again.new_messages, 0);
+    assert_eq!(again.group_chat, first.group_chat);
+    assert_eq!(
+        (
+            count(&app, "users").await,
+            count(&app, "chats").await,
+            count(&app, "messages").await
+        ),
+        counts
+    );
+
+    // The logins it prints work, and the read marks are in place.
+    let alice = &first.logins[0];
+    let token = app.login(alice.email, alice.password).await;
+    let (status, history) = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/chat/history/{}", first.group_chat),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[3]["text"], "Great — standup tomorrow at 10.");
+    assert_eq!(history[3]["read"], true, "Bob and Carol read the group");
+    assert!(windi::check::run(&app.db.pool).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn generated_data_passes_the_invariant_checks_and_serves_like_live_data() {
+    let app = TestApp::spawn().await;
+    // Live data first: generation must coexist with it, never replace it.
+    windi::demo::run(windi::app(app.state.clone()))
+        .await
+        .unwrap();
+    let options = Options {
+        users: 300,
+        chats: 200,
+        messages: 20_000,
+        progress: false,
+        ..Options::default()
+    };
+    let report = windi::generate::run(&app.db.pool, &options).await.unwrap();
+    assert_eq!(
+        (report.users, report.chats, report.messages),
+        (300, 200, 20_000)
+    );
+    assert_eq!(count(&app, "messages").await, 20_007);
+    assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+
+    // A generated user logs in and reads a generated chat through the API.
+    let token = app
+        .login(&report.first_user_email, GENERATED_PASSWORD)
+        .await;
+    let (_, chats) = app
+        .call(reqwest::Method::GET, "/chat/list", Some(&token), None)
+        .await;
+    let busiest = chats
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|c| c["last_seq"].as_i64().unwrap())
+        .expect("user0 is in some chat")
+        .clone();
+    let last_seq = busiest["last_seq"].as_i64().unwrap();
+    let (status, page) = app
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/chat/history/{}?before_seq={}&limit=50",
+                busiest["id"],
+                last_seq + 1
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let seqs: Vec<i64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    let expected_len = last_seq.min(50);
+    assert_eq!(
+        seqs,
+        ((last_seq - expected_len + 1)..=last_seq).collect::<Vec<_>>()
+    );
+
+    // Live sends continue the generated seqs without a gap.
+    let (status, sent) = app
+        .call(
+            reqwest::Method::POST,
+            "/chat/message",
+            Some(&token),
+            Some(json!({"chat_id": busiest["id"], "text": "live after generate"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    assert_eq!(sent["seq"], last_seq + 1);
+    assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn check_reports_a_gap_and_an_out_of_range_marker() {
+    let app = TestApp::spawn().await;
+    windi::demo::run(windi::app(app.state.clone()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE chats SET last_seq = last_seq + 1 WHERE kind = 'private'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE chat_members SET last_read_seq = 999 WHERE chat_id = (SELECT min(id) FROM chats WHERE kind = 'group')")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let broken: Vec<&str> = windi::check::run(&app.db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.invariant)
+        .collect();
+    assert_eq!(
+        broken,
+        vec![
+            "per-chat seq is 1..last_seq with no gap",
+            "read markers lie within 0..last_seq"
+        ]
+    );
+}

@@ -1,0 +1,543 @@
+//! `windi generate`: data at scale for benchmarks and for trying the system under weight.
+//!
+//! Users, private chats and groups, and messages with realistic text lengths, loaded with
+//! Postgres `COPY` in one transaction (so an interrupted run leaves nothing half-written). The
+//! rows obey the same invariants as live data — per-chat seqs 1..n with no gap, `last_seq`
+//! equal to the message count, read markers within range — which `windi check` verifies.
+//!
+//! Ids are reserved from the tables' identity sequences first, so the generated rows never
+//! collide with live ones and live inserts afterwards continue cleanly. Nothing is deleted.
+
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use chrono::{TimeZone, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use windi_shared::auth::Passwords;
+
+/// The password of every generated user (they share one argon2id hash: hashing each would
+/// take ~16 ms apiece and dominate the run).
+pub const GENERATED_PASSWORD: &str = "generated-password";
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub users: usize,
+    pub chats: usize,
+    pub messages: u64,
+    /// Share of chats that are groups (the rest are private pairs).
+    pub group_share: f64,
+    pub min_group: usize,
+    pub max_group: usize,
+    pub seed: u64,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            users: 10_000,
+            chats: 5_000,
+            messages: 1_000_000,
+            group_share: 0.3,
+            min_group: 3,
+            max_group: 30,
+            seed: 42,
+            progress: true,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Report {
+    pub users: usize,
+    pub chats: usize,
+    pub messages: u64,
+    pub elapsed: Duration,
+    /// Time spent on the messages alone (their `COPY`).
+    pub message_time: Duration,
+    /// Emails are `user<i>.<tag>@example.com`.
+    pub tag: String,
+    pub first_user_email: String,
+}
+
+impl Report {
+    pub fn messages_per_second(&self) -> f64 {
+        self.messages as f64 / self.message_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A small deterministic PRNG (splitmix64): reproducible data from `--seed`, no dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Chat {
+    id: i64,
+    group: bool,
+    name: Option<String>,
+    members: Vec<i64>,
+    messages: i64,
+}
+
+/// Generates and loads everything; answers what was made.
+pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
+    let started = Instant::now();
+    let o = options;
+    if o.users < 2 {
+        return Err("--users must be at least 2".into());
+    }
+    if o.chats == 0 && o.messages > 0 {
+        return Err("--messages needs at least one chat".into());
+    }
+    let mut rng = Rng::new(o.seed);
+    let tag = format!("s{}t{}", o.seed, Utc::now().timestamp());
+    let hash = Passwords::new(1)
+        .hash(GENERATED_PASSWORD.into())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let mut tx = pool.begin().await.map_err(db)?;
+    let user_ids = reserve_ids(&mut tx, "users", o.users).await?;
+    let chat_ids = reserve_ids(&mut tx, "chats", o.chats).await?;
+    let mut chats = plan_chats(&mut rng, o, &user_ids, &chat_ids);
+    distribute_messages(&mut rng, &mut chats, o.messages);
+
+    copy_users(&mut tx, &user_ids, &tag, &hash).await?;
+    copy_chats(&mut tx, &chats).await?;
+    copy_members(&mut tx, &mut rng, &chats).await?;
+    let message_started = Instant::now();
+    copy_messages(&mut tx, &mut rng, &chats, o.messages, o.progress).await?;
+    let message_time = message_started.elapsed();
+    tx.commit().await.map_err(db)?;
+
+    Ok(Report {
+        users: user_ids.len(),
+        chats: chats.len(),
+        messages: chats.iter().map(|c| c.messages as u64).sum(),
+        elapsed: started.elapsed(),
+        message_time,
+        first_user_email: format!("user0.{tag}@example.com"),
+        tag,
+    })
+}
+
+fn db(e: sqlx::Error) -> String {
+    format!("database: {e}")
+}
+
+/// Takes `n` ids from the table's identity sequence, so live inserts never reuse them.
+async fn reserve_ids(tx: &mut PgConnection, table: &str, n: usize) -> Result<Vec<i64>, String> {
+    let sql = format!(
+        "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, $1)"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)
+}
+
+fn plan_chats(rng: &mut Rng, o: &Options, users: &[i64], chat_ids: &[i64]) -> Vec<Chat> {
+    let mut pairs = HashSet::new();
+    let max_group = o.max_group.clamp(o.min_group.max(2), users.len());
+    let min_group = o.min_group.clamp(2, max_group);
+    let mut group_number = 0;
+    chat_ids
+        .iter()
+        .map(|&id| {
+            let mut group = rng.unit() < o.group_share;
+            let mut members = Vec::new();
+            if !group {
+                // A private chat needs a pair not used yet; with few users, fall back to a group.
+                for _ in 0..20 {
+                    let (a, b) = (users[rng.below(users.len())], users[rng.below(users.len())]);
+                    if a != b && pairs.insert((a.min(b), a.max(b))) {
+                        members = vec![a, b];
+                        break;
+                    }
+                }
+                group = members.is_empty();
+            }
+            let name = if group {
+                let size = min_group + rng.below(max_group - min_group + 1);
+                let mut chosen = HashSet::with_capacity(size);
+                while chosen.len() < size {
+                    chosen.insert(users[rng.below(users.len())]);
+                }
+                members = chosen.into_iter().collect();
+                members.sort_unstable();
+                group_number += 1;
+                Some(format!(
+                    "{} {group_number}",
+                    GROUP_NAMES[rng.below(GROUP_NAMES.len())]
+                ))
+            } else {
+                None
+            };
+            Chat {
+                id,
+                group,
+                name,
+                members,
+                messages: 0,
+            }
+        })
+        .collect()
+}
+
+/// Spreads the messages over the chats with a long tail: a few busy chats, many quiet ones.
+fn distribute_messages(rng: &mut Rng, chats: &mut [Chat], total: u64) {
+    if chats.is_empty() {
+        return;
+    }
+    let weights: Vec<f64> = chats
+        .iter()
+        .map(|_| {
+            let u = rng.unit().max(1e-9);
+            u.powf(3.0) // skewed: most chats small, some large
+        })
+        .collect();
+    let sum: f64 = weights.iter().sum();
+    let mut assigned = 0u64;
+    for (chat, w) in chats.iter_mut().zip(&weights) {
+        let n = (total as f64 * w / sum).floor() as u64;
+        chat.messages = n as i64;
+        assigned += n;
+    }
+    let len = chats.len();
+    for i in 0..(total - assigned) {
+        chats[(i as usize) % len].messages += 1;
+    }
+}
+
+async fn copy_users(
+    tx: &mut PgConnection,
+    ids: &[i64],
+    tag: &str,
+    hash: &str,
+) -> Result<(), String> {
+    let mut buf = String::with_capacity(ids.len() * 160);
+    for (i, id) in ids.iter().enumerate() {
+        let first = FIRST_NAMES[i % FIRST_NAMES.len()];
+        let _ = writeln!(buf, "{id}\t{first} {i}\tuser{i}.{tag}@example.com\t{hash}");
+    }
+    copy(
+        tx,
+        "COPY users (id, name, email, password_hash) FROM STDIN",
+        buf.into_bytes(),
+    )
+    .await
+}
+
+async fn copy_chats(tx: &mut PgConnection, chats: &[Chat]) -> Result<(), String> {
+    let mut buf = String::with_capacity(chats.len() * 64);
+    for c in chats {
+        let creator = c.members[0];
+        if c.group {
+            let name = c.name.as_deref().unwrap_or("Group");
+            let _ = writeln!(
+                buf,
+                "{}\tgroup\t{name}\t{creator}\t{}\t\\N\t\\N",
+                c.id, c.messages
+            );
+        } else {
+            let (low, high) = (
+                c.members[0].min(c.members[1]),
+                c.members[0].max(c.members[1]),
+            );
+            let _ = writeln!(
+                buf,
+                "{}\tprivate\t\\N\t{creator}\t{}\t{low}\t{high}",
+                c.id, c.messages
+            );
+        }
+    }
+    copy(
+        tx,
+        "COPY chats (id, kind, name, creator_id, last_seq, private_low, private_high) FROM STDIN",
+        buf.into_bytes(),
+    )
+    .await
+}
+
+/// Members with read markers: most have read everything, some are a few messages behind.
+async fn copy_members(tx: &mut PgConnection, rng: &mut Rng, chats: &[Chat]) -> Result<(), String> {
+    let mut buf = String::new();
+    for c in chats {
+        for (i, user) in c.members.iter().enumerate() {
+            let role = if c.group && i == 0 { "owner" } else { "member" };
+            let behind = if rng.unit() < 0.3 {
+                rng.below(10) as i64
+            } else {
+                0
+            };
+            let marker = (c.messages - behind).max(0);
+            let _ = writeln!(buf, "{}\t{user}\t{role}\t{marker}", c.id);
+        }
+    }
+    copy(
+        tx,
+        "COPY chat_members (chat_id, user_id, role, last_read_seq) FROM STDIN",
+        buf.into_bytes(),
+    )
+    .await
+}
+
+/// Streams the messages chat by chat, seq 1..n each, in ~1 MiB chunks.
+async fn copy_messages(
+    tx: &mut PgConnection,
+    rng: &mut Rng,
+    chats: &[Chat],
+    total: u64,
+    progress: bool,
+) -> Result<(), String> {
+    const CHUNK: usize = 1 << 20;
+    let started = Instant::now();
+    let mut copy_in = tx
+        .copy_in_raw(
+            "COPY messages (chat_id, seq, sender_id, text, created_at, content_hash) FROM STDIN",
+        )
+        .await
+        .map_err(db)?;
+    let mut buf = String::with_capacity(CHUNK + 4096);
+    let mut text = String::with_capacity(1024);
+    let mut done = 0u64;
+    let mut bar = Progress::new(total, progress);
+    // Messages span the last 30 days; each chat's are in seq order in time as well.
+    let now = Utc::now().timestamp();
+    let span = 30 * 24 * 3600;
+    for chat in chats {
+        let mut at = now - span + rng.below(3600) as i64;
+        let step = (span / chat.messages.max(1)).max(1);
+        for seq in 1..=chat.messages {
+            let sender = chat.members[rng.below(chat.members.len())];
+            realistic_text(rng, &mut text);
+            at += 1 + rng.below(step as usize * 2) as i64 / 2;
+            let when = Utc
+                .timestamp_opt(at.min(now), 0)
+                .single()
+                .unwrap_or_else(Utc::now);
+            let _ = write!(
+                buf,
+                "{}\t{seq}\t{sender}\t{text}\t{}\t\\\\x",
+                chat.id,
+                when.format("%Y-%m-%d %H:%M:%S+00")
+            );
+            push_hex(&mut buf, &content_hash(chat.id, &text));
+            buf.push('\n');
+            done += 1;
+            if buf.len() >= CHUNK {
+                copy_in.send(buf.as_bytes()).await.map_err(db)?;
+                buf.clear();
+                bar.update(done, started.elapsed());
+            }
+        }
+    }
+    copy_in.send(buf.as_bytes()).await.map_err(db)?;
+    copy_in.finish().await.map_err(db)?;
+    bar.update(done, started.elapsed());
+    bar.finish();
+    Ok(())
+}
+
+/// The same hash the send path stores (sha256 of chat id and text).
+fn content_hash(chat_id: i64, text: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(chat_id.to_be_bytes());
+    hasher.update(text.as_bytes());
+    hasher.finalize().into()
+}
+
+fn push_hex(buf: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        buf.push(HEX[usize::from(b >> 4)] as char);
+        buf.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
+/// Chat-like text: mostly short lines, some paragraphs, in English and Russian. The words
+/// hold no tab, newline or backslash, so they need no COPY escaping.
+fn realistic_text(rng: &mut Rng, out: &mut String) {
+    out.clear();
+    let words = match rng.below(10) {
+        0..=5 => 1 + rng.below(8),
+        6..=8 => 8 + rng.below(22),
+        _ => 30 + rng.below(90),
+    };
+    let vocabulary = if rng.below(3) == 0 { RUSSIAN } else { ENGLISH };
+    for i in 0..words {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(vocabulary[rng.below(vocabulary.len())]);
+    }
+    out.push_str(["", ".", "!", "?", " :)"][rng.below(5)]);
+}
+
+/// A progress bar on stderr.
+struct Progress {
+    total: u64,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(total: u64, enabled: bool) -> Self {
+        Self { total, enabled }
+    }
+
+    fn update(&mut self, done: u64, elapsed: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let share = done as f64 / self.total.max(1) as f64;
+        let filled = (share * 30.0).round() as usize;
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+        eprint!(
+            "\rmessages [{}{}] {:>3.0}% {done}/{} · {:.0}/s   ",
+            "█".repeat(filled.min(30)),
+            "░".repeat(30 - filled.min(30)),
+            share * 100.0,
+            self.total,
+            rate
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
+}
+
+async fn copy(tx: &mut PgConnection, statement: &str, data: Vec<u8>) -> Result<(), String> {
+    let mut copy_in = tx.copy_in_raw(statement).await.map_err(db)?;
+    copy_in.send(data).await.map_err(db)?;
+    copy_in.finish().await.map_err(db)?;
+    Ok(())
+}
+
+const FIRST_NAMES: &[&str] = &[
+    "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Maks",
+    "Olga", "Pavel", "Sasha", "Tanya", "Yuri",
+];
+const GROUP_NAMES: &[&str] = &[
+    "Project Team",
+    "Family",
+    "Weekend Hike",
+    "Book Club",
+    "Release Crew",
+    "Flatmates",
+    "Football",
+    "Study Group",
+];
+const ENGLISH: &[&str] = &[
+    "hi", "hey", "ok", "sure", "thanks", "see", "you", "tomorrow", "the", "build", "is", "green",
+    "again", "can", "we", "meet", "at", "five", "lunch", "today", "sounds", "good", "I", "will",
+    "send", "it", "later", "deploy", "done", "great", "news", "where", "are", "coffee", "what",
+    "about", "this", "weekend", "running", "late", "review", "please", "merged", "nice", "work",
+];
+const RUSSIAN: &[&str] = &[
+    "привет",
+    "как",
+    "дела",
+    "отлично",
+    "спасибо",
+    "увидимся",
+    "завтра",
+    "да",
+    "нет",
+    "может",
+    "быть",
+    "встретимся",
+    "в",
+    "пять",
+    "обед",
+    "сегодня",
+    "хорошо",
+    "отправлю",
+    "позже",
+    "готово",
+    "новости",
+    "где",
+    "ты",
+    "кофе",
+    "что",
+    "насчёт",
+    "выходных",
+    "опаздываю",
+    "посмотри",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rng_is_deterministic_per_seed() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert_eq!(
+            (0..5).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..5).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn messages_are_distributed_exactly() {
+        let mut rng = Rng::new(1);
+        let mut chats: Vec<Chat> = (0..7)
+            .map(|id| Chat {
+                id,
+                group: false,
+                name: None,
+                members: vec![1, 2],
+                messages: 0,
+            })
+            .collect();
+        distribute_messages(&mut rng, &mut chats, 1001);
+        assert_eq!(chats.iter().map(|c| c.messages).sum::<i64>(), 1001);
+    }
+
+    #[test]
+    fn generated_text_needs_no_copy_escaping() {
+        let mut rng = Rng::new(3);
+        let mut text = String::new();
+        for _ in 0..1000 {
+            realistic_text(&mut rng, &mut text);
+            assert!(!text.is_empty());
+            assert!(!text.contains(['\t', '\n', '\r', '\\']));
+        }
+    }
+}
