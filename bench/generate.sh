@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Benchmark: `windi generate` against the machine's raw Postgres COPY of the very same rows.
+#
+#   bench/generate.sh [messages]      (default 1000000)
+#
+# 1. windi generate loads users, chats and messages into a fresh database A (timed by windi).
+# 2. The messages are dumped as COPY text; a database B is cloned from A with `messages` empty.
+# 3. psql's \copy loads the same file into B (the baseline: same schema, indexes, constraints).
+# The ratio windi/psql says how much windi's generation adds over Postgres's own floor.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+messages=${1:-1000000}
+admin=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+base=${admin%/*}
+a=windi_bench_a_$$ b=windi_bench_b_$$ dump=$(mktemp)
+cleanup() {
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $a WITH (FORCE)" -c "DROP DATABASE IF EXISTS $b WITH (FORCE)" >/dev/null
+  rm -f "$dump"
+}
+trap cleanup EXIT
+
+cargo build --release -q -p windi
+export JWT_SECRET_KEY=${JWT_SECRET_KEY:-bench-only-fake-secret-0123456789abcdef} RUST_LOG=warn
+DATABASE_URL="$base/$a" ./target/release/windi generate --messages "$messages" | tee /tmp/windi-bench.out
+windi_rate=$(sed -nE 's/.*messages loaded at ([0-9]+)\/s.*/\1/p' /tmp/windi-bench.out)
+DATABASE_URL="$base/$a" ./target/release/windi check >/dev/null
+
+cols="chat_id, seq, sender_id, text, created_at, content_hash"
+psql "$base/$a" -qc "\\copy (SELECT $cols FROM messages ORDER BY chat_id, seq) TO '$dump'"
+psql "$admin" -qc "CREATE DATABASE $b TEMPLATE $a"
+psql "$base/$b" -qc "TRUNCATE messages"
+start=$(date +%s.%N)
+psql "$base/$b" -qc "\\copy messages ($cols) FROM '$dump'"
+end=$(date +%s.%N)
+psql_rate=$(awk -v n="$messages" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", n / (e - s) }')
+
+echo
+echo "windi generate: $windi_rate messages/s"
+echo "psql \\copy:     $psql_rate messages/s (same rows, same schema)"
+awk -v w="$windi_rate" -v p="$psql_rate" 'BEGIN { printf "ratio:          %.2f of raw COPY\n", w / p }'
