@@ -254,7 +254,8 @@ async fn a_message_committed_without_any_publish_arrives_within_the_poll_bound()
     let latency = committed.elapsed();
     assert_eq!(got[0]["message"]["text"], "orphan");
     assert_eq!(got[0]["seq"], 2);
-    assert!(latency < Duration::from_millis(2500), "took {latency:?}");
+    // The bound is the poll interval plus one query; the margin absorbs a loaded CI machine.
+    assert!(latency < Duration::from_secs(3), "took {latency:?}");
     assert!(relay.stats().nudges >= 1);
     relay.stop().await;
 }

@@ -33,6 +33,9 @@ use windi_shared::{
     model::ChatSummary,
 };
 
+/// How long a join waits for NATS to confirm its subscriptions.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Identifies one WebSocket connection (one device) within this relay.
 pub type ConnId = u64;
 
@@ -468,12 +471,16 @@ impl Hub {
         Ok(Some(Subscription(tasks)))
     }
 
-    /// Waits until the server has every subscription sent so far.
+    /// Waits until the server has every subscription sent so far — but not for long: while
+    /// NATS is down a flush would wait for the reconnect, holding up every join. The
+    /// subscriptions are replayed on reconnect, and the poller covers what passes meanwhile.
     async fn flush(&self) {
-        if let Source::Nats { client, .. } = &self.source
-            && let Err(e) = client.flush().await
-        {
-            tracing::warn!(error = %e, "NATS flush failed; the poller covers the gap");
+        if let Source::Nats { client, .. } = &self.source {
+            match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush failed; the poller covers it"),
+                Err(_) => tracing::warn!("NATS flush timed out; the poller covers the gap"),
+            }
         }
     }
 
