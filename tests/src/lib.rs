@@ -191,6 +191,37 @@ impl TestApp {
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
     pub async fn start(db: TestDb, events: Publisher, prefix: String) -> Self {
+        let (app, listener) = Self::bind(db, events, prefix).await;
+        app.serve(listener, windi::ClientConfig::default());
+        app
+    }
+
+    /// windi with the in-process bus as a browser sees it: the page at `/` is told the port of
+    /// the relay started with it (in `/client-config.json`), and that relay accepts the page's
+    /// origin. The relay starts first, so the page never points at a port nobody listens on.
+    pub async fn spawn_for_browser() -> (Self, RelayHandle) {
+        let prefix = unique("t");
+        let events = Publisher::Local(LocalBus::new(&prefix));
+        let (app, listener) = Self::bind(TestDb::new().await, events, prefix).await;
+        let relay = app
+            .relay(RelaySettings {
+                allowed_origins: Some(vec![app.base.clone()]),
+                ..relay_settings()
+            })
+            .await;
+        let client = windi::ClientConfig {
+            relay_port: relay.addr.port(),
+        };
+        app.serve(listener, client);
+        (app, relay)
+    }
+
+    /// The app's state on a bound listener, not serving yet.
+    async fn bind(
+        db: TestDb,
+        events: Publisher,
+        prefix: String,
+    ) -> (Self, tokio::net::TcpListener) {
         let jwt = JwtConfig::new(
             TEST_SECRET.to_vec(),
             Algorithm::HS256,
@@ -200,9 +231,7 @@ impl TestApp {
         let state = AppState::new(db.pool.clone(), &jwt, events);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = windi::app(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
+        let app = Self {
             base: format!("http://{addr}"),
             addr,
             state,
@@ -210,7 +239,13 @@ impl TestApp {
             db,
             prefix,
             nats_url: None,
-        }
+        };
+        (app, listener)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener, client: windi::ClientConfig) {
+        let router = windi::app_with_client(self.state.clone(), client);
+        tokio::spawn(async move { axum::serve(listener, router).await });
     }
 
     /// Registers and logs in a new user with a unique email.

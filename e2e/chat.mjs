@@ -1,0 +1,347 @@
+// End-to-end test of windi's browser client in a real headless Chromium.
+//
+//   node e2e/chat.mjs [BASE_URL] [SCREENSHOT_DIR]
+//
+// BASE_URL (or WINDI_URL; default http://127.0.0.1:8000) is a running windi with its relay;
+// SCREENSHOT_DIR (or SCREENSHOT_DIR; default ./e2e-screenshots) receives PNGs of the phone and
+// desktop layouts. The browser is Debian's /usr/bin/chromium (CHROMIUM_PATH overrides it); no
+// browser is downloaded.
+//
+// Two people in two browser contexts (separate storage, so separate logins): Alice on a
+// desktop-sized window, Bob on a phone-sized one. Through the UI only, except for a batch of
+// group messages posted over the API to have history worth scrolling back through:
+//   1. both register; Alice starts a private chat with Bob's id and writes;
+//   2. Bob sees the chat appear with an unread badge, live; opens it; Alice sees "read";
+//   3. Bob types: Alice sees "Bob is typing…"; Bob's reply arrives live and is read;
+//   4. Alice creates a group with Bob: it appears on Bob's side live; 60 messages later Bob
+//      opens it and scrolls back to the first one, page by page;
+//   5. Bob's relay connection drops; Alice writes twice meanwhile; Bob reconnects and `resume`
+//      brings both, in order;
+//   6. Bob's send reaches the server but its ack is lost with the connection: after the
+//      reconnect the client sends it again with the same dedup_key, and it exists once.
+// Every wait is on a condition with a timeout; nothing sleeps. Exit code 0 means it all held.
+
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BASE_URL = (process.argv[2] ?? process.env.WINDI_URL ?? 'http://127.0.0.1:8000')
+  .replace(/\/$/, '');
+const SHOTS = path.resolve(process.argv[3] ?? process.env.SCREENSHOT_DIR ?? 'e2e-screenshots');
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+/** One condition may take this long (the machine may be busy with other tests). */
+const WAIT_MS = Number(process.env.E2E_WAIT_MS ?? 20000);
+/** The whole run may take this long. */
+const TOTAL_MS = Number(process.env.E2E_TOTAL_MS ?? 150000);
+const PASSWORD = 'correct horse battery';
+
+const started = Date.now();
+const log = (message) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${message}`);
+
+const deadline = setTimeout(() => {
+  console.error(`FAILED: the whole run took longer than ${TOTAL_MS} ms`);
+  process.exit(1);
+}, TOTAL_MS);
+deadline.unref();
+
+/** Waits until `fn(arg)` is truthy in the page; fails naming `what`. */
+async function until(page, what, fn, arg) {
+  try {
+    return await page.waitForFunction(fn, arg, { timeout: WAIT_MS, polling: 50 });
+  } catch (error) {
+    throw new Error(`timed out waiting for: ${what} (${error.message.split('\n')[0]})`);
+  }
+}
+
+/** Waits for a locator to be visible; fails naming `what`. */
+async function visible(locator, what) {
+  try {
+    await locator.first().waitFor({ state: 'visible', timeout: WAIT_MS });
+  } catch (error) {
+    throw new Error(`timed out waiting for: ${what} (${error.message.split('\n')[0]})`);
+  }
+}
+
+/** The own message with exactly this text. */
+const ownMessage = (page, text) => page.locator('#message-list .msg.own')
+  .filter({ has: page.locator('.text', { hasText: new RegExp(`^${escape(text)}$`) }) });
+const anyMessage = (page, text) => page.locator('#message-list .msg')
+  .filter({ has: page.locator('.text', { hasText: new RegExp(`^${escape(text)}$`) }) });
+const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** The seqs of the messages on screen, in screen order. */
+const shownSeqs = (page) => page.$$eval('#message-list .msg[data-seq]',
+  (rows) => rows.map((row) => Number(row.dataset.seq)));
+
+function assertContiguous(seqs, from, to, who) {
+  const expected = Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  if (JSON.stringify(seqs) !== JSON.stringify(expected)) {
+    throw new Error(`${who} shows seqs ${JSON.stringify(seqs)}, expected ${from}..${to} once each, in order`);
+  }
+}
+
+async function register(page, name, email) {
+  await page.goto(BASE_URL);
+  await visible(page.locator('#auth-form'), `${name}: the login form`);
+  await page.click('#tab-register');
+  await page.fill('#auth-name', name);
+  await page.fill('#auth-email', email);
+  await page.fill('#auth-password', PASSWORD);
+  await page.click('#auth-submit');
+  await visible(page.locator('#main-view'), `${name}: the chat screen after registering`);
+  await until(page, `${name}: connected to the relay`,
+    () => document.getElementById('conn').dataset.state === 'online');
+  return Number(await page.textContent('#me-id'));
+}
+
+async function send(page, text) {
+  await page.fill('#composer-text', text);
+  await page.click('#send');
+}
+
+async function shot(page, name) {
+  const file = path.join(SHOTS, `${name}.png`);
+  await page.screenshot({ path: file });
+  log(`screenshot ${file}`);
+}
+
+/**
+ * Bob's relay connection goes through Playwright, so the test can cut it (as a lost network
+ * would), keep it down, and lose what the server says while cutting.
+ */
+function relayControl(page) {
+  const control = {
+    blocked: false,
+    /** When set, the next `send` frame reaches the server, but nothing more reaches the page. */
+    loseAckOfNextSend: false,
+    swallowing: false,
+    live: new Set(),
+    /** Every `send` frame the page sent: `{text, dedup_key}`. */
+    sends: [],
+    async drop() {
+      this.blocked = true;
+      for (const route of this.live) await route.close({ code: 4000, reason: 'test: network lost' });
+      this.live.clear();
+    },
+  };
+  return page.routeWebSocket(/\/ws\?token=/, (route) => {
+    if (control.blocked) {
+      route.close({ code: 4000, reason: 'test: network down' });
+      return;
+    }
+    control.swallowing = false;
+    const server = route.connectToServer();
+    control.live.add(route);
+    route.onMessage((message) => {
+      server.send(message);
+      const frame = JSON.parse(message);
+      if (frame.type === 'send') control.sends.push({ text: frame.text, key: frame.dedup_key });
+      if (control.loseAckOfNextSend && frame.type === 'send') {
+        control.loseAckOfNextSend = false;
+        control.swallowing = true;
+      }
+    });
+    server.onMessage((message) => {
+      if (!control.swallowing) route.send(message);
+    });
+  }).then(() => control);
+}
+
+/** The network is back: unblock the relay and tell the page, as the browser would. */
+async function reconnect(page, relay) {
+  relay.blocked = false;
+  await page.evaluate(() => window.dispatchEvent(new Event('online')));
+}
+
+async function main() {
+  await mkdir(SHOTS, { recursive: true });
+  log(`windi at ${BASE_URL}; chromium ${CHROMIUM}; screenshots in ${SHOTS}`);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    timeout: WAIT_MS,
+  });
+  const pages = [];
+  try {
+    const desktop = await browser.newContext({ viewport: { width: 1200, height: 760 } });
+    const phone = await browser.newContext({
+      viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true,
+    });
+    const alice = await desktop.newPage();
+    const bob = await phone.newPage();
+    for (const [who, page] of [['alice', alice], ['bob', bob]]) {
+      page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') log(`${who} console ${m.type()}: ${m.text()}`); });
+      page.on('pageerror', (e) => log(`${who} page error: ${e.message}`));
+      pages.push([who, page]);
+    }
+    const bobRelay = await relayControl(bob);
+
+    // 1. Register both; Alice writes to Bob by id.
+    const tag = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    await bob.goto(BASE_URL);
+    await visible(bob.locator('#auth-form'), 'bob: the login form');
+    await shot(bob, 'phone-login');
+    const bobId = await register(bob, 'Bob', `bob-${tag}@example.com`);
+    const aliceId = await register(alice, 'Alice', `alice-${tag}@example.com`);
+    log(`registered Alice #${aliceId} and Bob #${bobId}`);
+
+    await alice.click('#show-new-chat');
+    await alice.fill('#new-chat-user', String(bobId));
+    await alice.click('#new-chat-form button[type=submit]');
+    const hello = 'Hi Bob! Are you there?';
+    await send(alice, hello);
+    await visible(ownMessage(alice, hello).locator('.status[data-status="sent"]'),
+      'alice: her first message stored (one tick)');
+    log('Alice sent the first message');
+
+    // 2. Bob sees it live, opens the chat, reads; Alice sees the read mark.
+    const bobsItem = bob.locator('.chat-item', { hasText: 'Alice' });
+    await visible(bobsItem.locator('.badge', { hasText: /^1$/ }), 'bob: the new chat with 1 unread');
+    await visible(bobsItem.locator('.preview', { hasText: hello }), 'bob: the preview of the message');
+    await shot(bob, 'phone-chat-list');
+    await bobsItem.click();
+    await visible(anyMessage(bob, hello), 'bob: the message in the open chat');
+    await visible(ownMessage(alice, hello).locator('.status[data-status="read"]'),
+      'alice: the read mark on her message');
+    await until(bob, 'bob: the unread badge gone',
+      () => !document.querySelector('.chat-item .badge'));
+    log('Bob read it; Alice saw the read mark');
+
+    // 3. Bob types: Alice sees it; then his reply arrives live and Alice reads it.
+    const reply = 'Yes! Typing from my phone.';
+    await bob.fill('#composer-text', reply.slice(0, 10));
+    await until(alice, 'alice: "Bob is typing…"',
+      () => /Bob is typing/.test(document.getElementById('typing').textContent));
+    await shot(alice, 'desktop-typing');
+    await bob.fill('#composer-text', reply);
+    await bob.click('#send');
+    await visible(anyMessage(alice, reply), 'alice: Bob\'s reply, live');
+    await until(alice, 'alice: the typing line cleared by his message',
+      () => document.getElementById('typing').textContent === '');
+    await visible(ownMessage(bob, reply).locator('.status[data-status="read"]'),
+      'bob: the read mark on his reply');
+    log('typing shown; the reply arrived live and was read');
+
+    // 4. A group: it appears on Bob's side live; its history pages back to seq 1.
+    await bob.click('#back'); // On a phone the list and the open chat take turns.
+    await alice.click('#show-new-group');
+    await alice.fill('#new-group-name', 'Project Team');
+    await alice.fill('#new-group-members', String(bobId));
+    await alice.click('#new-group-form button[type=submit]');
+    await until(alice, 'alice: the group open', () => document.getElementById('chat-title').textContent === 'Project Team');
+    const groupItem = bob.locator('.chat-item', { hasText: 'Project Team' });
+    await visible(groupItem, 'bob: the new group in his list, live');
+    const groupId = Number(await alice.evaluate(() => document.querySelector('.chat-item[aria-current="true"]').dataset.chatId));
+    const batch = 60;
+    await alice.evaluate(async ({ chatId, count, tag }) => {
+      // Over the API, as another client of Alice's would (same token, own dedup keys).
+      const token = sessionStorage.getItem('windi.token');
+      for (let i = 1; i <= count; i += 1) {
+        const response = await fetch('/chat/message', {
+          method: 'POST',
+          headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ chat_id: chatId, text: `Note ${i} of ${count}`, dedup_key: `e2e-${tag}-${i}` }),
+        });
+        if (!response.ok) throw new Error(`POST /chat/message: ${response.status}`);
+      }
+    }, { chatId: groupId, count: batch, tag });
+    await visible(groupItem.locator('.badge', { hasText: new RegExp(`^${batch}$`) }),
+      `bob: ${batch} unread in the group, counted live`);
+    // A fresh start of Bob's page (the login survives it): now the group's history has to come
+    // from the API, a page at a time.
+    await bob.reload();
+    await until(bob, 'bob: connected again after the reload',
+      () => document.getElementById('conn').dataset.state === 'online');
+    await visible(groupItem.locator('.badge', { hasText: new RegExp(`^${batch}$`) }),
+      `bob: ${batch} unread in the group, from the chat list`);
+    await groupItem.click();
+    await visible(anyMessage(bob, `Note ${batch} of ${batch}`), 'bob: the newest group message');
+    await until(alice, 'alice: her last group message read by Bob (the only other member)',
+      (text) => [...document.querySelectorAll('#message-list .msg.own')]
+        .some((m) => m.querySelector('.text').textContent === text
+          && m.querySelector('.status').dataset.status === 'read'),
+      `Note ${batch} of ${batch}`);
+    // Scroll back until the first message is there (each scroll to the top loads a page).
+    await until(bob, 'bob: scrolled back to the first group message', () => {
+      const box = document.getElementById('messages');
+      box.scrollTop = 0;
+      box.dispatchEvent(new Event('scroll'));
+      return document.querySelector('#message-list .msg[data-seq="1"]') !== null;
+    });
+    assertContiguous(await shownSeqs(bob), 1, batch, 'bob\'s group');
+    log(`group history scrolled back over ${batch} messages`);
+
+    // Back to the private chat (phone: through the list).
+    await bob.click('#back');
+    await bobsItem.click();
+    await visible(anyMessage(bob, reply), 'bob: the private chat again');
+    await alice.locator('.chat-item', { hasText: 'Bob' }).click();
+    await visible(anyMessage(alice, reply), 'alice: the private chat again');
+
+    // 5. Bob's connection drops; two messages while he is away arrive by resume, in order.
+    await bobRelay.drop();
+    await until(bob, 'bob: shown as disconnected',
+      () => document.getElementById('conn').dataset.state !== 'online');
+    const away = ['While you were away (1)', 'While you were away (2)'];
+    for (const text of away) {
+      await send(alice, text);
+      await visible(ownMessage(alice, text).locator('.status[data-status="sent"]'), `alice: "${text}" stored`);
+    }
+    await reconnect(bob, bobRelay);
+    await until(bob, 'bob: reconnected',
+      () => document.getElementById('conn').dataset.state === 'online');
+    for (const text of away) await visible(anyMessage(bob, text), `bob: "${text}" after resume`);
+    assertContiguous(await shownSeqs(bob), 1, 4, 'bob\'s private chat');
+    log('Bob reconnected; resume brought what he missed');
+
+    // 6. The ack of Bob's send is lost with his connection: the retry does not duplicate.
+    const once = 'Sent once, whatever happens';
+    bobRelay.loseAckOfNextSend = true;
+    await send(bob, once);
+    await visible(anyMessage(alice, once), 'alice: Bob\'s message (the server stored it)');
+    await until(bob, 'bob: still waiting for the lost ack',
+      () => document.querySelector('#message-list .msg.pending') !== null);
+    await bobRelay.drop();
+    await reconnect(bob, bobRelay);
+    await until(bob, 'bob: reconnected again',
+      () => document.getElementById('conn').dataset.state === 'online');
+    await until(bob, 'bob: the pending message confirmed by the retry',
+      () => document.querySelector('#message-list .msg.pending') === null);
+    await visible(ownMessage(bob, once).locator('.status'), 'bob: his message, stored');
+    await until(alice, 'alice: the message once, read by her',
+      (text) => [...document.querySelectorAll('#message-list .msg .text')]
+        .filter((t) => t.textContent === text).length === 1, once);
+    assertContiguous(await shownSeqs(alice), 1, 5, 'alice\'s private chat');
+    assertContiguous(await shownSeqs(bob), 1, 5, 'bob\'s private chat');
+    const copies = await bob.locator('#message-list .msg .text', { hasText: once }).count();
+    if (copies !== 1) throw new Error(`bob shows "${once}" ${copies} times`);
+    const tries = bobRelay.sends.filter((s) => s.text === once);
+    if (tries.length < 2 || new Set(tries.map((s) => s.key)).size !== 1) {
+      throw new Error(`expected the send retried with one dedup_key, saw ${JSON.stringify(tries)}`);
+    }
+    await visible(ownMessage(bob, once).locator('.status[data-status="read"]'),
+      'bob: Alice read the retried message');
+    log(`a send whose ack was lost went ${tries.length} times with one dedup_key and exists once`);
+
+    await shot(alice, 'desktop-chat');
+    await shot(bob, 'phone-chat');
+    console.log(`e2e passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  } catch (error) {
+    for (const [who, page] of pages) {
+      await page.screenshot({ path: path.join(SHOTS, `failure-${who}.png`) }).catch(() => {});
+    }
+    throw error;
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error) => {
+    console.error(`FAILED: ${error.message}`);
+    process.exit(1);
+  },
+);
