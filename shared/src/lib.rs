@@ -12,6 +12,7 @@
 //! - [`send`]: the send path with seq allocation and idempotency
 //! - [`events`]: what is published after commit, to NATS or in-process
 //! - [`runtime`]: one router served under Lambda or locally
+//! - [`lambda`]: the Lambda entry point, with the API Gateway stage taken out of the path
 
 pub mod auth;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod lambda;
 pub mod model;
 pub mod runtime;
 pub mod send;

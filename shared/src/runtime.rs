@@ -78,10 +78,9 @@ pub async fn run_function(name: &str, routes: OpenApiRouter<AppState>) -> ExitCo
         Ok(state) => state,
         Err(e) => return fail(name, &e),
     };
-    let (router, _api) = routes.split_for_parts();
-    let app = with_http_layers(router.with_state(state));
+    let app = function_app(routes, state);
     if in_lambda() {
-        match lambda_http::run(app).await {
+        match crate::lambda::run(app).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(name, &e),
         }
@@ -92,6 +91,13 @@ pub async fn run_function(name: &str, routes: OpenApiRouter<AppState>) -> ExitCo
             Err(e) => fail(name, &e),
         }
     }
+}
+
+/// A function's whole HTTP application: its routes on `state`, with [`with_http_layers`]. The
+/// same value is served locally and under Lambda (and driven by the Lambda parity tests).
+pub fn function_app(routes: OpenApiRouter<AppState>, state: AppState) -> Router {
+    let (router, _api) = routes.split_for_parts();
+    with_http_layers(router.with_state(state))
 }
 
 /// Serves until Ctrl-C or SIGTERM, finishing requests in flight.
