@@ -10,6 +10,7 @@ mod docs;
 mod events;
 mod groups;
 mod history;
+mod lambda;
 mod membership;
 mod messages;
 mod read_marks;

@@ -1,0 +1,616 @@
+//! Contract parity: every function's Lambda entry point, fed the API Gateway events of `events/`,
+//! answers what the local server answers for the same HTTP request — status, headers and body.
+//!
+//! The Lambda side is what the Lambda runtime runs in a container: each function's state built
+//! the production way (`AppState::connect` with NATS required and a pool of 2), its router
+//! wrapped by `windi_shared::lambda::handler`, and the event decoded from and the answer encoded
+//! to JSON as the runtime does. The local side is windi on `127.0.0.1:0`, sent the request API
+//! Gateway would have forwarded, rebuilt from the event here without the Lambda code. Each side
+//! has its own fresh database and replays the same steps, so ids line up; only times and token
+//! bytes differ, and those are checked for shape and meaning instead of compared.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use async_nats::jetstream;
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use lambda_http::{
+    Context, LambdaEvent,
+    request::LambdaRequest,
+    tower::{Service, ServiceExt},
+};
+use reqwest::{Method, header::HeaderMap};
+use serde_json::Value;
+use windi_shared::{
+    AppState,
+    auth::Claims,
+    config::{Config, JwtConfig},
+    events::stream_name,
+    lambda::{self, Handler},
+    runtime::function_app,
+    state::Broker,
+};
+use windi_tests::{TEST_SECRET, TestApp, TestDb, nats_url, unique};
+
+/// The function crates, as deployed by `template.yaml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Function {
+    Auth,
+    Message,
+    Group,
+    History,
+    Read,
+}
+
+impl Function {
+    const ALL: [Self; 5] = [
+        Self::Auth,
+        Self::Message,
+        Self::Group,
+        Self::History,
+        Self::Read,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auth => "windi-auth",
+            Self::Message => "windi-message",
+            Self::Group => "windi-group",
+            Self::History => "windi-history",
+            Self::Read => "windi-read",
+        }
+    }
+
+    fn routes(self) -> utoipa_axum::router::OpenApiRouter<AppState> {
+        match self {
+            Self::Auth => windi_auth::routes(),
+            Self::Message => windi_message::routes(),
+            Self::Group => windi_group::routes(),
+            Self::History => windi_history::routes(),
+            Self::Read => windi_read::routes(),
+        }
+    }
+}
+
+/// One event of `events/`, the function API Gateway routes it to, and the status it must get
+/// (so that two sides agreeing on a wrong answer, e.g. both 401, cannot pass).
+struct Step {
+    event: &'static str,
+    function: Function,
+    status: u16,
+}
+
+const fn step(event: &'static str, function: Function, status: u16) -> Step {
+    Step {
+        event,
+        function,
+        status,
+    }
+}
+
+/// The README's "Test as Lambda" walk-through, in its order: each step relies on the ones before
+/// it (user 1 is Alice, chat 1 the private chat, chat 2 the group, message 1 the first message).
+const WALKTHROUGH: &[Step] = &[
+    step("auth-register.json", Function::Auth, 201),
+    step("auth-register-bob.json", Function::Auth, 201),
+    step("auth-login.json", Function::Auth, 200),
+    step("auth-me.json", Function::Auth, 200),
+    step("auth-me-rest-v1.json", Function::Auth, 200),
+    step("chat-message.json", Function::Message, 201),
+    step("chat-message.json", Function::Message, 200),
+    step("chat-message-base64.json", Function::Message, 201),
+    step("chat-group.json", Function::Group, 201),
+    step("chat-group-members-add.json", Function::Group, 200),
+    step("chat-group-members-remove.json", Function::Group, 204),
+    step("chat-history.json", Function::History, 200),
+    step("chat-history-rest-v1.json", Function::History, 200),
+    step("chat-list.json", Function::History, 200),
+    step("chat-list-stage.json", Function::History, 200),
+    step("chat-message-read.json", Function::Read, 200),
+    step("auth-register.json", Function::Auth, 409),
+];
+
+/// Headers the HTTP server adds locally and API Gateway adds in AWS.
+const TRANSPORT_HEADERS: &[&str] = &["date", "transfer-encoding", "connection"];
+
+/// Checked against the body on each side, then left out of the comparison: hyper drops it from
+/// a 204 locally, and API Gateway sets its own from the body it sends.
+const CONTENT_LENGTH: &str = "content-length";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn events_dir() -> PathBuf {
+    repo_root().join("events")
+}
+
+fn load_event(name: &str) -> Value {
+    let path = events_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
+}
+
+/// An answer from either side, in comparable form.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-case names; transport headers left out.
+    headers: BTreeMap<String, Vec<String>>,
+    body: Vec<u8>,
+}
+
+/// The five functions as Lambda containers would run them, on `db`, publishing under `prefix`.
+async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handler> {
+    let mut handlers = BTreeMap::new();
+    for function in Function::ALL {
+        let config = Config {
+            database_url: db.url.clone(),
+            jwt: JwtConfig::new(
+                TEST_SECRET.to_vec(),
+                Algorithm::HS256,
+                Duration::from_secs(1800),
+            )
+            .unwrap(),
+            nats_url: Some(nats_url()),
+            nats_prefix: prefix.to_owned(),
+            port: 0,
+            db_max_connections: 2,
+        };
+        let state = AppState::connect(&config, Broker::Required, function.name())
+            .await
+            .unwrap();
+        let app = function_app(function.routes(), state);
+        handlers.insert(function, lambda::handler(app));
+    }
+    handlers
+}
+
+/// Invokes a handler the way the Lambda runtime does: the event JSON in, the response JSON out.
+async fn invoke(handler: &mut Handler, event: &Value) -> Answer {
+    let request: LambdaRequest = serde_json::from_value(event.clone())
+        .unwrap_or_else(|e| panic!("the runtime could not decode the event: {e}"));
+    let response = handler
+        .ready()
+        .await
+        .unwrap()
+        .call(LambdaEvent::new(request, Context::default()))
+        .await
+        .unwrap();
+    let response = serde_json::to_value(response).unwrap();
+
+    let status = u16::try_from(response["statusCode"].as_u64().unwrap()).unwrap();
+    let mut headers = BTreeMap::<String, Vec<String>>::new();
+    // Payload v2 answers in `headers`; v1 in `multiValueHeaders` (its `headers` stays empty).
+    for (name, value) in response["headers"].as_object().into_iter().flatten() {
+        headers
+            .entry(name.to_ascii_lowercase())
+            .or_default()
+            .push(value.as_str().unwrap().to_owned());
+    }
+    for (name, values) in response["multiValueHeaders"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        for value in values.as_array().unwrap() {
+            headers
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(value.as_str().unwrap().to_owned());
+        }
+    }
+    let body = match response["body"].as_str() {
+        None => Vec::new(),
+        Some(text) if response["isBase64Encoded"] == Value::Bool(true) => {
+            BASE64.decode(text).unwrap()
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends the request API Gateway would forward for `event` to the local server.
+async fn send_locally(app: &TestApp, event: &Value) -> Answer {
+    let v2 = event["version"] == "2.0";
+    let (method, path, query) = if v2 {
+        // A named stage is the first segment of the URL; API Gateway routes what follows it.
+        let context = &event["requestContext"];
+        let raw_path = event["rawPath"].as_str().unwrap();
+        let stage = context["stage"].as_str().unwrap_or("$default");
+        let path = match raw_path.strip_prefix(&format!("/{stage}")) {
+            Some(rest) if stage != "$default" && rest.starts_with('/') => rest,
+            _ => raw_path,
+        };
+        let query = event["rawQueryString"].as_str().unwrap_or("").to_owned();
+        (context["http"]["method"].as_str().unwrap(), path, query)
+    } else {
+        let mut pairs = url_pairs(&event["multiValueQueryStringParameters"]);
+        if pairs.is_empty() {
+            pairs = url_pairs(&event["queryStringParameters"]);
+        }
+        let query = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        (
+            event["httpMethod"].as_str().unwrap(),
+            event["path"].as_str().unwrap(),
+            query,
+        )
+    };
+    let url = if query.is_empty() {
+        app.url(path)
+    } else {
+        app.url(&format!("{path}?{query}"))
+    };
+
+    let mut request = app
+        .http
+        .request(Method::from_bytes(method.as_bytes()).unwrap(), url);
+    let header_source = if v2 {
+        &event["headers"]
+    } else {
+        &event["multiValueHeaders"]
+    };
+    for (name, value) in header_source.as_object().into_iter().flatten() {
+        if ["host", "content-length"].contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        let values = match value {
+            Value::Array(values) => values.iter().filter_map(Value::as_str).collect(),
+            other => other.as_str().into_iter().collect::<Vec<_>>(),
+        };
+        for value in values {
+            request = request.header(name.as_str(), value);
+        }
+    }
+    if let Some(body) = event["body"].as_str() {
+        let bytes = if event["isBase64Encoded"] == Value::Bool(true) {
+            BASE64.decode(body).unwrap()
+        } else {
+            body.as_bytes().to_vec()
+        };
+        request = request.body(bytes);
+    }
+
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = comparable_headers(response.headers());
+    let body = response.bytes().await.unwrap().to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `{"k": "v"}` or `{"k": ["v1", "v2"]}` as percent-encoded pairs.
+fn url_pairs(map: &Value) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for (key, value) in map.as_object().into_iter().flatten() {
+        let values = match value {
+            Value::Array(values) => values.iter().filter_map(Value::as_str).collect(),
+            other => other.as_str().into_iter().collect::<Vec<_>>(),
+        };
+        for value in values {
+            pairs.push((percent_encode(key), percent_encode(value)));
+        }
+    }
+    pairs
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn comparable_headers(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut map = BTreeMap::<String, Vec<String>>::new();
+    for (name, value) in headers {
+        if TRANSPORT_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        map.entry(name.as_str().to_owned())
+            .or_default()
+            .push(value.to_str().unwrap().to_owned());
+    }
+    map
+}
+
+/// Replaces what legitimately differs between two runs — times and token bytes — by what it
+/// means, after checking its shape: a time stays "a time", a token becomes "a token for user N".
+fn normalise(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                match (key.as_str(), &*field) {
+                    ("timestamp" | "created_at", Value::String(time)) => {
+                        assert!(
+                            chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+                            "{key} is not an RFC 3339 time: {time}"
+                        );
+                        *field = Value::String("<time>".into());
+                    }
+                    ("access_token", Value::String(token)) => {
+                        let claims = jsonwebtoken::decode::<Claims>(
+                            token,
+                            &DecodingKey::from_secret(TEST_SECRET),
+                            &Validation::new(Algorithm::HS256),
+                        )
+                        .unwrap_or_else(|e| panic!("access_token does not verify: {e}"));
+                        *field = Value::String(format!("<token for user {}>", claims.claims.sub));
+                    }
+                    _ => normalise(field),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalise),
+        _ => {}
+    }
+}
+
+fn assert_same(what: &str, lambda: &Answer, local: &Answer) {
+    assert_eq!(
+        lambda.status,
+        local.status,
+        "{what}: status differs; Lambda body {}, local body {}",
+        String::from_utf8_lossy(&lambda.body),
+        String::from_utf8_lossy(&local.body)
+    );
+    let without_length = |side: &str, answer: &Answer| {
+        let mut headers = answer.headers.clone();
+        if let Some(length) = headers.remove(CONTENT_LENGTH) {
+            let actual = answer.body.len().to_string();
+            assert_eq!(length, [actual], "{what}: {side} content-length");
+        }
+        headers
+    };
+    assert_eq!(
+        without_length("Lambda", lambda),
+        without_length("local", local),
+        "{what}: headers differ"
+    );
+    let is_json = local
+        .headers
+        .get("content-type")
+        .is_some_and(|types| types.iter().any(|t| t.starts_with("application/json")));
+    if is_json {
+        let mut from_lambda: Value = serde_json::from_slice(&lambda.body)
+            .unwrap_or_else(|e| panic!("{what}: Lambda body is not JSON: {e}"));
+        let mut from_local: Value = serde_json::from_slice(&local.body)
+            .unwrap_or_else(|e| panic!("{what}: local body is not JSON: {e}"));
+        normalise(&mut from_lambda);
+        normalise(&mut from_local);
+        assert_eq!(from_lambda, from_local, "{what}: bodies differ");
+    } else {
+        assert_eq!(lambda.body, local.body, "{what}: bodies differ");
+    }
+}
+
+/// Sets (or, with `None`, removes) the bearer token in every header field of the event.
+fn with_token(mut event: Value, token: Option<&str>) -> Value {
+    for field in ["headers", "multiValueHeaders"] {
+        let Some(headers) = event[field].as_object_mut() else {
+            continue;
+        };
+        let names: Vec<String> = headers
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case("authorization"))
+            .cloned()
+            .collect();
+        for name in names {
+            match token {
+                None => {
+                    headers.remove(&name);
+                }
+                Some(token) => {
+                    let value = Value::String(format!("Bearer {token}"));
+                    headers[&name] = if field == "headers" {
+                        value
+                    } else {
+                        Value::Array(vec![value])
+                    };
+                }
+            }
+        }
+    }
+    event
+}
+
+fn needs_token(event: &Value) -> bool {
+    ["headers", "multiValueHeaders"].iter().any(|field| {
+        event[field]
+            .as_object()
+            .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("authorization")))
+    })
+}
+
+/// The `message.created` of a message must already be in JetStream when the handler answers:
+/// Lambda may freeze the process right after the response, so nothing may still be in flight.
+async fn assert_published_before_answer(js: &jetstream::Context, prefix: &str, message: &Value) {
+    let chat_id = message["chat_id"].as_i64().unwrap();
+    let stream = js.get_stream(stream_name(prefix)).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&format!("{prefix}.chat.{chat_id}"))
+        .await
+        .unwrap_or_else(|e| panic!("no event for chat {chat_id} when the handler answered: {e}"));
+    let event: Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(event["type"], "message.created", "{event}");
+    assert_eq!(event["message"]["id"], message["id"], "{event}");
+}
+
+#[tokio::test]
+async fn every_function_answers_its_events_as_the_local_server_does() {
+    let local = TestApp::spawn().await;
+    let lambda_db = TestDb::new().await;
+    let prefix = unique("lambda");
+    let mut functions = lambda_functions(&lambda_db, &prefix).await;
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+
+    // Each side's own token once it has logged in; until then the events' placeholder.
+    let mut tokens: Option<(String, String)> = None;
+    for (n, step) in WALKTHROUGH.iter().enumerate() {
+        let what = format!("step {} ({}, {})", n + 1, step.event, step.function.name());
+        let handler = functions.get_mut(&step.function).unwrap();
+        let event = load_event(step.event);
+
+        if needs_token(&event) {
+            // Without a token: the same 401 from both sides.
+            let anonymous = with_token(event.clone(), None);
+            let lambda_answer = invoke(handler, &anonymous).await;
+            let local_answer = send_locally(&local, &anonymous).await;
+            assert_eq!(lambda_answer.status, 401, "{what} without a token");
+            assert_same(
+                &format!("{what} without a token"),
+                &lambda_answer,
+                &local_answer,
+            );
+        }
+
+        let (lambda_event, local_event) = match &tokens {
+            Some((lambda_token, local_token)) if needs_token(&event) => (
+                with_token(event.clone(), Some(lambda_token)),
+                with_token(event, Some(local_token)),
+            ),
+            _ => (event.clone(), event),
+        };
+        let lambda_answer = invoke(handler, &lambda_event).await;
+        let local_answer = send_locally(&local, &local_event).await;
+        assert_eq!(
+            lambda_answer.status,
+            step.status,
+            "{what}: {}",
+            String::from_utf8_lossy(&lambda_answer.body)
+        );
+        assert_same(&what, &lambda_answer, &local_answer);
+
+        if step.event == "auth-login.json" {
+            let token = |answer: &Answer| {
+                let body: Value = serde_json::from_slice(&answer.body).unwrap();
+                body["access_token"].as_str().unwrap().to_owned()
+            };
+            tokens = Some((token(&lambda_answer), token(&local_answer)));
+        }
+        if step.function == Function::Message && step.status == 201 {
+            let message: Value = serde_json::from_slice(&lambda_answer.body).unwrap();
+            assert_published_before_answer(&js, &prefix, &message).await;
+        }
+    }
+
+    let _ = js.delete_stream(stream_name(&prefix)).await;
+}
+
+/// Every (function, "METHOD /path") the function crates serve, from their OpenAPI routes.
+fn served_routes() -> Vec<(Function, String)> {
+    let mut routes = Vec::new();
+    for function in Function::ALL {
+        for (path, item) in function.routes().into_openapi().paths.paths {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("PUT", item.put.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ];
+            for (method, _) in methods.into_iter().filter(|(_, served)| *served) {
+                routes.push((function, format!("{method} {path}")));
+            }
+        }
+    }
+    routes.sort();
+    routes
+}
+
+#[test]
+fn every_route_of_every_function_has_an_event_and_every_event_is_checked() {
+    let mut covered: Vec<String> = std::fs::read_dir(events_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            let event: Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            // v2 names its route; v1 has method and resource.
+            match event["routeKey"].as_str() {
+                Some(route) => route.to_owned(),
+                None => format!(
+                    "{} {}",
+                    event["httpMethod"].as_str().unwrap(),
+                    event["resource"].as_str().unwrap()
+                ),
+            }
+        })
+        .collect();
+    covered.sort();
+    covered.dedup();
+    let served: Vec<String> = served_routes()
+        .into_iter()
+        .map(|(_, route)| route)
+        .collect();
+    let mut served_sorted = served.clone();
+    served_sorted.sort();
+    assert_eq!(
+        covered, served_sorted,
+        "events/ holds an event for every route, and no other"
+    );
+
+    let mut files: Vec<String> = std::fs::read_dir(events_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    files.sort();
+    let mut walked: Vec<String> = WALKTHROUGH.iter().map(|s| s.event.to_owned()).collect();
+    walked.sort();
+    walked.dedup();
+    assert_eq!(
+        walked, files,
+        "the walk-through uses every event of events/"
+    );
+}
+
+/// `template.yaml` routes exactly the functions' routes, each to the function that serves it.
+/// Read line by line: each function resource is `  <Name>Function:` and each of its HttpApi
+/// events has `Path:` followed by `Method:`.
+#[test]
+fn the_sam_template_routes_every_route_to_its_function_and_nothing_else() {
+    let path = repo_root().join("template.yaml");
+    let template = std::fs::read_to_string(&path).unwrap();
+    let mut routed = Vec::new();
+    let mut resource: Option<Function> = None;
+    let mut pending_path: Option<String> = None;
+    for line in template.lines() {
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && !name.starts_with(' ')
+        {
+            resource = Function::ALL.into_iter().find(|f| {
+                let crate_name = f.name().trim_start_matches("windi-");
+                name.eq_ignore_ascii_case(&format!("{crate_name}function"))
+            });
+            pending_path = None;
+        }
+        let line = line.trim();
+        if let Some(path) = line.strip_prefix("Path: ") {
+            pending_path = Some(path.to_owned());
+        } else if let (Some(method), Some(path)) = (line.strip_prefix("Method: "), &pending_path) {
+            let function = resource.unwrap_or_else(|| panic!("route {path} outside a function"));
+            routed.push((function, format!("{} {path}", method.to_ascii_uppercase())));
+            pending_path = None;
+        }
+    }
+    routed.sort();
+    assert_eq!(routed, served_routes());
+}
