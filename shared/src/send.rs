@@ -120,7 +120,7 @@ pub async fn send_message(
         return replay(existing, chat_id, &hash);
     };
     // Sending is reading: the sender has seen everything up to their own message.
-    members::advance_read(&mut *tx, chat_id, sender, seq).await?;
+    let marker = members::advance_read(&mut *tx, chat_id, sender, seq).await?;
     tx.commit().await?;
 
     let mut events = Vec::with_capacity(3);
@@ -140,6 +140,14 @@ pub async fn send_message(
         seq,
         message: message.clone(),
     });
+    // Every marker move is published, this one too: a reply can make earlier messages "read".
+    if let Some(last_read_seq) = marker {
+        events.push(Event::MessageRead {
+            chat_id,
+            user_id: sender,
+            last_read_seq,
+        });
+    }
     state.events.publish(events).await;
     Ok(Sent {
         message,

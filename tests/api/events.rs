@@ -76,6 +76,13 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
         event,
         json!({"type": "message.created", "chat_id": chat, "seq": 1, "message": message})
     );
+    // Sending moved the sender's own marker, and every marker move is news.
+    let (_, id, event) = events.next().await;
+    assert_eq!(id, format!("read.{chat}.{}.1", alice.id));
+    assert_eq!(
+        event,
+        json!({"type": "message.read", "chat_id": chat, "user_id": alice.id, "last_read_seq": 1})
+    );
 
     app.mark_read(&bob, message["id"].as_i64().unwrap()).await;
     let (subject, _, event) = events.next().await;
@@ -149,6 +156,8 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
     );
     let (_, _, event) = events.next().await;
     assert_eq!(event["message"]["text"], "once");
+    let (_, _, event) = events.next().await;
+    assert_eq!(event["type"], "message.read");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), events.sub.next())
             .await

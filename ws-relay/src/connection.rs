@@ -19,7 +19,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt, stream::SplitSink};
 use tokio::sync::{mpsc, watch};
 use windi_shared::{
-    AppState, Error,
+    AppState,
     db::{chats, messages},
     events::Event,
     model::MessageOut,
@@ -432,28 +432,30 @@ impl Session {
         text: &str,
         dedup_key: Option<String>,
     ) -> Result<(), Closed> {
-        let target = match Target::from_fields(recipient_id, chat_id) {
-            Ok(target) => target,
-            Err(e) => return self.api_error(&e).await,
+        let key = dedup_key.as_deref();
+        let sent = match Target::from_fields(recipient_id, chat_id) {
+            Ok(target) => send_message(&self.state, self.user_id, target, text, key).await,
+            Err(e) => Err(e),
         };
-        match send_message(
-            &self.state,
-            self.user_id,
-            target,
-            text,
-            dedup_key.as_deref(),
-        )
-        .await
-        {
+        match sent {
             Ok(sent) => {
                 self.frame(&ServerFrame::Ack {
-                    dedup_key: dedup_key.as_deref(),
+                    dedup_key: key,
                     created: sent.created,
                     message: &sent.message,
                 })
                 .await
             }
-            Err(e) => self.api_error(&e).await,
+            // The key tells the client which of its sends this was.
+            Err(e) => {
+                let body = e.body();
+                self.frame(&ServerFrame::Error {
+                    detail: &body.detail,
+                    code: &body.code,
+                    dedup_key: key,
+                })
+                .await
+            }
         }
     }
 
@@ -482,13 +484,13 @@ impl Session {
         Ok(())
     }
 
-    async fn api_error(&mut self, e: &Error) -> Result<(), Closed> {
-        let body = e.body();
-        self.error(&body.detail, &body.code).await
-    }
-
     async fn error(&mut self, detail: &str, code: &str) -> Result<(), Closed> {
-        self.frame(&ServerFrame::Error { detail, code }).await
+        self.frame(&ServerFrame::Error {
+            detail,
+            code,
+            dedup_key: None,
+        })
+        .await
     }
 
     /// Tells a client that fell behind why it is being closed, without waiting on it long.
@@ -496,6 +498,7 @@ impl Session {
         let frame = ServerFrame::Error {
             detail: "you are too far behind; reconnect and resume from your last seq",
             code: "slow_consumer",
+            dedup_key: None,
         };
         let farewell = self.sink.send(Message::Text(frame.to_json().into()));
         let _ = tokio::time::timeout(Duration::from_secs(1), farewell).await;

@@ -62,8 +62,13 @@ pub enum ServerFrame<'a> {
         message: &'a MessageOut,
     },
     /// Something the client sent could not be done; the connection stays open unless a close
-    /// frame follows.
-    Error { detail: &'a str, code: &'a str },
+    /// frame follows. For a failed `send`, `dedup_key` says which one.
+    Error {
+        detail: &'a str,
+        code: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dedup_key: Option<&'a str>,
+    },
 }
 
 impl ServerFrame<'_> {
