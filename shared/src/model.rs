@@ -139,6 +139,8 @@ pub struct ChatSummary {
     /// The caller's role: `owner` or `member`.
     pub role: String,
     pub member_ids: Vec<i64>,
+    /// The members with their display names, in `member_ids` order.
+    pub members: Vec<Member>,
     /// Seq of the newest message (0 for none).
     pub last_seq: i64,
     /// How far the caller has read.
@@ -147,6 +149,13 @@ pub struct ChatSummary {
     pub unread_count: i64,
     pub last_message: Option<MessageOut>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A chat member as clients show them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub id: i64,
+    pub name: String,
 }
 
 /// Query of `GET /chat/history/{chat_id}`.

@@ -28,6 +28,15 @@ async fn the_creator_is_always_a_member_and_the_owner() {
     assert_eq!(group["participant_ids"], json!(expected));
     let (_, list) = app.get("/chat/list", &alice).await;
     assert_eq!(list[0]["role"], "owner");
+    // Members come with their names, in id order, for clients to show senders.
+    assert_eq!(
+        list[0]["members"],
+        json!([
+            {"id": alice.id, "name": "Alice"},
+            {"id": bob.id, "name": "Bob"},
+            {"id": carol.id, "name": "Carol"}
+        ])
+    );
     let (_, list) = app.get("/chat/list", &bob).await;
     assert_eq!(list[0]["role"], "member");
 }

@@ -93,6 +93,8 @@ function applySummary(chat, s) {
   chat.kind = s.kind;
   chat.name = s.name;
   chat.memberIds = s.member_ids;
+  // Display names, by user id (members who join later show as #id until the next refresh).
+  chat.names = new Map((s.members ?? []).map((m) => [m.id, m.name]));
   // Its unread count, unless we already know more (live messages, or our own newer marker).
   if (s.last_seq >= chat.countedSeq && s.last_read_seq >= chat.myReadSeq) {
     chat.unread = s.unread_count;
@@ -651,8 +653,8 @@ function chatTitle(chat) {
 
 function senderName(chat, userId) {
   if (userId === state.me.id) return 'You';
-  // The API has no user lookup: a private chat's name is the other member's; in groups, ids.
-  return chat.kind === 'private' && chat.name ? chat.name : `#${userId}`;
+  // The chat list carries each member's name; a member who joined since shows as #id.
+  return chat.names?.get(userId) ?? `#${userId}`;
 }
 
 function shortTime(iso) {
@@ -710,7 +712,7 @@ function renderHeader() {
   if (chat) {
     $('chat-title').textContent = chatTitle(chat);
     $('chat-subtitle').textContent = chat.kind === 'group'
-      ? `Group · ${chat.memberIds.length} members · ids ${chat.memberIds.join(', ')}`
+      ? `Group · ${chat.memberIds.map((id) => (id === state.me.id ? 'you' : senderName(chat, id))).join(', ')}`
       : `Private chat${chat.memberIds.length ? ` with #${chat.memberIds.find((id) => id !== state.me.id) ?? state.me.id}` : ''}`;
   } else if (state.draftRecipient !== null) {
     $('chat-title').textContent = `User #${state.draftRecipient}`;

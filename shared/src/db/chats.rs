@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use crate::model::{ChatSummary, MessageOut};
+use crate::model::{ChatSummary, Member, MessageOut};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Chat {
@@ -111,6 +111,7 @@ struct ListRow {
     pub creator_id: i64,
     pub role: String,
     pub member_ids: Vec<i64>,
+    pub member_names: Vec<String>,
     pub last_seq: i64,
     pub last_read_seq: i64,
     pub unread_count: i64,
@@ -161,6 +162,9 @@ async fn summaries(
                 c.creator_id, me.role,
                 ARRAY(SELECT a.user_id FROM chat_members a WHERE a.chat_id = c.id ORDER BY a.user_id)
                     AS member_ids,
+                ARRAY(SELECT u.name FROM chat_members a JOIN users u ON u.id = a.user_id
+                      WHERE a.chat_id = c.id ORDER BY a.user_id)
+                    AS member_names,
                 c.last_seq, me.last_read_seq,
                 (SELECT count(*) FROM messages u
                   WHERE u.chat_id = c.id AND u.seq > me.last_read_seq AND u.sender_id <> me.user_id)
@@ -209,6 +213,12 @@ impl From<ListRow> for ChatSummary {
             name: r.name,
             creator_id: r.creator_id,
             role: r.role,
+            members: r
+                .member_ids
+                .iter()
+                .zip(r.member_names)
+                .map(|(&id, name)| Member { id, name })
+                .collect(),
             member_ids: r.member_ids,
             last_seq: r.last_seq,
             last_read_seq: r.last_read_seq,
