@@ -468,6 +468,10 @@ async fn every_function_answers_its_events_as_the_local_server_does() {
     let local = TestApp::spawn().await;
     let lambda_db = TestDb::new().await;
     let prefix = unique("lambda");
+    let _stream = windi_tests::StreamGuard {
+        url: nats_url(),
+        prefix: prefix.clone(),
+    };
     let mut functions = lambda_functions(&lambda_db, &prefix).await;
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
 

@@ -139,6 +139,43 @@ pub struct TestApp {
     pub prefix: String,
     /// The NATS server events go to (`None`: the in-process bus).
     pub nats_url: Option<String>,
+    /// Deletes this app's JetStream stream when the test ends.
+    stream: Option<StreamGuard>,
+}
+
+/// Deletes a test's JetStream stream when dropped (pass or fail), so test runs leave nothing
+/// behind on the machine's shared NATS.
+#[derive(Debug)]
+pub struct StreamGuard {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let (url, name) = (
+            self.url.clone(),
+            windi_shared::events::stream_name(&self.prefix),
+        );
+        // As for TestDb: Drop cannot await, a thread with its own runtime can.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(url);
+                if let Ok(client) = connect.await {
+                    let js = async_nats::jetstream::new(client);
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), js.delete_stream(name)).await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 impl TestApp {
@@ -163,6 +200,10 @@ impl TestApp {
             .unwrap();
         let mut app = Self::start(TestDb::new().await, Publisher::from(publisher), prefix).await;
         app.nats_url = Some(url.to_owned());
+        app.stream = Some(StreamGuard {
+            url: url.to_owned(),
+            prefix: app.prefix.clone(),
+        });
         app
     }
 
@@ -239,6 +280,7 @@ impl TestApp {
             db,
             prefix,
             nats_url: None,
+            stream: None,
         };
         (app, listener)
     }
