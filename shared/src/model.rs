@@ -49,19 +49,22 @@ pub struct MessageOut {
 pub struct SendMessage {
     pub recipient_id: Option<i64>,
     pub chat_id: Option<i64>,
-    #[schema(example = "Привет, как дела?")]
+    /// 1–4096 characters, not blank, no NUL.
+    #[schema(example = "Привет, как дела?", min_length = 1, max_length = 4096)]
     pub text: String,
     /// Idempotency key, scoped to the sender; the `Idempotency-Key` header works too.
+    #[schema(min_length = 1, max_length = 128)]
     pub dedup_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterUser {
-    #[schema(example = "Alice")]
+    #[schema(example = "Alice", min_length = 1, max_length = 100)]
     pub name: String,
-    #[schema(example = "alice@example.com")]
+    #[schema(example = "alice@example.com", max_length = 254)]
     pub email: String,
-    #[schema(example = "correct horse battery")]
+    /// At least 8 characters, at most 1 KiB.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
@@ -103,10 +106,10 @@ pub struct TokenOut {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateGroup {
-    #[schema(example = "Project Team")]
+    #[schema(example = "Project Team", min_length = 1, max_length = 100)]
     pub name: String,
     /// Members besides the creator, who is always included.
-    #[schema(example = json!([2, 3]))]
+    #[schema(example = json!([2, 3]), max_items = 1000)]
     pub participant_ids: Vec<i64>,
 }
 
@@ -123,7 +126,7 @@ pub struct GroupOut {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddMembers {
-    #[schema(example = json!([4]))]
+    #[schema(example = json!([4]), min_items = 1, max_items = 1000)]
     pub user_ids: Vec<i64>,
 }
 
@@ -163,13 +166,17 @@ pub struct Member {
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Page size, 1–200 (default 100).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// Messages to skip from the oldest (the seed's paging). Not combined with the seq cursors.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// Only messages with a smaller seq; without `after_seq`, the page ends just before it
     /// (scrolling back).
+    #[param(minimum = 0)]
     pub before_seq: Option<i64>,
     /// Only messages with a greater seq; the page starts just after it (catching up).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
 }
 
@@ -178,7 +185,9 @@ pub struct HistoryQuery {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1–200 (default 100).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

@@ -37,6 +37,28 @@ async fn openapi_documents_every_route_with_an_oauth2_password_flow() {
             "{method} {path} has no responses"
         );
     }
+    // The answers any request can get for its shape are documented on every route.
+    let send = &doc["paths"]["/chat/message"]["post"]["responses"];
+    for code in [
+        "200", "201", "400", "401", "404", "409", "413", "415", "422",
+    ] {
+        assert!(
+            send[code].is_object(),
+            "POST /chat/message does not document {code}"
+        );
+    }
+    // And the limits are in the contract, not only in the code.
+    let limit = doc["paths"]["/chat/history/{chat_id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["maximum"], 200);
+    assert_eq!(
+        doc["components"]["schemas"]["SendMessage"]["properties"]["text"]["maxLength"],
+        4096
+    );
     let flow = &doc["components"]["securitySchemes"]["oauth2"]["flows"]["password"];
     assert_eq!(flow["tokenUrl"], "/auth/login");
     assert!(doc["components"]["schemas"]["MessageOut"].is_object());

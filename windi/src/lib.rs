@@ -59,14 +59,67 @@ impl Modify for OAuth2Password {
 
 /// Every route of windi with its OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(windi_auth::routes())
         .merge(windi_message::routes())
         .merge(windi_group::routes())
         .merge(windi_history::routes())
         .merge(windi_read::routes())
         .routes(utoipa_axum::routes!(health))
-        .routes(utoipa_axum::routes!(ready))
+        .routes(utoipa_axum::routes!(ready));
+    document_common_errors(router.get_openapi_mut());
+    router
+}
+
+/// Adds the error answers that any route can give for the shape of its request (rather than
+/// for its logic), so each handler's annotation need only list its own: 400 for an unreadable
+/// body, path or query, 401 where a token is required, 413 and 415 where there is a body, and
+/// 422 for a well-formed request that breaks a rule.
+fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if path == "/health" || path == "/ready" {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let has_body = operation.request_body.is_some();
+            let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            let responses = &mut operation.responses.responses;
+            let mut add = |code: &str, description: &str| {
+                responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description).into());
+            };
+            add(
+                "400",
+                "The body, path or query could not be read; `detail` says where",
+            );
+            add("422", "A value breaks a rule; `detail` names the field");
+            if secured {
+                add("401", "Missing, invalid or expired token");
+            }
+            if has_body {
+                add("413", "The body is over the 64 KiB limit");
+                add("415", "The body is not of a supported content type");
+            }
+        }
+    }
 }
 
 /// The OpenAPI document served at `/openapi.json`.
