@@ -119,13 +119,6 @@ impl Event {
     }
 }
 
-/// One event as the in-process bus carries it.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub subject: String,
-    pub event: Event,
-}
-
 /// Publishes events after commit, to NATS or to the in-process bus.
 #[derive(Debug, Clone)]
 pub enum Publisher {
@@ -141,24 +134,29 @@ pub struct NatsPublisher {
 }
 
 /// The in-process carrier: a bounded broadcast channel. A listener that falls more than
-/// [`LOCAL_BUS_CAPACITY`] behind sees `Lagged` and must backfill from Postgres.
+/// [`LOCAL_BUS_CAPACITY`] behind sees `Lagged` and must backfill from Postgres. It carries the
+/// events themselves: its only listener (the relay in the same process) routes by
+/// [`Event::topic`], so there are no subjects to build.
 #[derive(Debug, Clone)]
 pub struct LocalBus {
-    tx: broadcast::Sender<Arc<Envelope>>,
-    prefix: Arc<str>,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        let (tx, _) = broadcast::channel(LOCAL_BUS_CAPACITY);
+        Self { tx }
+    }
 }
 
 impl LocalBus {
-    pub fn new(prefix: &str) -> Self {
-        let (tx, _) = broadcast::channel(LOCAL_BUS_CAPACITY);
-        Self {
-            tx,
-            prefix: prefix.into(),
-        }
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
-        self.tx.subscribe()
+    fn send(&self, event: Event) {
+        // An error only means nobody listens right now, which is fine.
+        let _ = self.tx.send(Arc::new(event));
     }
 }
 
@@ -213,13 +211,7 @@ impl Publisher {
             return;
         }
         match self {
-            Self::Local(bus) => {
-                for event in events {
-                    let subject = event.topic().subject(&bus.prefix);
-                    // An error only means nobody listens right now, which is fine.
-                    let _ = bus.tx.send(Arc::new(Envelope { subject, event }));
-                }
-            }
+            Self::Local(bus) => events.into_iter().for_each(|event| bus.send(event)),
             Self::Nats(nats) => {
                 let count = events.len();
                 if tokio::time::timeout(PUBLISH_TIMEOUT, nats.publish(events))
@@ -238,10 +230,7 @@ impl Publisher {
     /// Publishes an ephemeral event (typing): fire and forget, not stored, not acknowledged.
     pub async fn publish_ephemeral(&self, event: Event) {
         match self {
-            Self::Local(bus) => {
-                let subject = event.topic().subject(&bus.prefix);
-                let _ = bus.tx.send(Arc::new(Envelope { subject, event }));
-            }
+            Self::Local(bus) => bus.send(event),
             Self::Nats(nats) => {
                 let subject = event.topic().subject(&nats.prefix);
                 match serde_json::to_vec(&event) {
@@ -253,14 +242,6 @@ impl Publisher {
                     Err(e) => tracing::error!(error = %e, "event not serialisable"),
                 }
             }
-        }
-    }
-
-    /// The subject prefix events are published under.
-    pub fn prefix(&self) -> &str {
-        match self {
-            Self::Local(bus) => &bus.prefix,
-            Self::Nats(nats) => &nats.prefix,
         }
     }
 
@@ -283,6 +264,11 @@ impl Publisher {
 }
 
 impl NatsPublisher {
+    /// The subject prefix events are published under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     async fn publish(&self, events: Vec<Event>) {
         // Send all, then await all acks: one round trip for the batch, not one per event.
         let mut acks = Vec::with_capacity(events.len());

@@ -59,7 +59,7 @@ impl AppState {
             (Some(url), _) => {
                 Publisher::from(events::connect_nats(url, &config.nats_prefix, client_name).await?)
             }
-            (None, Broker::LocalFallback) => Publisher::Local(LocalBus::new(&config.nats_prefix)),
+            (None, Broker::LocalFallback) => Publisher::Local(LocalBus::default()),
             (None, Broker::Required) => {
                 return Err(
                     "NATS_URL is not set; this service needs NATS to publish events \

@@ -183,7 +183,7 @@ impl TestApp {
     pub async fn spawn() -> Self {
         let db = TestDb::new().await;
         let prefix = unique("t");
-        let events = Publisher::Local(LocalBus::new(&prefix));
+        let events = Publisher::Local(LocalBus::default());
         Self::start(db, events, prefix).await
     }
 
@@ -218,7 +218,10 @@ impl TestApp {
     /// A relay sharing this app's state and event carrier, on 127.0.0.1:0.
     pub async fn relay(&self, settings: RelaySettings) -> RelayHandle {
         let source = match &self.nats_url {
-            Some(url) => RelaySource::Nats { url: url.clone() },
+            Some(url) => RelaySource::Nats {
+                url: url.clone(),
+                prefix: self.prefix.clone(),
+            },
             None => match &self.state.events {
                 Publisher::Local(bus) => RelaySource::Local(bus.clone()),
                 Publisher::Nats(_) => panic!("a NATS app needs its nats_url"),
@@ -242,7 +245,7 @@ impl TestApp {
     /// origin. The relay starts first, so the page never points at a port nobody listens on.
     pub async fn spawn_for_browser() -> (Self, RelayHandle) {
         let prefix = unique("t");
-        let events = Publisher::Local(LocalBus::new(&prefix));
+        let events = Publisher::Local(LocalBus::default());
         let (app, listener) = Self::bind(TestDb::new().await, events, prefix).await;
         let relay = app
             .relay(RelaySettings {

@@ -29,7 +29,7 @@ use tokio::{
     task::AbortHandle,
 };
 use windi_shared::{
-    events::{Envelope, Event, Topic},
+    events::{Event, Topic},
     model::ChatSummary,
 };
 
@@ -201,7 +201,7 @@ impl Hub {
     pub fn start(
         self: &Arc<Self>,
         poll_interval: Duration,
-        bus: Option<broadcast::Receiver<Arc<Envelope>>>,
+        bus: Option<broadcast::Receiver<Arc<Event>>>,
     ) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.push(tokio::spawn(poll_loop(Arc::downgrade(self), poll_interval)).abort_handle());
@@ -323,47 +323,36 @@ impl Hub {
 
     /// Handles one event from the broker or the bus. Boxed because it is recursive through
     /// the subscription tasks it may create (a `chat.added` subscribes to a chat).
-    pub fn dispatch(self: &Arc<Self>, event: Event) -> BoxFuture<'_, ()> {
+    pub fn dispatch(self: &Arc<Self>, event: Arc<Event>) -> BoxFuture<'_, ()> {
         Box::pin(self.dispatch_inner(event))
     }
 
-    async fn dispatch_inner(self: &Arc<Self>, event: Event) {
-        match &event {
-            Event::MessageCreated { chat_id, seq, .. } => {
-                let (chat_id, seq) = (*chat_id, *seq);
-                if let Some(route) = self.tables().chats.get_mut(&chat_id) {
-                    route.max_seen = route.max_seen.max(seq);
-                }
-                self.fan_out(Topic::Chat(chat_id), || {
-                    Item::Event(Arc::new(event.clone()))
-                });
-            }
-            Event::MessageRead { chat_id, .. }
-            | Event::MemberJoined { chat_id, .. }
-            | Event::Typing { chat_id, .. } => {
-                let chat_id = *chat_id;
-                let event = Arc::new(event);
-                self.fan_out(Topic::Chat(chat_id), || Item::Event(event.clone()));
-            }
-            Event::MemberLeft { chat_id, user_id } => {
-                let (chat_id, user_id) = (*chat_id, *user_id);
-                self.leave(user_id, chat_id).await;
-                let event = Arc::new(event);
-                self.fan_out(Topic::Chat(chat_id), || Item::Event(event.clone()));
-            }
-            Event::ChatRemoved { chat_id, user_id } => self.leave(*user_id, *chat_id).await,
+    async fn dispatch_inner(self: &Arc<Self>, event: Arc<Event>) {
+        match &*event {
             Event::ChatAdded {
                 user_id,
                 joined_seq,
                 chat,
-            } => self.joined(*user_id, chat, *joined_seq).await,
+            } => return self.joined(*user_id, chat, *joined_seq).await,
+            Event::ChatRemoved { chat_id, user_id } => return self.leave(*user_id, *chat_id).await,
+            // The member stops receiving the chat; the others still hear that they left.
+            Event::MemberLeft { chat_id, user_id } => self.leave(*user_id, *chat_id).await,
+            _ => {}
         }
+        let (Topic::Chat(chat_id) | Topic::Typing(chat_id)) = event.topic() else {
+            return;
+        };
+        let seen = match &*event {
+            Event::MessageCreated { seq, .. } => Some(*seq),
+            _ => None,
+        };
+        self.fan_out(chat_id, seen, || Item::Event(event.clone()));
     }
 
     /// Parses and dispatches a broker payload.
     async fn on_payload(self: &Arc<Self>, payload: &[u8]) {
         match serde_json::from_slice::<Event>(payload) {
-            Ok(event) => self.dispatch(event).await,
+            Ok(event) => self.dispatch(Arc::new(event)).await,
             Err(e) => tracing::warn!(error = %e, "unreadable event skipped"),
         }
     }
@@ -413,38 +402,26 @@ impl Hub {
         self.send_to(&conns, || Item::Left { chat_id });
     }
 
-    /// Puts an item in the queue of every connection on `topic`.
-    fn fan_out(&self, topic: Topic, item: impl FnMut() -> Item) {
-        let conns: Vec<ConnId> = {
-            let tables = self.tables();
-            let route = match topic {
-                Topic::Chat(id) | Topic::Typing(id) => tables.chats.get(&id),
-                Topic::User(id) => tables.users.get(&id),
+    /// Puts an item in the queue of every connection in the chat, noting a message seq seen.
+    fn fan_out(&self, chat_id: i64, seen: Option<i64>, item: impl FnMut() -> Item) {
+        let targets = {
+            let mut tables = self.tables();
+            let Tables { chats, conns, .. } = &mut *tables;
+            let Some(route) = chats.get_mut(&chat_id) else {
+                return;
             };
-            match route {
-                Some(route) => route.conns.iter().copied().collect(),
-                None => return,
+            if let Some(seq) = seen {
+                route.max_seen = route.max_seen.max(seq);
             }
+            queues(conns, route.conns.iter())
         };
-        self.send_to(&conns, item);
+        deliver(targets, item);
     }
 
-    /// A full queue means the client is not keeping up: it is told to go (and resumes later),
-    /// rather than letting its backlog grow in the relay's memory.
-    fn send_to(&self, conns: &[ConnId], mut item: impl FnMut() -> Item) {
-        let targets: Vec<(mpsc::Sender<Item>, Arc<Notify>)> = {
-            let tables = self.tables();
-            conns
-                .iter()
-                .filter_map(|c| tables.conns.get(c))
-                .map(|e| (e.tx.clone(), e.kill.clone()))
-                .collect()
-        };
-        for (tx, kill) in targets {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item()) {
-                kill.notify_one();
-            }
-        }
+    /// Puts an item in the queue of each of these connections.
+    fn send_to(&self, conns: &[ConnId], item: impl FnMut() -> Item) {
+        let targets = queues(&self.tables().conns, conns.iter());
+        deliver(targets, item);
     }
 
     /// Subscribes to the topics and forwards what arrives to [`Hub::dispatch`].
@@ -505,9 +482,29 @@ impl Hub {
                 };
                 if behind {
                     Stats::add(&self.stats.nudges, 1);
-                    self.fan_out(Topic::Chat(chat_id), || Item::Nudge { chat_id, last_seq });
+                    self.fan_out(chat_id, None, || Item::Nudge { chat_id, last_seq });
                 }
             }
+        }
+    }
+}
+
+/// The queues (and kill switches) of these connections, taken under the lock.
+fn queues<'a>(
+    conns: &HashMap<ConnId, ConnEntry>,
+    ids: impl Iterator<Item = &'a ConnId>,
+) -> Vec<(mpsc::Sender<Item>, Arc<Notify>)> {
+    ids.filter_map(|c| conns.get(c))
+        .map(|e| (e.tx.clone(), e.kill.clone()))
+        .collect()
+}
+
+/// Fills the queues outside the lock. A full queue means the client is not keeping up: it is
+/// told to go (and resumes later), rather than letting its backlog grow in the relay's memory.
+fn deliver(targets: Vec<(mpsc::Sender<Item>, Arc<Notify>)>, mut item: impl FnMut() -> Item) {
+    for (tx, kill) in targets {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item()) {
+            kill.notify_one();
         }
     }
 }
@@ -532,12 +529,12 @@ async fn poll_loop(hub: Weak<Hub>, interval: Duration) {
     }
 }
 
-async fn bus_loop(hub: Weak<Hub>, mut bus: broadcast::Receiver<Arc<Envelope>>) {
+async fn bus_loop(hub: Weak<Hub>, mut bus: broadcast::Receiver<Arc<Event>>) {
     loop {
         let received = bus.recv().await;
         let Some(hub) = hub.upgrade() else { break };
         match received {
-            Ok(envelope) => hub.dispatch(envelope.event.clone()).await,
+            Ok(event) => hub.dispatch(event).await,
             Err(broadcast::error::RecvError::Lagged(skipped)) => {
                 tracing::warn!(
                     skipped,

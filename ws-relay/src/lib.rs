@@ -131,8 +131,9 @@ impl RelaySettings {
 /// Where the relay's events come from.
 #[derive(Debug, Clone)]
 pub enum RelaySource {
-    /// A NATS server (its own connection, with the relay's subscription buffer size).
-    Nats { url: String },
+    /// A NATS server (its own connection, with the relay's subscription buffer size), and the
+    /// subject prefix the API publishes under.
+    Nats { url: String, prefix: String },
     /// The in-process bus of the local binary.
     Local(LocalBus),
 }
@@ -142,8 +143,9 @@ impl RelaySource {
     pub fn for_publisher(events: &Publisher, nats_url: Option<&str>) -> Result<Self, String> {
         match (events, nats_url) {
             (Publisher::Local(bus), _) => Ok(Self::Local(bus.clone())),
-            (Publisher::Nats(_), Some(url)) => Ok(Self::Nats {
+            (Publisher::Nats(nats), Some(url)) => Ok(Self::Nats {
                 url: url.to_owned(),
+                prefix: nats.prefix().to_owned(),
             }),
             (Publisher::Nats(_), None) => Err("NATS_URL is needed for the relay".into()),
         }
@@ -195,10 +197,9 @@ pub async fn start(
     listener: tokio::net::TcpListener,
 ) -> Result<RelayHandle, String> {
     let stats = Arc::new(Stats::default());
-    let prefix = state.events.prefix().to_owned();
     let (hub_source, bus) = match source {
         RelaySource::Local(bus) => (Source::Local, Some(bus.subscribe())),
-        RelaySource::Nats { url } => {
+        RelaySource::Nats { url, prefix } => {
             let client = connect_nats(&url, settings.subscription_capacity, stats.clone()).await?;
             (Source::Nats { client, prefix }, None)
         }
