@@ -71,12 +71,13 @@ pub async fn send_message(
     }
 
     let mut tx = state.db.begin().await?;
-    let (chat_id, new_chat) = match target {
+    // The chat, and the other member when this message creates their private chat.
+    let (chat_id, new_peer) = match target {
         Target::Chat(id) => {
             let chat = chats::for_member(&mut *tx, id, sender)
                 .await?
                 .ok_or(Error::NotFound("chat"))?;
-            (chat.id, false)
+            (chat.id, None)
         }
         Target::Recipient(recipient) => {
             if recipient == sender {
@@ -89,7 +90,7 @@ pub async fn send_message(
             if created {
                 members::add(&mut *tx, id, &[sender, recipient], "member").await?;
             }
-            (id, created)
+            (id, created.then_some(recipient))
         }
     };
     let hash = content_hash(chat_id, text);
@@ -124,9 +125,8 @@ pub async fn send_message(
     tx.commit().await?;
 
     let mut events = Vec::with_capacity(3);
-    if new_chat {
-        let users = [sender, target_user(target)];
-        for (user_id, chat) in chats::summaries_for(&state.db, chat_id, &users).await? {
+    if let Some(peer) = new_peer {
+        for (user_id, chat) in chats::summaries_for(&state.db, chat_id, &[sender, peer]).await? {
             // A new private chat: both members get it from its first message.
             events.push(Event::ChatAdded {
                 user_id,
@@ -153,12 +153,6 @@ pub async fn send_message(
         message,
         created: true,
     })
-}
-
-fn target_user(target: Target) -> i64 {
-    match target {
-        Target::Recipient(id) | Target::Chat(id) => id,
-    }
 }
 
 /// A stored message found under the same key: the original if the content matches, else 409.

@@ -78,26 +78,25 @@ async fn serve_all() -> Result<(), String> {
         ),
     }
 
-    // WINDI_RELAY=off leaves the relay to a separate ws-relay service (as compose does).
-    let embedded_relay = !matches!(
+    // WINDI_RELAY=off leaves the relay to a separate ws-relay service (as compose does); the
+    // browser client is still pointed at RELAY_PORT.
+    let relay_port = relay_settings.port;
+    let relay = if matches!(
         windi_shared::config::optional("WINDI_RELAY").as_deref(),
         Some("off")
-    );
-    if !embedded_relay {
+    ) {
         tracing::info!("WINDI_RELAY=off: no embedded WebSocket relay");
-        let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
-        return serve(windi::app(state), addr)
-            .await
-            .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
-    }
-    let relay_port = relay_settings.port;
-    let relay_listener =
-        tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], relay_port)))
+        None
+    } else {
+        let addr = SocketAddr::from(([0, 0, 0, 0], relay_port));
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on RELAY_PORT {relay_port}: {e}"))?;
-    let source = RelaySource::for_publisher(&state.events, config.nats_url.as_deref())?;
-    let relay = ws_relay::start(state.clone(), source, relay_settings, relay_listener).await?;
-    tracing::info!("WebSocket relay at ws://localhost:{relay_port}/ws");
+        let source = RelaySource::for_publisher(&state.events, config.nats_url.as_deref())?;
+        let relay = ws_relay::start(state.clone(), source, relay_settings, listener).await?;
+        tracing::info!("WebSocket relay at ws://localhost:{relay_port}/ws");
+        Some(relay)
+    };
 
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
     tracing::info!("Swagger UI at http://localhost:{}/docs", config.port);
@@ -106,7 +105,9 @@ async fn serve_all() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
     // The API stopped (a signal): close WebSockets with 1012 so clients reconnect and resume.
-    relay.stop().await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
     served
 }
 

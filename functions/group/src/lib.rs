@@ -57,16 +57,7 @@ async fn create_group(
     tx.commit().await?;
 
     publish_added(&state, chat.id, &participant_ids, None).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(GroupOut {
-            id: chat.id,
-            name,
-            creator_id: chat.creator_id,
-            chat_id: chat.id,
-            participant_ids,
-        }),
-    ))
+    Ok((StatusCode::CREATED, group_out(chat, participant_ids)))
 }
 
 /// Add members to a group (owner only). Users already in it are left as they are.
@@ -107,13 +98,7 @@ async fn add_members(
     tx.commit().await?;
 
     publish_added(&state, chat_id, &added, Some(joined_seq)).await?;
-    Ok(axum::Json(GroupOut {
-        id: chat.id,
-        name: chat.name.unwrap_or_default(),
-        creator_id: chat.creator_id,
-        chat_id: chat.id,
-        participant_ids,
-    }))
+    Ok(group_out(chat, participant_ids))
 }
 
 /// Remove a member (owner), or leave (any member removing themself).
@@ -165,6 +150,17 @@ async fn remove_member(
         ])
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The seed's group shape, in which `id` and `chat_id` are the same.
+fn group_out(chat: chats::Chat, participant_ids: Vec<i64>) -> axum::Json<GroupOut> {
+    axum::Json(GroupOut {
+        id: chat.id,
+        name: chat.name.unwrap_or_default(),
+        creator_id: chat.creator_id,
+        chat_id: chat.id,
+        participant_ids,
+    })
 }
 
 /// Deduplicated ids, each a positive number, at most a group's worth.

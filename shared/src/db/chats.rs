@@ -159,12 +159,7 @@ async fn summaries(
                     SELECT u.name FROM chat_members o JOIN users u ON u.id = o.user_id
                     WHERE o.chat_id = c.id AND o.user_id <> me.user_id LIMIT 1)
                 ELSE c.name END AS name,
-                c.creator_id, me.role,
-                ARRAY(SELECT a.user_id FROM chat_members a WHERE a.chat_id = c.id ORDER BY a.user_id)
-                    AS member_ids,
-                ARRAY(SELECT u.name FROM chat_members a JOIN users u ON u.id = a.user_id
-                      WHERE a.chat_id = c.id ORDER BY a.user_id)
-                    AS member_names,
+                c.creator_id, me.role, mem.ids AS member_ids, mem.names AS member_names,
                 c.last_seq, me.last_read_seq,
                 (SELECT count(*) FROM messages u
                   WHERE u.chat_id = c.id AND u.seq > me.last_read_seq AND u.sender_id <> me.user_id)
@@ -178,6 +173,11 @@ async fn summaries(
                 END AS lm_read
          FROM chat_members me
          JOIN chats c ON c.id = me.chat_id
+         CROSS JOIN LATERAL (
+             SELECT array_agg(a.user_id ORDER BY a.user_id) AS ids,
+                    array_agg(u.name ORDER BY a.user_id) AS names
+             FROM chat_members a JOIN users u ON u.id = a.user_id
+             WHERE a.chat_id = c.id) mem
          LEFT JOIN messages lm ON lm.chat_id = c.id AND lm.seq = c.last_seq
          WHERE me.user_id = ANY($1) AND ($4::bigint IS NULL OR c.id = $4)
          ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id DESC, me.user_id
