@@ -440,6 +440,11 @@ async fn a_slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
         .await;
     let got = ws.messages(sent, Duration::from_secs(30)).await;
     assert_eq!(seqs(&got), (2..=1 + sent as i64).collect::<Vec<_>>());
-    drop(slow.next(Duration::from_millis(10)).await);
+    // The slow client itself, reading at last, finds its connection closed: with the 1008
+    // farewell when there was room to send it, else just the end of the stream.
+    assert!(matches!(
+        slow.close_code(Duration::from_secs(30)).await,
+        1008 | 1006
+    ));
     relay.stop().await;
 }

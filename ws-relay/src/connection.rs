@@ -18,6 +18,7 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt, stream::SplitSink};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
     db::{chats, messages},
@@ -52,7 +53,10 @@ enum Incoming {
     Text(Utf8Bytes),
     Binary,
     /// The socket failed (e.g. a frame over the size limit); the connection ends.
-    Failed(String),
+    Failed {
+        reason: String,
+        too_big: bool,
+    },
 }
 
 /// The socket was closed or a write failed; the session ends.
@@ -144,12 +148,8 @@ pub async fn run(
             frame = frames.recv() => match frame {
                 Some(Incoming::Text(text)) => session.on_text(&text).await,
                 Some(Incoming::Binary) => session.error("frames must be JSON text", "bad_frame").await,
-                Some(Incoming::Failed(reason)) => {
-                    let code = if reason.contains("too long") || reason.contains("too big") {
-                        close_code::TOO_BIG
-                    } else {
-                        close_code::PROTOCOL_ERROR
-                    };
+                Some(Incoming::Failed { reason, too_big }) => {
+                    let code = if too_big { close_code::TOO_BIG } else { close_code::PROTOCOL_ERROR };
                     let _ = session.close(code, &reason).await;
                     break;
                 }
@@ -190,9 +190,17 @@ async fn read_frames(
             Ok(Message::Binary(_)) => Incoming::Binary,
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             Ok(Message::Close(_)) => break,
-            Err(e) => Incoming::Failed(e.to_string()),
+            Err(e) => {
+                let reason = e.to_string();
+                // A frame over the size limit is tungstenite's capacity error.
+                let too_big = matches!(
+                    e.into_inner().downcast_ref::<tungstenite::Error>(),
+                    Some(tungstenite::Error::Capacity(_))
+                );
+                Incoming::Failed { reason, too_big }
+            }
         };
-        let failed = matches!(incoming, Incoming::Failed(_));
+        let failed = matches!(incoming, Incoming::Failed { .. });
         if frames.send(incoming).await.is_err() || failed {
             break;
         }
