@@ -36,17 +36,20 @@ async fn mark_read(
     let message = messages::for_member(&state.db, id, user.id)
         .await?
         .ok_or(Error::NotFound("message"))?;
-    let moved = members::advance_read(&state.db, message.chat_id, user.id, message.seq).await?;
-    if let Some(last_read_seq) = moved {
-        state
-            .events
-            .publish(vec![Event::MessageRead {
-                chat_id: message.chat_id,
-                user_id: user.id,
-                last_read_seq,
-            }])
-            .await;
-    }
+    let Some(last_read_seq) =
+        members::advance_read(&state.db, message.chat_id, user.id, message.seq).await?
+    else {
+        // Already read that far: nothing changed, nothing to tell.
+        return Ok(axum::Json(message));
+    };
+    state
+        .events
+        .publish(vec![Event::MessageRead {
+            chat_id: message.chat_id,
+            user_id: user.id,
+            last_read_seq,
+        }])
+        .await;
     // Re-read so `read` reflects the marker just moved.
     let message = messages::for_member(&state.db, id, user.id)
         .await?
