@@ -44,7 +44,7 @@ fn browser_prerequisites() -> (PathBuf, String) {
         let mut npm = Command::new("npm");
         npm.args(["ci", "--no-audit", "--no-fund", "--prefix"])
             .arg(&e2e);
-        let (ok, output) = run_blocking(npm, &log, NPM_CI_TIMEOUT);
+        let (ok, output) = windi_tests::block_on_aside(run(npm, &log, NPM_CI_TIMEOUT));
         assert!(
             ok,
             "`npm ci --prefix e2e` failed (it installs playwright-core from the npm \
@@ -113,22 +113,6 @@ fn require_node() {
         .and_then(|major| major.parse().ok())
         .unwrap_or(0);
     assert!(major >= 20, "node is {}: {install}", version.trim());
-}
-
-/// [`run`] for use where no await is possible (inside the prerequisites lock).
-fn run_blocking(command: Command, log: &Path, timeout: Duration) -> (bool, String) {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(run(command, log, timeout))
-            })
-            .join()
-            .unwrap()
-    })
 }
 
 /// Runs `command` with its output (stdout and stderr, interleaved) going to `log`, and waits

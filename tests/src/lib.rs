@@ -100,26 +100,35 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on; a thread with its own
-        // runtime can. WITH (FORCE) closes the connections the pool still holds.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
+        let name = &self.name;
+        // WITH (FORCE) closes the connections the pool still holds.
+        block_on_aside(async {
+            if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        });
     }
+}
+
+/// Runs `work` to completion on a thread of its own with its own runtime: for `Drop` (which
+/// cannot await) and for code holding a lock, inside a test's runtime that must not be blocked.
+pub fn block_on_aside<T: Send>(work: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(work)
+            })
+            .join()
+            .unwrap()
+    })
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -153,28 +162,16 @@ pub struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let (url, name) = (
-            self.url.clone(),
-            windi_shared::events::stream_name(&self.prefix),
-        );
-        // As for TestDb: Drop cannot await, a thread with its own runtime can.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let connect = async_nats::ConnectOptions::new()
-                    .connection_timeout(Duration::from_secs(2))
-                    .connect(url);
-                if let Ok(client) = connect.await {
-                    let js = async_nats::jetstream::new(client);
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), js.delete_stream(name)).await;
-                }
-            });
-        })
-        .join();
+        let name = windi_shared::events::stream_name(&self.prefix);
+        block_on_aside(async {
+            let connect = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(2))
+                .connect(self.url.as_str());
+            if let Ok(client) = connect.await {
+                let js = async_nats::jetstream::new(client);
+                let _ = tokio::time::timeout(Duration::from_secs(5), js.delete_stream(name)).await;
+            }
+        });
     }
 }
 
