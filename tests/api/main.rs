@@ -17,3 +17,4 @@ mod read_marks;
 mod revisions;
 mod ws;
 mod ws_faults;
+mod ws_revisions;
