@@ -299,9 +299,9 @@ function relaySend(frame) {
   return true;
 }
 
-/** Only the frames that are changes of a chat (message, message_updated, member, chat) move its
- * resume cursor. `read` and `typing` frames carry the chat's rev too, but `resume` does not
- * replay them, so they do not say that every change before it has reached us. */
+/** The frames that are changes of a chat (message, message_updated, member, chat) move its
+ * resume cursor. `read` and `typing` frames carry a rev too: how far the relay has delivered
+ * the chat, where the change frames before them have brought the cursor already. */
 function onFrame(frame) {
   switch (frame.type) {
     case 'ready': return onReady();
