@@ -467,7 +467,8 @@ function memberRead(chat, userId, seq) {
 }
 
 /** We joined (or created) a chat, or the relay tells us of one our `resume` did not list. The
- * summary is the chat as of `rev`; the changes after it follow. */
+ * summary is the chat now; the changes after `rev` follow, and those the summary already
+ * counts change nothing when applied again (by seq, and by each message's rev). */
 function onChatFrame(summary, rev) {
   const known = state.chats.get(summary.id);
   if (!known) {
