@@ -14,5 +14,6 @@ mod lambda;
 mod membership;
 mod messages;
 mod read_marks;
+mod revisions;
 mod ws;
 mod ws_faults;

@@ -366,6 +366,36 @@ impl TestApp {
             .await
     }
 
+    pub async fn patch(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(&user.token), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(&user.token), None).await
+    }
+
+    /// The chat's changes after `after_rev` (asserting 200).
+    pub async fn changes(&self, user: &TestUser, chat_id: i64, after_rev: i64) -> Value {
+        let (status, body) = self
+            .get(
+                &format!("/chat/changes/{chat_id}?after_rev={after_rev}&limit=200"),
+                user,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// The chat's rev now, from Postgres.
+    pub async fn chat_rev(&self, chat_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT rev FROM chats WHERE id = $1")
+            .bind(chat_id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, Some(&user.token), Some(body))
             .await
