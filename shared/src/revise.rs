@@ -157,7 +157,7 @@ async fn commit(
     change: &str,
     message: MessageOut,
 ) -> Result<MessageOut> {
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     state
         .events
         .publish(vec![Event::MessageUpdated {

@@ -151,7 +151,7 @@ pub async fn send_message(
         Some(peer) => users::bump_member_revs(&mut *tx, &[sender, peer]).await?,
         None => Vec::new(),
     };
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
 
     let (seq, rev) = position;
     let mut events = Vec::with_capacity(4);

@@ -13,6 +13,7 @@ mod history;
 mod lambda;
 mod membership;
 mod messages;
+mod outages;
 mod read_marks;
 mod revisions;
 mod ws;

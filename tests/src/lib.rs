@@ -82,11 +82,18 @@ pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
     name: String,
+    /// The server's maintenance database, where this one is dropped.
+    admin: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let admin = admin_database_url();
+        Self::on(&admin_database_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL of its `postgres` database).
+    pub async fn on(admin: &str) -> Self {
+        let admin = admin.to_owned();
         let name = unique("windi_test");
         let mut conn = PgConnection::connect(&admin).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -97,7 +104,12 @@ impl TestDb {
         let url = with_database(&admin, &name);
         let pool = windi_shared::db::connect(&url, 20).await.unwrap();
         MIGRATOR.run(&pool).await.unwrap();
-        Self { pool, url, name }
+        Self {
+            pool,
+            url,
+            name,
+            admin,
+        }
     }
 }
 
@@ -110,7 +122,7 @@ impl Drop for TestDb {
         }
         // WITH (FORCE) closes the connections the pool still holds.
         block_on_aside(async {
-            if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+            if let Ok(mut conn) = PgConnection::connect(&self.admin).await {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))
@@ -300,6 +312,7 @@ impl TestApp {
             pool,
             url: self.db.url.clone(),
             name: String::new(),
+            admin: self.db.admin.clone(),
         };
         let events: Bus = Arc::new(LocalBus::default());
         TestApp::start(db, events, unique("silent")).await
@@ -571,4 +584,166 @@ impl Drop for PrivateNats {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
     }
+}
+
+/// A private Postgres cluster on a free port, for tests that crash, pause and restart the
+/// database. Made with the machine's `initdb`/`pg_ctl` (`PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`), run as the `postgres` user when the tests run as root
+/// (Postgres refuses root). Removed on drop; the shared server on 5432 is never touched.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = std::env::var_os("PG_BIN")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|p| p.join("initdb").exists())
+                    .collect();
+                bins.sort();
+                bins.pop()
+            })
+            .expect("no initdb: install postgresql or set PG_BIN");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("windi-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self { port, dir, bin };
+        if Self::as_root() {
+            run(std::process::Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pg.dir));
+        }
+        run(pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(pg.data()));
+        pg.restart().await;
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    /// A command of the cluster's binaries, as the `postgres` user when we are root.
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = self.bin.join(program);
+        let mut command = if Self::as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        };
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the cluster (again) and waits until it accepts connections.
+    pub async fn restart(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        run(self
+            .command("pg_ctl")
+            .args(["-w", "-t", "30", "-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("start"));
+    }
+
+    /// Stops the cluster the hard way: what a crash or an OOM kill leaves behind.
+    pub fn crash(&self) {
+        run(self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop"));
+    }
+
+    /// Freezes every process of the cluster: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(pid);
+        run(std::process::Command::new("kill").arg(signal).args(&pids));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PrivatePostgres {
+    fn resume_quietly(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            && let Some(pid) = pid.lines().next()
+        {
+            let _ = std::process::Command::new("pkill")
+                .args(["-CONT", "-P", pid.trim()])
+                .status();
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", pid.trim()])
+                .status();
+        }
+    }
+}
+
+/// Runs a command to success, or panics with what it was.
+fn run(command: &mut std::process::Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed: {status}");
 }

@@ -68,7 +68,7 @@ async fn create_group(
     );
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
     let member_revs = users::bump_member_revs(&mut *tx, &participant_ids).await?;
-    tx.commit().await?;
+    windi_shared::deadline::commit(tx).await?;
 
     publish_added(&state, chat.id, &added, &member_revs, false).await;
     Ok((StatusCode::CREATED, group_out(chat, participant_ids)))
@@ -112,7 +112,7 @@ async fn add_members(
     }
     let added_ids: Vec<i64> = added.iter().map(|a| a.user_id).collect();
     let member_revs = users::bump_member_revs(&mut *tx, &added_ids).await?;
-    tx.commit().await?;
+    windi_shared::deadline::commit(tx).await?;
 
     publish_added(&state, chat_id, &added, &member_revs, true).await;
     Ok(group_out(chat, participant_ids))
@@ -164,7 +164,7 @@ async fn remove_member(
         .await?
         .first()
         .map_or(0, |&(_, r)| r);
-    tx.commit().await?;
+    windi_shared::deadline::commit(tx).await?;
 
     state
         .events
