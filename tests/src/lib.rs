@@ -318,6 +318,25 @@ impl TestApp {
         TestApp::start(db, events, unique("silent")).await
     }
 
+    /// A second windi process on this app's database and NATS subject prefix (a NATS app's
+    /// only): what a deployment with several API processes behind one load balancer has.
+    pub async fn twin_on_nats(&self) -> TestApp {
+        let url = self.nats_url.clone().expect("a NATS app");
+        let pool = windi_shared::db::connect(&self.db.url, 10).await.unwrap();
+        let db = TestDb {
+            pool,
+            url: self.db.url.clone(),
+            name: String::new(),
+            admin: self.db.admin.clone(),
+        };
+        let publisher = windi_shared::events::connect_nats(&url, &self.prefix, "windi-twin")
+            .await
+            .unwrap();
+        let mut twin = TestApp::start(db, Arc::new(publisher), self.prefix.clone()).await;
+        twin.nats_url = Some(url);
+        twin
+    }
+
     /// Registers and logs in a new user with a unique email.
     pub async fn user(&self, name: &str) -> TestUser {
         let email = format!("{}@example.com", unique(&name.to_lowercase()));
