@@ -14,6 +14,7 @@ mod lambda;
 mod membership;
 mod messages;
 mod outages;
+mod races;
 mod read_marks;
 mod revisions;
 mod ws;
