@@ -4,7 +4,7 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
-use windi_tests::{TestApp, TestUser, relay_settings, ws::WsClient};
+use windi_tests::{TestApp, relay_settings, ws::WsClient};
 
 /// `count` users made straight in Postgres (registering 1,000 through argon2 would take most
 /// of a minute); they never log in.

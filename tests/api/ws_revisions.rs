@@ -593,7 +593,7 @@ async fn two_relays_and_two_api_processes_on_one_nats_deliver_everything_once_in
         (1, WsClient::connect(relay_a.addr, &users[1].token).await),
         (2, WsClient::connect(relay_a.addr, &users[2].token).await),
     ];
-    let mut on_b = vec![
+    let mut on_b = [
         (1, WsClient::connect(relay_b.addr, &users[1].token).await),
         (3, WsClient::connect(relay_b.addr, &users[3].token).await),
     ];
