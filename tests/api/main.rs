@@ -11,6 +11,7 @@ mod events;
 mod groups;
 mod history;
 mod lambda;
+mod limits;
 mod membership;
 mod messages;
 mod outages;

@@ -701,6 +701,10 @@ impl Session {
         {
             return Ok(());
         }
+        if let Err(e) = self.state.limits.typing.check(self.user_id) {
+            let body = e.body();
+            return self.error(&body.detail, &body.code).await;
+        }
         self.typing_sent.insert(chat_id, now);
         self.state
             .events
