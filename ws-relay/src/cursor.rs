@@ -257,7 +257,7 @@ mod properties {
         let mut cursor = Cursor::default();
         let mut sent = Vec::new();
         cursor.open(1, 0, 0);
-        let mut backfill = |cursor: &mut Cursor, sent: &mut Vec<i64>| {
+        let backfill = |cursor: &mut Cursor, sent: &mut Vec<i64>| {
             while let Some(after) = cursor.backfill_from(1) {
                 // Postgres has all n; a page of at most 3.
                 let page: Vec<i64> = (after + 1..=n).take(3).collect();
