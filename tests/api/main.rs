@@ -15,6 +15,7 @@ mod limits;
 mod membership;
 mod messages;
 mod outages;
+mod owned_fields;
 mod races;
 mod read_marks;
 mod revisions;
