@@ -141,3 +141,47 @@ async fn group_changes_and_typing_are_limited_too() {
     assert_eq!(error["code"], "rate_limited", "{error}");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_flood_is_answered_503_with_retry_after_instead_of_waiting_without_end() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("Alice").await;
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..300).map(|_| {
+        let request = app.http.post(app.url("/auth/login")).form(&[
+            ("username", alice.email.as_str()),
+            ("password", windi_tests::PASSWORD),
+        ]);
+        async move {
+            let sent = std::time::Instant::now();
+            let response = request.send().await.unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            (response.status(), retry_after, sent.elapsed())
+        }
+    }))
+    .await;
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    let ok = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::OK)
+        .count();
+    assert!(
+        !busy.is_empty(),
+        "300 logins at once all queued: the queue is not bounded"
+    );
+    assert!(
+        busy.iter().all(|(_, retry, _)| *retry),
+        "a 503 without Retry-After"
+    );
+    assert_eq!(ok + busy.len(), 300, "{answers:?}");
+    let slowest = answers.iter().map(|(_, _, t)| *t).max().unwrap();
+    // Nothing waits past the request deadline (5 s), with a margin for a loaded machine.
+    assert!(
+        slowest < Duration::from_secs(6),
+        "a login waited {slowest:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
