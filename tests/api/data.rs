@@ -163,3 +163,81 @@ async fn check_reports_a_gap_and_an_out_of_range_marker() {
         ]
     );
 }
+
+#[tokio::test]
+async fn check_reports_each_broken_revision_invariant_in_its_chat() {
+    let app = TestApp::spawn().await;
+    let options = Options {
+        users: 40,
+        chats: 30,
+        messages: 3_000,
+        progress: false,
+        ..Options::default()
+    };
+    windi::generate::run(&app.db.pool, &options).await.unwrap();
+    assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+
+    // Six chats with messages, one broken invariant each.
+    let chats: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM chats WHERE last_seq >= 2 ORDER BY id LIMIT 6")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(chats.len(), 6);
+    let breaks = [
+        // A rev taken without its change row.
+        "UPDATE chats SET rev = rev + 1 WHERE id = $1",
+        // A message changed at a rev its chat never reached.
+        "UPDATE messages SET rev = c.rev + 1 FROM chats c
+         WHERE c.id = $1 AND messages.chat_id = c.id AND messages.seq = 1",
+        // The creation of message 1 recorded as something else.
+        "UPDATE chat_changes SET kind = 'edited' WHERE chat_id = $1 AND rev = 1",
+        // The last sender's marker below their own message.
+        "UPDATE chat_members SET last_read_seq = c.last_seq - 1 FROM chats c, messages m
+         WHERE c.id = $1 AND m.chat_id = c.id AND m.seq = c.last_seq
+           AND chat_members.chat_id = c.id AND chat_members.user_id = m.sender_id",
+        // A tombstone that kept its text.
+        "UPDATE messages SET deleted_at = now() WHERE chat_id = $1 AND seq = 2",
+        // A join at a rev the chat has not reached.
+        "UPDATE chat_members SET joined_rev = c.rev + 1 FROM chats c
+         WHERE c.id = $1 AND chat_members.chat_id = c.id",
+    ];
+    for (sql, chat) in breaks.iter().zip(&chats) {
+        let done = sqlx::query(*sql)
+            .bind(chat)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        assert!(done.rows_affected() > 0, "{sql}");
+    }
+
+    let broken: Vec<(&str, Vec<i64>)> = windi::check::run(&app.db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.invariant, v.examples))
+        .collect();
+    assert_eq!(
+        broken,
+        vec![
+            (
+                "per-chat rev is 1..rev in the change log with no gap",
+                vec![chats[0]]
+            ),
+            (
+                "a message's rev lies within created_rev..the chat's rev",
+                vec![chats[1]]
+            ),
+            (
+                "each message has its 'message' change at created_rev, and each such change its message",
+                vec![chats[2]]
+            ),
+            (
+                "no member has a message of their own above their read marker",
+                vec![chats[3]]
+            ),
+            ("a deleted message's text is empty", vec![chats[4]]),
+            ("join revs lie within 0..the chat's rev", vec![chats[5]]),
+        ]
+    );
+}
