@@ -42,7 +42,8 @@ pub enum Error {
     /// 422: well-formed, but a value breaks a rule; `detail` names the field.
     #[error("{detail}")]
     Validation { code: &'static str, detail: String },
-    /// 503: a dependency the request needs is unreachable.
+    /// 503: a dependency the request needs is unreachable (Postgres refused, timed out or
+    /// restarting; the pool ran dry). Always with `Retry-After`; the cause goes to the log.
     #[error("{0}")]
     Unavailable(String),
     /// 500: a database failure with no client-side cause. Logged, never shown.
@@ -96,7 +97,7 @@ impl Error {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) => "unavailable",
             Self::Database(_) | Self::Internal(_) => "internal_error",
         }
     }
@@ -126,11 +127,44 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         response
     }
 }
 
-/// Constraint violations become client errors by constraint name; the rest are 500s.
+/// What a 503 tells the client to wait before trying again, in seconds: about the time a
+/// restarting Postgres takes to accept connections again.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+/// The answer while the database cannot be reached; the cause is logged, not shown.
+pub fn database_unavailable(cause: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(error = %cause, "database unavailable");
+    Error::Unavailable("the database is unavailable; retry in a few seconds".into())
+}
+
+/// Whether a database error means "cannot reach Postgres now" rather than "this request is
+/// wrong": no connection in time, a refused or broken connection, or a server shutting down,
+/// starting up or out of connection slots (SQLSTATE class 08, 57P01–57P03, 53300).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Constraint violations become client errors by constraint name; an unreachable database is a
+/// 503; the rest are 500s.
 /// This is what lets handlers INSERT and let the database decide, instead of SELECT-then-INSERT.
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
@@ -150,6 +184,9 @@ impl From<sqlx::Error> for Error {
                 }
                 _ => {}
             }
+        }
+        if is_unavailable(&e) {
+            return database_unavailable(&e);
         }
         Self::Database(e)
     }

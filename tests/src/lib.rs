@@ -8,7 +8,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,9 +23,9 @@ use windi_shared::{
     AppState,
     config::JwtConfig,
     db::MIGRATOR,
-    events::{LocalBus, Publisher},
+    events::{Bus, LocalBus},
 };
-use ws_relay::{RelayHandle, RelaySettings, RelaySource};
+use ws_relay::{RelayHandle, RelaySettings};
 
 pub mod ws;
 
@@ -79,11 +82,18 @@ pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
     name: String,
+    /// The server's maintenance database, where this one is dropped.
+    admin: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let admin = admin_database_url();
+        Self::on(&admin_database_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL of its `postgres` database).
+    pub async fn on(admin: &str) -> Self {
+        let admin = admin.to_owned();
         let name = unique("windi_test");
         let mut conn = PgConnection::connect(&admin).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -94,16 +104,25 @@ impl TestDb {
         let url = with_database(&admin, &name);
         let pool = windi_shared::db::connect(&url, 20).await.unwrap();
         MIGRATOR.run(&pool).await.unwrap();
-        Self { pool, url, name }
+        Self {
+            pool,
+            url,
+            name,
+            admin,
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = &self.name;
+        if name.is_empty() {
+            // A second handle on another TestDb's database (see `TestApp::silent_twin`).
+            return;
+        }
         // WITH (FORCE) closes the connections the pool still holds.
         block_on_aside(async {
-            if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+            if let Ok(mut conn) = PgConnection::connect(&self.admin).await {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))
@@ -180,7 +199,7 @@ impl TestApp {
     pub async fn spawn() -> Self {
         let db = TestDb::new().await;
         let prefix = unique("t");
-        let events = Publisher::Local(LocalBus::default());
+        let events: Bus = Arc::new(LocalBus::default());
         Self::start(db, events, prefix).await
     }
 
@@ -195,7 +214,7 @@ impl TestApp {
         let publisher = windi_shared::events::connect_nats(url, &prefix, "windi-test")
             .await
             .unwrap();
-        let mut app = Self::start(TestDb::new().await, Publisher::from(publisher), prefix).await;
+        let mut app = Self::start(TestDb::new().await, Arc::new(publisher), prefix).await;
         app.nats_url = Some(url.to_owned());
         app.stream = Some(StreamGuard {
             url: url.to_owned(),
@@ -214,24 +233,22 @@ impl TestApp {
 
     /// A relay sharing this app's state and event carrier, on 127.0.0.1:0.
     pub async fn relay(&self, settings: RelaySettings) -> RelayHandle {
-        let source = match &self.nats_url {
-            Some(url) => RelaySource::Nats {
-                url: url.clone(),
-                prefix: self.prefix.clone(),
-            },
-            None => match &self.state.events {
-                Publisher::Local(bus) => RelaySource::Local(bus.clone()),
-                Publisher::Nats(_) => panic!("a NATS app needs its nats_url"),
-            },
-        };
+        let subscriber = ws_relay::subscriber_for(
+            &self.state,
+            self.nats_url.as_deref(),
+            &self.prefix,
+            &settings,
+        )
+        .await
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        ws_relay::start(self.state.clone(), source, settings, listener)
+        ws_relay::start(self.state.clone(), subscriber, settings, listener)
             .await
             .unwrap()
     }
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
-    pub async fn start(db: TestDb, events: Publisher, prefix: String) -> Self {
+    pub async fn start(db: TestDb, events: Bus, prefix: String) -> Self {
         let (app, listener) = Self::bind(db, events, prefix).await;
         app.serve(listener, windi::ClientConfig::default());
         app
@@ -242,7 +259,7 @@ impl TestApp {
     /// origin. The relay starts first, so the page never points at a port nobody listens on.
     pub async fn spawn_for_browser() -> (Self, RelayHandle) {
         let prefix = unique("t");
-        let events = Publisher::Local(LocalBus::default());
+        let events: Bus = Arc::new(LocalBus::default());
         let (app, listener) = Self::bind(TestDb::new().await, events, prefix).await;
         let relay = app
             .relay(RelaySettings {
@@ -258,11 +275,7 @@ impl TestApp {
     }
 
     /// The app's state on a bound listener, not serving yet.
-    async fn bind(
-        db: TestDb,
-        events: Publisher,
-        prefix: String,
-    ) -> (Self, tokio::net::TcpListener) {
+    async fn bind(db: TestDb, events: Bus, prefix: String) -> (Self, tokio::net::TcpListener) {
         let jwt = JwtConfig::new(
             TEST_SECRET.to_vec(),
             Algorithm::HS256,
@@ -288,6 +301,40 @@ impl TestApp {
     fn serve(&self, listener: tokio::net::TcpListener, client: windi::ClientConfig) {
         let router = windi::app_with_client(self.state.clone(), client);
         tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+
+    /// A second windi on this app's database whose events reach no relay: an in-process bus
+    /// that nothing subscribes to. Whatever it commits is what a handler that died between
+    /// commit and publish leaves behind.
+    pub async fn silent_twin(&self) -> TestApp {
+        let pool = windi_shared::db::connect(&self.db.url, 5).await.unwrap();
+        let db = TestDb {
+            pool,
+            url: self.db.url.clone(),
+            name: String::new(),
+            admin: self.db.admin.clone(),
+        };
+        let events: Bus = Arc::new(LocalBus::default());
+        TestApp::start(db, events, unique("silent")).await
+    }
+
+    /// A second windi process on this app's database and NATS subject prefix (a NATS app's
+    /// only): what a deployment with several API processes behind one load balancer has.
+    pub async fn twin_on_nats(&self) -> TestApp {
+        let url = self.nats_url.clone().expect("a NATS app");
+        let pool = windi_shared::db::connect(&self.db.url, 10).await.unwrap();
+        let db = TestDb {
+            pool,
+            url: self.db.url.clone(),
+            name: String::new(),
+            admin: self.db.admin.clone(),
+        };
+        let publisher = windi_shared::events::connect_nats(&url, &self.prefix, "windi-twin")
+            .await
+            .unwrap();
+        let mut twin = TestApp::start(db, Arc::new(publisher), self.prefix.clone()).await;
+        twin.nats_url = Some(url);
+        twin
     }
 
     /// Registers and logs in a new user with a unique email.
@@ -349,6 +396,36 @@ impl TestApp {
     pub async fn delete(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, Some(&user.token), None)
             .await
+    }
+
+    pub async fn patch(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(&user.token), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(&user.token), None).await
+    }
+
+    /// The chat's changes after `after_rev` (asserting 200).
+    pub async fn changes(&self, user: &TestUser, chat_id: i64, after_rev: i64) -> Value {
+        let (status, body) = self
+            .get(
+                &format!("/chat/changes/{chat_id}?after_rev={after_rev}&limit=200"),
+                user,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// The chat's rev now, from Postgres.
+    pub async fn chat_rev(&self, chat_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT rev FROM chats WHERE id = $1")
+            .bind(chat_id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {
@@ -526,4 +603,166 @@ impl Drop for PrivateNats {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
     }
+}
+
+/// A private Postgres cluster on a free port, for tests that crash, pause and restart the
+/// database. Made with the machine's `initdb`/`pg_ctl` (`PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`), run as the `postgres` user when the tests run as root
+/// (Postgres refuses root). Removed on drop; the shared server on 5432 is never touched.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = std::env::var_os("PG_BIN")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|p| p.join("initdb").exists())
+                    .collect();
+                bins.sort();
+                bins.pop()
+            })
+            .expect("no initdb: install postgresql or set PG_BIN");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("windi-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self { port, dir, bin };
+        if Self::as_root() {
+            run(std::process::Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pg.dir));
+        }
+        run(pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(pg.data()));
+        pg.restart().await;
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    /// A command of the cluster's binaries, as the `postgres` user when we are root.
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = self.bin.join(program);
+        let mut command = if Self::as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        };
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the cluster (again) and waits until it accepts connections.
+    pub async fn restart(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        run(self
+            .command("pg_ctl")
+            .args(["-w", "-t", "30", "-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("start"));
+    }
+
+    /// Stops the cluster the hard way: what a crash or an OOM kill leaves behind.
+    pub fn crash(&self) {
+        run(self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop"));
+    }
+
+    /// Freezes every process of the cluster: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(pid);
+        run(std::process::Command::new("kill").arg(signal).args(&pids));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PrivatePostgres {
+    fn resume_quietly(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            && let Some(pid) = pid.lines().next()
+        {
+            let _ = std::process::Command::new("pkill")
+                .args(["-CONT", "-P", pid.trim()])
+                .status();
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", pid.trim()])
+                .status();
+        }
+    }
+}
+
+/// Runs a command to success, or panics with what it was.
+fn run(command: &mut std::process::Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed: {status}");
 }

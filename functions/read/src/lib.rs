@@ -36,7 +36,7 @@ async fn mark_read(
     let message = messages::for_member(&state.db, id, user.id)
         .await?
         .ok_or(Error::NotFound("message"))?;
-    let Some(last_read_seq) =
+    let Some((last_read_seq, rev)) =
         members::advance_read(&state.db, message.chat_id, user.id, message.seq).await?
     else {
         // Already read that far: nothing changed, nothing to tell.
@@ -48,11 +48,18 @@ async fn mark_read(
             chat_id: message.chat_id,
             user_id: user.id,
             last_read_seq,
+            rev,
         }])
         .await;
-    // Re-read so `read` reflects the marker just moved.
-    let message = messages::for_member(&state.db, id, user.id)
-        .await?
-        .ok_or(Error::NotFound("message"))?;
+    // Re-read so `read` reflects the marker just moved. The marker is committed already: if
+    // this read fails, the answer is the message as read before, never an error.
+    let message = match messages::for_member(&state.db, id, user.id).await {
+        Ok(Some(fresh)) => fresh,
+        Ok(None) => message,
+        Err(e) => {
+            tracing::warn!(error = %e, "re-reading a message after marking it read failed");
+            message
+        }
+    };
     Ok(axum::Json(message))
 }
