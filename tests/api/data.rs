@@ -63,7 +63,7 @@ async fn the_demo_builds_the_seed_scenario_and_a_rerun_changes_nothing() {
 async fn generated_data_passes_the_invariant_checks_and_serves_like_live_data() {
     let app = TestApp::spawn().await;
     // Live data first: generation must coexist with it, never replace it.
-    windi::demo::run(windi::app(app.state.clone()))
+    let demo = windi::demo::run(windi::app(app.state.clone()))
         .await
         .unwrap();
     let options = Options {
@@ -132,7 +132,54 @@ async fn generated_data_passes_the_invariant_checks_and_serves_like_live_data() 
         .await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     assert_eq!(sent["seq"], last_seq + 1);
+    assert_eq!(
+        sent["rev"],
+        last_seq + 1,
+        "a generated chat's rev is its last_seq"
+    );
     assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+
+    // Live changes of every other kind keep the invariants too, each one: the message is edited,
+    // reacted to and deleted; Alice adds the generated user to her group, then removes them.
+    let message = format!("/chat/message/{}", sent["id"]);
+    let reaction = format!("{message}/reactions/%F0%9F%91%8D");
+    let user0: i64 = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(&report.first_user_email)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let alice = app
+        .login(demo.logins[0].email, demo.logins[0].password)
+        .await;
+    let members = format!("/chat/group/{}/members", demo.group_chat);
+    let changes = [
+        (
+            &token,
+            reqwest::Method::PATCH,
+            message.clone(),
+            Some(json!({"text": "edited"})),
+        ),
+        (&token, reqwest::Method::PUT, reaction, None),
+        (&token, reqwest::Method::DELETE, message, None),
+        (
+            &alice,
+            reqwest::Method::POST,
+            members.clone(),
+            Some(json!({"user_ids": [user0]})),
+        ),
+        (
+            &alice,
+            reqwest::Method::DELETE,
+            format!("{members}/{user0}"),
+            None,
+        ),
+    ];
+    for (who, method, path, body) in changes {
+        let (status, answer) = app.call(method.clone(), &path, Some(who), body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {answer}");
+        let broken = windi::check::run(&app.db.pool).await.unwrap();
+        assert_eq!(broken, vec![], "after {method} {path}");
+    }
 }
 
 #[tokio::test]
@@ -237,7 +284,10 @@ async fn check_reports_each_broken_revision_invariant_in_its_chat() {
                 vec![chats[3]]
             ),
             ("a deleted message's text is empty", vec![chats[4]]),
-            ("join revs lie within 0..the chat's rev", vec![chats[5]]),
+            (
+                "a member joined with the chat (rev 0) or by their own 'member_joined' change",
+                vec![chats[5]]
+            ),
         ]
     );
 }
