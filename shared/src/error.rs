@@ -39,6 +39,13 @@ pub enum Error {
         code: &'static str,
         detail: String,
     },
+    /// 429: over a rate limit. With `Retry-After` (whole seconds, at least 1).
+    #[error("{detail}")]
+    TooManyRequests {
+        code: &'static str,
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     /// 422: well-formed, but a value breaks a rule; `detail` names the field.
     #[error("{detail}")]
     Validation { code: &'static str, detail: String },
@@ -83,6 +90,7 @@ impl Error {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Rejected { status, .. } => *status,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,6 +101,7 @@ impl Error {
             Self::BadRequest { code, .. }
             | Self::Conflict { code, .. }
             | Self::Rejected { code, .. }
+            | Self::TooManyRequests { code, .. }
             | Self::Validation { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -118,6 +127,11 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Self::Unavailable(_) => Some(RETRY_AFTER_SECS),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
@@ -127,10 +141,10 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod lambda;
+pub mod limits;
 pub mod model;
 pub mod revise;
 pub mod runtime;

@@ -84,6 +84,7 @@ pub async fn send_message(
     if let Some(key) = dedup_key {
         validate::dedup_key(key)?;
     }
+    state.limits.sends.check(sender)?;
 
     let mut tx = state.db.begin().await?;
     // The chat, and the other member when this message creates their private chat.

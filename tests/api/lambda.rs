@@ -216,6 +216,8 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             nats_prefix: prefix.to_owned(),
             port: 0,
             db_max_connections: 2,
+            // The walkthroughs send ~100 messages as one user: above the limits on purpose.
+            limits: windi_shared::limits::LimitSettings::unlimited(),
         };
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await
@@ -552,7 +554,7 @@ struct Sides {
 
 impl Sides {
     async fn new() -> Self {
-        let local = TestApp::spawn().await;
+        let local = TestApp::spawn_unlimited(windi_tests::Mode::Local).await;
         let lambda_db = TestDb::new().await;
         let prefix = unique("lambda");
         let stream = windi_tests::StreamGuard {

@@ -192,7 +192,8 @@ async fn a_request_past_its_deadline_answers_503_and_never_commits_afterwards() 
 
 #[tokio::test]
 async fn clients_that_hang_up_mid_request_leave_every_connection_clean() {
-    let app = TestApp::spawn().await;
+    // Load on purpose: above the per-user limits.
+    let app = TestApp::spawn_unlimited(windi_tests::Mode::Local).await;
     let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
     let chat = app.send_to_user(&alice, &bob, "first").await["chat_id"]
         .as_i64()

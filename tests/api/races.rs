@@ -58,7 +58,8 @@ async fn concurrent_adds_never_pass_the_member_cap() {
 
 #[tokio::test]
 async fn an_owner_and_the_eldest_member_leaving_at_once_leave_the_group_an_owner() {
-    let app = TestApp::spawn().await;
+    // Load on purpose: above the per-user limits.
+    let app = TestApp::spawn_unlimited(windi_tests::Mode::Local).await;
     let (owner, eldest, a, b) = (
         app.user("Owner").await,
         app.user("Eldest").await,

@@ -24,6 +24,7 @@ use windi_shared::{
     config::JwtConfig,
     db::MIGRATOR,
     events::{Bus, LocalBus},
+    limits::LimitSettings,
 };
 use ws_relay::{RelayHandle, RelaySettings};
 
@@ -210,17 +211,46 @@ impl TestApp {
 
     /// windi publishing to the NATS at `url` (e.g. a [`PrivateNats`]).
     pub async fn spawn_on_nats(url: &str) -> Self {
+        Self::on_nats(url, LimitSettings::default()).await
+    }
+
+    /// [`TestApp::spawn_on_nats`] with rate limits that never apply (for load on purpose).
+    pub async fn spawn_on_nats_unlimited(url: &str) -> Self {
+        Self::on_nats(url, LimitSettings::unlimited()).await
+    }
+
+    async fn on_nats(url: &str, limits: LimitSettings) -> Self {
         let prefix = unique("t");
         let publisher = windi_shared::events::connect_nats(url, &prefix, "windi-test")
             .await
             .unwrap();
-        let mut app = Self::start(TestDb::new().await, Arc::new(publisher), prefix).await;
+        let mut app =
+            Self::start_with(TestDb::new().await, Arc::new(publisher), prefix, limits).await;
         app.nats_url = Some(url.to_owned());
         app.stream = Some(StreamGuard {
             url: url.to_owned(),
             prefix: app.prefix.clone(),
         });
         app
+    }
+
+    /// windi with rate limits that never apply, for tests that load it on purpose (each says
+    /// so); every other test runs with the production limits.
+    pub async fn spawn_unlimited(mode: Mode) -> Self {
+        let prefix = unique("t");
+        match mode {
+            Mode::Local => {
+                let events: Bus = Arc::new(LocalBus::default());
+                Self::start_with(
+                    TestDb::new().await,
+                    events,
+                    prefix,
+                    LimitSettings::unlimited(),
+                )
+                .await
+            }
+            Mode::Nats => Self::on_nats(&nats_url(), LimitSettings::unlimited()).await,
+        }
     }
 
     /// windi with the in-process bus, or on the shared NATS.
@@ -249,7 +279,18 @@ impl TestApp {
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
     pub async fn start(db: TestDb, events: Bus, prefix: String) -> Self {
-        let (app, listener) = Self::bind(db, events, prefix).await;
+        Self::start_with(db, events, prefix, LimitSettings::default()).await
+    }
+
+    /// [`TestApp::start`] with other rate limits.
+    pub async fn start_with(
+        db: TestDb,
+        events: Bus,
+        prefix: String,
+        limits: LimitSettings,
+    ) -> Self {
+        let (mut app, listener) = Self::bind(db, events, prefix).await;
+        app.state = app.state.with_limits(limits);
         app.serve(listener, windi::ClientConfig::default());
         app
     }
