@@ -9,7 +9,8 @@
 //
 // Two people in two browser contexts (separate storage, so separate logins): Alice on a
 // desktop-sized window, Bob on a phone-sized one. Through the UI only, except for a batch of
-// group messages posted over the API to have history worth scrolling back through:
+// group messages posted over the API to have history worth scrolling back through, and Bob's
+// removal from the group (the client has no button for it):
 //   1. both register; Alice starts a private chat with Bob's id and writes;
 //   2. Bob sees the chat appear with an unread badge, live; opens it; Alice sees "read";
 //   3. Bob types: Alice sees "Bob is typing…"; Bob's reply arrives live and is read;
@@ -18,7 +19,15 @@
 //   5. Bob's relay connection drops; Alice writes twice meanwhile; Bob reconnects and `resume`
 //      brings both, in order;
 //   6. Bob's send reaches the server but its ack is lost with the connection: after the
-//      reconnect the client sends it again with the same dedup_key, and it exists once.
+//      reconnect the client sends it again with the same dedup_key, and it exists once;
+//   7. Alice edits a message: Bob sees the new text, marked "edited", live, in the same place;
+//   8. Alice deletes one: Bob sees its tombstone, live;
+//   9. Bob reacts with 👍: Alice sees the count live (Bob's own highlighted); Bob takes it back;
+//  10. Bob replies to Alice's first message: both see the quote above his reply;
+//  11. Bob replies in the group to its first note; Alice reloads, so the note is older than
+//      anything loaded: the quote says "message #id" until she clicks it and it pages back;
+//  12. Bob's connection drops; meanwhile Alice edits, deletes, reacts, and removes Bob from the
+//      group; after the reconnect, `resume` with Bob's revs brings all four.
 // Every wait is on a condition with a timeout; nothing sleeps. Exit code 0 means it all held.
 
 import { mkdir } from 'node:fs/promises';
@@ -62,12 +71,62 @@ async function visible(locator, what) {
   }
 }
 
+/** Waits until nothing matches a locator; fails naming `what`. */
+async function gone(locator, what) {
+  try {
+    await locator.first().waitFor({ state: 'detached', timeout: WAIT_MS });
+  } catch (error) {
+    throw new Error(`timed out waiting for: ${what} (${error.message.split('\n')[0]})`);
+  }
+}
+
+/** The seq of our message with this text, once it is stored (a pending one has none yet). */
+async function storedSeq(page, text, who) {
+  const row = page.locator('#message-list .msg.own[data-seq]')
+    .filter({ has: page.locator('.text', { hasText: exactly(text) }) });
+  await visible(row, `${who}: "${text}" stored`);
+  return Number(await row.first().getAttribute('data-seq'));
+}
+
+/**
+ * Opens a message's ⋯ menu and presses one of its buttons: `action` is a `data-action`
+ * (reply, edit, delete, confirm-delete) or, for a quick reaction, `{ emoji }`.
+ */
+async function messageAction(row, action, what) {
+  const selector = typeof action === 'string'
+    ? `[data-action="${action}"]` : `[data-emoji="${action.emoji}"]`;
+  const button = row.locator(`.msg-actions ${selector}`);
+  if (!(await button.count())) await row.locator('.msg-menu').click();
+  await visible(button, what);
+  await button.click();
+}
+
+/** Edits one of our messages through its menu: the composer takes the new text. */
+async function editThrough(page, row, text, who) {
+  await messageAction(row, 'edit', `${who}: "Edit" in the message's menu`);
+  await until(page, `${who}: the composer in edit mode`,
+    () => !document.getElementById('composer-context').hidden
+      && document.getElementById('context-label').textContent === 'Edit message');
+  await page.fill('#composer-text', text);
+  await page.click('#send');
+}
+
+/** Deletes a message through its menu (which asks once more). */
+async function deleteThrough(row, who) {
+  await messageAction(row, 'delete', `${who}: "Delete" in the message's menu`);
+  await messageAction(row, 'confirm-delete', `${who}: the confirmation of the delete`);
+}
+
 /** The own message with exactly this text. */
 const ownMessage = (page, text) => page.locator('#message-list .msg.own')
   .filter({ has: page.locator('.text', { hasText: new RegExp(`^${escape(text)}$`) }) });
 const anyMessage = (page, text) => page.locator('#message-list .msg')
   .filter({ has: page.locator('.text', { hasText: new RegExp(`^${escape(text)}$`) }) });
 const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** The message at this seq (what is there may change: edits, deletions); `more` narrows it,
+ * e.g. `.deleted`. */
+const messageAt = (page, seq, more = '') => page.locator(`#message-list .msg${more}[data-seq="${seq}"]`);
+const exactly = (text) => new RegExp(`^${escape(text)}$`);
 
 /** The seqs of the messages on screen, in screen order. */
 const shownSeqs = (page) => page.$$eval('#message-list .msg[data-seq]',
@@ -118,6 +177,8 @@ function relayControl(page) {
     live: new Set(),
     /** Every `send` frame the page sent: `{text, dedup_key}`. */
     sends: [],
+    /** Every `resume` frame the page sent. */
+    resumes: [],
     async drop() {
       this.blocked = true;
       for (const route of this.live) await route.close({ code: 4000, reason: 'test: network lost' });
@@ -136,6 +197,7 @@ function relayControl(page) {
       server.send(message);
       const frame = JSON.parse(message);
       if (frame.type === 'send') control.sends.push({ text: frame.text, key: frame.dedup_key });
+      if (frame.type === 'resume') control.resumes.push(frame);
       if (control.loseAckOfNextSend && frame.type === 'send') {
         control.loseAckOfNextSend = false;
         control.swallowing = true;
@@ -324,6 +386,149 @@ async function main() {
     await visible(ownMessage(bob, once).locator('.status[data-status="read"]'),
       'bob: Alice read the retried message');
     log(`a send whose ack was lost went ${tries.length} times with one dedup_key and exists once`);
+
+    // 7. Alice edits a message; Bob sees the new text in its place, marked edited, live.
+    const typo = 'See you at 10';
+    const fixed = 'See you at 11';
+    await send(alice, typo);
+    await visible(anyMessage(bob, typo), `bob: "${typo}"`);
+    const editedSeq = await storedSeq(alice, typo, 'alice');
+    await editThrough(alice, ownMessage(alice, typo), fixed, 'alice');
+    for (const [who, page] of [['alice', alice], ['bob', bob]]) {
+      await visible(messageAt(page, editedSeq).locator('.text', { hasText: exactly(fixed) }),
+        `${who}: the edited text at seq ${editedSeq}`);
+      await visible(messageAt(page, editedSeq).locator('.edited'), `${who}: the "edited" mark`);
+    }
+    await gone(anyMessage(bob, typo), 'bob: the old text gone');
+    await until(alice, 'alice: the composer back to sending',
+      () => document.getElementById('composer-context').hidden
+        && document.getElementById('composer-text').value === '');
+    log('Alice edited a message; Bob saw the edit live');
+
+    // 8. Alice deletes one; Bob sees the tombstone in its place, live.
+    const oops = 'Oops, wrong chat';
+    await send(alice, oops);
+    await visible(anyMessage(bob, oops), `bob: "${oops}"`);
+    const deletedSeq = await storedSeq(alice, oops, 'alice');
+    await deleteThrough(ownMessage(alice, oops), 'alice');
+    for (const [who, page] of [['alice', alice], ['bob', bob]]) {
+      await visible(messageAt(page, deletedSeq, '.deleted').locator('.text', { hasText: /^message deleted$/ }),
+        `${who}: the tombstone at seq ${deletedSeq}`);
+    }
+    await gone(anyMessage(bob, oops), 'bob: the deleted text gone');
+    log('Alice deleted a message; Bob saw the tombstone live');
+
+    // 9. Bob reacts to the edited message; Alice sees it live; Bob takes it back.
+    await messageAction(messageAt(bob, editedSeq), { emoji: '👍' }, 'bob: 👍 in the menu');
+    const thumbs = (page, more = '') => messageAt(page, editedSeq)
+      .locator(`.reaction${more}[data-emoji="👍"]`);
+    await visible(thumbs(alice, '[aria-pressed="false"]').locator('.count', { hasText: /^1$/ }),
+      'alice: Bob\'s 👍 (1), live, not hers');
+    await visible(thumbs(bob, '.mine[aria-pressed="true"]').locator('.count', { hasText: /^1$/ }),
+      'bob: his own 👍 highlighted');
+    await thumbs(bob).click();
+    await gone(thumbs(alice), 'alice: the 👍 gone again, live');
+    await gone(thumbs(bob), 'bob: the 👍 gone again');
+    log('Bob reacted and took it back; Alice saw both live');
+
+    // 10. Bob replies to Alice's first message: the quote shows on both sides.
+    await messageAction(anyMessage(bob, hello), 'reply', 'bob: "Reply" in the menu');
+    await until(bob, 'bob: the composer says whom he replies to',
+      () => !document.getElementById('composer-context').hidden
+        && document.getElementById('context-label').textContent === 'Reply to Alice');
+    const answer = 'Yes, I was there all along';
+    await send(bob, answer);
+    for (const [who, page, sender] of [['bob', bob, 'Alice'], ['alice', alice, 'You']]) {
+      const quote = anyMessage(page, answer).locator('.quote');
+      await visible(quote.locator('.quote-sender', { hasText: exactly(sender) }), `${who}: the quote's sender`);
+      await visible(quote.locator('.quote-text', { hasText: exactly(hello) }), `${who}: the quoted text`);
+    }
+    await until(bob, 'bob: the composer back to sending',
+      () => document.getElementById('composer-context').hidden);
+    log('Bob replied; both saw the quote');
+
+    // 11. A reply to a message older than anything loaded: "message #id" until clicked.
+    await bob.click('#back');
+    await groupItem.click();
+    const firstNote = `Note 1 of ${batch}`;
+    await messageAction(anyMessage(bob, firstNote), 'reply', 'bob: "Reply" on the first note');
+    const late = 'Replying to the very first note';
+    await send(bob, late);
+    await visible(ownMessage(bob, late).locator('.quote-text', { hasText: exactly(firstNote) }),
+      'bob: his reply quoting the first note');
+    await alice.reload();
+    await until(alice, 'alice: connected again after the reload',
+      () => document.getElementById('conn').dataset.state === 'online');
+    await alice.locator('.chat-item', { hasText: 'Project Team' }).click();
+    const lateQuote = anyMessage(alice, late).locator('.quote');
+    await visible(anyMessage(alice, late).locator('.quote.unknown .quote-text', { hasText: /^message #\d+$/ }),
+      'alice: the quote of a message not loaded, as "message #id"');
+    if (await messageAt(alice, 1).count()) throw new Error('alice: the first note was loaded already');
+    await lateQuote.click();
+    await visible(messageAt(alice, 1).locator('.text', { hasText: exactly(firstNote) }),
+      'alice: the first note, paged back to');
+    await visible(lateQuote.locator('.quote-text', { hasText: exactly(firstNote) }),
+      'alice: the quote now shows the note');
+    assertContiguous(await shownSeqs(alice), 1, batch + 1, 'alice\'s group');
+    log('a quote of an unloaded message showed as "message #id" and paged back to it');
+
+    // 12. While Bob is offline, Alice edits, deletes and reacts, and removes him from the
+    // group: none of it adds a message, so only `resume` by revs can bring it.
+    await bob.click('#back');
+    await bobsItem.click();
+    await visible(anyMessage(bob, answer), 'bob: the private chat again');
+    await alice.locator('.chat-item', { hasText: 'Bob' }).click();
+    await visible(anyMessage(alice, answer), 'alice: the private chat again');
+    const [awayEdited, awayDeleted] = away;
+    const seqs = {
+      edited: await storedSeq(alice, awayEdited, 'alice'),
+      deleted: await storedSeq(alice, awayDeleted, 'alice'),
+      reacted: Number(await anyMessage(alice, once).getAttribute('data-seq')),
+    };
+    await bobRelay.drop();
+    await until(bob, 'bob: shown as disconnected once more',
+      () => document.getElementById('conn').dataset.state !== 'online');
+    const awayFixed = `${awayEdited}, edited while you were away`;
+    await editThrough(alice, ownMessage(alice, awayEdited), awayFixed, 'alice');
+    await visible(messageAt(alice, seqs.edited).locator('.edited'), 'alice: her edit stored');
+    await deleteThrough(ownMessage(alice, awayDeleted), 'alice');
+    await visible(messageAt(alice, seqs.deleted, '.deleted'), 'alice: her delete stored');
+    await messageAction(messageAt(alice, seqs.reacted), { emoji: '❤️' }, 'alice: ❤️ in the menu');
+    const heart = (page) => messageAt(page, seqs.reacted).locator('.reaction[data-emoji="❤️"]');
+    await visible(heart(alice).locator('.count', { hasText: /^1$/ }), 'alice: her ❤️ stored');
+    await alice.evaluate(async ({ chatId, userId }) => {
+      const token = sessionStorage.getItem('windi.token');
+      const response = await fetch(`/chat/group/${chatId}/members/${userId}`, {
+        method: 'DELETE', headers: { Authorization: `Bearer ${token}` },
+      });
+      if (!response.ok) throw new Error(`DELETE /chat/group/…/members: ${response.status}`);
+    }, { chatId: groupId, userId: bobId });
+    const resumesBefore = bobRelay.resumes.length;
+    // Nothing of it may have reached Bob yet.
+    if (await messageAt(bob, seqs.edited).locator('.edited').count()) {
+      throw new Error('bob saw the edit while he was offline');
+    }
+    await reconnect(bob, bobRelay);
+    await until(bob, 'bob: reconnected a third time',
+      () => document.getElementById('conn').dataset.state === 'online');
+    await visible(messageAt(bob, seqs.edited).locator('.text', { hasText: exactly(awayFixed) }),
+      'bob: the edit made while he was away');
+    await visible(messageAt(bob, seqs.edited).locator('.edited'), 'bob: its "edited" mark');
+    await visible(messageAt(bob, seqs.deleted, '.deleted'),
+      'bob: the tombstone of the message deleted while he was away');
+    await visible(heart(bob).locator('.count', { hasText: /^1$/ }),
+      'bob: Alice\'s ❤️ from while he was away');
+    if (await heart(bob).getAttribute('aria-pressed') !== 'false') {
+      throw new Error('bob: Alice\'s ❤️ shown as his own');
+    }
+    await gone(groupItem, 'bob: the group he was removed from gone from his list');
+    const resume = bobRelay.resumes.at(-1);
+    if (bobRelay.resumes.length <= resumesBefore || !resume.revs || resume.chats
+        || !(Number(resume.revs[String(groupId)]) > 0)) {
+      throw new Error(`expected a resume with revs after the reconnect, saw ${JSON.stringify(resume)}`);
+    }
+    assertContiguous(await shownSeqs(bob), 1, deletedSeq + 1, 'bob\'s private chat');
+    log(`resume with revs ${JSON.stringify(resume.revs)} brought an edit, a delete, a reaction and a removal`);
 
     await shot(alice, 'desktop-chat');
     await shot(bob, 'phone-chat');

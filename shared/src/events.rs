@@ -1,19 +1,29 @@
 //! Events: the news of what was committed, published after the commit.
 //!
 //! Postgres is the record; an event only tells listeners (the ws-relay) that something changed.
-//! So a failed publish is logged and never fails the request that committed: the relay's
-//! seq-based backfill recovers anything an event did not carry.
+//! So a failed publish is logged and never fails the request that committed: every change has
+//! a rev, and the relay catches up from Postgres by rev whatever an event did not carry.
 //!
-//! Two carriers: NATS JetStream for every deployment (Lambda, compose, several relays), and an
-//! in-process broadcast for the single local `windi` binary when `NATS_URL` is unset.
+//! One seam, [`EventBus`], with two carriers: NATS JetStream ([`NatsBus`]) for every
+//! deployment (Lambda, compose, several relays), and an in-process bus ([`LocalBus`]) for the
+//! single local `windi` binary when `NATS_URL` is unset. The relay subscribes through the same
+//! trait, so it does not know which one it has.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream::BoxStream};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
-use crate::model::{ChatSummary, MessageOut};
+use crate::model::MessageOut;
 
 /// How long a request waits for JetStream to take and acknowledge its events before it answers
 /// anyway. On Lambda the process may freeze right after the answer, so publishes are awaited,
@@ -24,10 +34,12 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// dropped by the server.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// How many events the in-process bus holds for a slow listener before it lags (and backfills).
+/// How many events one in-process subscription holds before the bus drops for it (as a full
+/// NATS subscription buffer does; the subscriber recovers by rev from Postgres).
 pub const LOCAL_BUS_CAPACITY: usize = 4096;
 
 /// Everything published. Serialised with a `type` tag, e.g. `{"type": "message.created", ...}`.
+/// Every change of a chat carries the chat's `rev` of that change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Event {
@@ -35,40 +47,67 @@ pub enum Event {
     #[serde(rename = "message.created")]
     MessageCreated {
         chat_id: i64,
+        rev: i64,
         seq: i64,
         message: MessageOut,
     },
-    /// On `<prefix>.chat.<chat_id>`: a member's read marker moved forward.
+    /// On `<prefix>.chat.<chat_id>`: an edit, a deletion, or a reaction added or removed
+    /// (`change`), with the message as it is after it.
+    #[serde(rename = "message.updated")]
+    MessageUpdated {
+        chat_id: i64,
+        rev: i64,
+        change: String,
+        message: MessageOut,
+    },
+    /// On `<prefix>.chat.<chat_id>`: a member's read marker moved forward. Not a change of the
+    /// chat (no rev of its own); `rev` is the chat's rev when it happened.
     #[serde(rename = "message.read")]
     MessageRead {
         chat_id: i64,
         user_id: i64,
         last_read_seq: i64,
+        rev: i64,
     },
     /// On `<prefix>.chat.<chat_id>`.
     #[serde(rename = "member.joined")]
-    MemberJoined { chat_id: i64, user_id: i64 },
+    MemberJoined {
+        chat_id: i64,
+        rev: i64,
+        user_id: i64,
+    },
     /// On `<prefix>.chat.<chat_id>`.
     #[serde(rename = "member.left")]
-    MemberLeft { chat_id: i64, user_id: i64 },
-    /// On `<prefix>.user.<user_id>`: you were added to a chat (or created it). Messages with a
-    /// seq above `joined_seq` are the ones a relay delivers to the new member live.
+    MemberLeft {
+        chat_id: i64,
+        rev: i64,
+        user_id: i64,
+    },
+    /// On `<prefix>.user.<user_id>`: you were added to a chat (or created it) at `rev`;
+    /// `member_rev` counts your joins and leaves. Small on purpose: a group of 1000 publishes
+    /// 1000 of these, and each relay loads the chat for the users it serves.
     #[serde(rename = "chat.added")]
     ChatAdded {
         user_id: i64,
-        joined_seq: i64,
-        chat: ChatSummary,
+        chat_id: i64,
+        rev: i64,
+        member_rev: i64,
     },
-    /// On `<prefix>.user.<user_id>`: you left or were removed from a chat.
+    /// On `<prefix>.user.<user_id>`: you left or were removed from a chat at `rev`.
     #[serde(rename = "chat.removed")]
-    ChatRemoved { user_id: i64, chat_id: i64 },
+    ChatRemoved {
+        user_id: i64,
+        chat_id: i64,
+        rev: i64,
+        member_rev: i64,
+    },
     /// On `<prefix>.typing.<chat_id>`, outside the stream: ephemeral, never stored.
     #[serde(rename = "typing")]
     Typing { chat_id: i64, user_id: i64 },
 }
 
 /// Where an event goes: a chat's subject or a user's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
     Chat(i64),
     User(i64),
@@ -90,6 +129,7 @@ impl Event {
     pub fn topic(&self) -> Topic {
         match self {
             Self::MessageCreated { chat_id, .. }
+            | Self::MessageUpdated { chat_id, .. }
             | Self::MessageRead { chat_id, .. }
             | Self::MemberJoined { chat_id, .. }
             | Self::MemberLeft { chat_id, .. } => Topic::Chat(*chat_id),
@@ -100,64 +140,182 @@ impl Event {
         }
     }
 
+    /// The chat change this event announces, as `(chat_id, rev)`; `None` for news that is not
+    /// a change of a chat (markers, typing, a user's own subject).
+    pub fn change(&self) -> Option<(i64, i64)> {
+        match self {
+            Self::MessageCreated { chat_id, rev, .. }
+            | Self::MessageUpdated { chat_id, rev, .. }
+            | Self::MemberJoined { chat_id, rev, .. }
+            | Self::MemberLeft { chat_id, rev, .. } => Some((*chat_id, *rev)),
+            _ => None,
+        }
+    }
+
     /// The `Nats-Msg-Id`: the same fact always gets the same id, so a retried publish of it is
-    /// dropped by JetStream. For a message this is its id in Postgres.
+    /// dropped by JetStream. A message's creation is its id in Postgres; other changes are the
+    /// chat's rev.
     pub fn msg_id(&self) -> String {
         match self {
             Self::MessageCreated { message, .. } => format!("msg.{}", message.id),
+            Self::MessageUpdated { chat_id, rev, .. }
+            | Self::MemberJoined { chat_id, rev, .. }
+            | Self::MemberLeft { chat_id, rev, .. } => format!("rev.{chat_id}.{rev}"),
             Self::MessageRead {
                 chat_id,
                 user_id,
                 last_read_seq,
+                ..
             } => format!("read.{chat_id}.{user_id}.{last_read_seq}"),
-            Self::MemberJoined { chat_id, user_id } => format!("joined.{chat_id}.{user_id}"),
-            Self::MemberLeft { chat_id, user_id } => format!("left.{chat_id}.{user_id}"),
-            Self::ChatAdded { user_id, chat, .. } => format!("added.{}.{user_id}", chat.id),
-            Self::ChatRemoved { user_id, chat_id } => format!("removed.{chat_id}.{user_id}"),
+            Self::ChatAdded {
+                user_id,
+                chat_id,
+                rev,
+                ..
+            } => format!("added.{chat_id}.{user_id}.{rev}"),
+            Self::ChatRemoved {
+                user_id,
+                chat_id,
+                rev,
+                ..
+            } => format!("removed.{chat_id}.{user_id}.{rev}"),
             Self::Typing { chat_id, user_id } => format!("typing.{chat_id}.{user_id}"),
         }
     }
 }
 
-/// Publishes events after commit, to NATS or to the in-process bus.
-#[derive(Debug, Clone)]
-pub enum Publisher {
-    Nats(Box<NatsPublisher>),
-    Local(LocalBus),
+/// The events of one topic, as they arrive. Dropping it unsubscribes.
+pub type EventStream = BoxStream<'static, Arc<Event>>;
+
+/// Publishes events after commit and delivers them to subscribers: the one seam between windi's
+/// writers and its relays. Publishing never fails the caller (see the module docs).
+pub trait EventBus: Send + Sync + std::fmt::Debug {
+    /// Publishes every event, in order; failures are logged, never returned.
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, ()>;
+    /// Publishes an ephemeral event (typing): fire and forget, not stored, not acknowledged.
+    fn publish_ephemeral(&self, event: Event) -> BoxFuture<'_, ()>;
+    /// Subscribes to a topic. The subscription is registered with the carrier once the next
+    /// [`EventBus::flush`] returns, so several can be made and flushed together.
+    fn subscribe(&self, topic: Topic) -> BoxFuture<'_, Result<EventStream, String>>;
+    /// Waits until the carrier has every subscription made so far.
+    fn flush(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether the carrier can take events now (for `/ready`).
+    fn is_connected(&self) -> bool;
+    /// Events this process's subscriptions lost because they were full.
+    fn dropped(&self) -> u64;
+    /// `in-process` or `nats`.
+    fn describe(&self) -> &'static str;
 }
 
-#[derive(Debug, Clone)]
-pub struct NatsPublisher {
-    pub client: async_nats::Client,
-    js: jetstream::Context,
-    prefix: Arc<str>,
-}
+/// The bus a process shares between its handlers and its relay.
+pub type Bus = Arc<dyn EventBus>;
 
-/// The in-process carrier: a bounded broadcast channel. A listener that falls more than
-/// [`LOCAL_BUS_CAPACITY`] behind sees `Lagged` and must backfill from Postgres. It carries the
-/// events themselves: its only listener (the relay in the same process) routes by
-/// [`Event::topic`], so there are no subjects to build.
-#[derive(Debug, Clone)]
+/// The in-process carrier: per-topic subscriptions with bounded queues. A subscriber that falls
+/// [`LOCAL_BUS_CAPACITY`] events behind loses the next ones (counted in [`EventBus::dropped`])
+/// and recovers them by rev from Postgres, exactly as with a full NATS subscription.
+#[derive(Debug, Clone, Default)]
 pub struct LocalBus {
-    tx: broadcast::Sender<Arc<Event>>,
+    inner: Arc<LocalInner>,
 }
 
-impl Default for LocalBus {
-    fn default() -> Self {
-        let (tx, _) = broadcast::channel(LOCAL_BUS_CAPACITY);
-        Self { tx }
-    }
+/// Each topic's subscribers, by subscription id.
+type Subscribers = HashMap<Topic, Vec<(u64, mpsc::Sender<Arc<Event>>)>>;
+
+#[derive(Debug, Default)]
+struct LocalInner {
+    topics: Mutex<Subscribers>,
+    next_id: AtomicU64,
+    dropped: AtomicU64,
 }
 
-impl LocalBus {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+impl LocalInner {
+    fn topics(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        // The map stays consistent whatever a panicking holder was doing: take it over.
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn send(&self, event: Event) {
-        // An error only means nobody listens right now, which is fine.
-        let _ = self.tx.send(Arc::new(event));
+        let event = Arc::new(event);
+        let topics = self.topics();
+        for (_, tx) in topics.get(&event.topic()).into_iter().flatten() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event.clone()) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
+}
+
+/// Removes a local subscription when its stream is dropped.
+struct LocalGuard {
+    inner: Arc<LocalInner>,
+    topic: Topic,
+    id: u64,
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        let mut topics = self.inner.topics();
+        if let Some(subs) = topics.get_mut(&self.topic) {
+            subs.retain(|(id, _)| *id != self.id);
+            if subs.is_empty() {
+                topics.remove(&self.topic);
+            }
+        }
+    }
+}
+
+impl EventBus for LocalBus {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, ()> {
+        events.into_iter().for_each(|e| self.inner.send(e));
+        futures::future::ready(()).boxed()
+    }
+
+    fn publish_ephemeral(&self, event: Event) -> BoxFuture<'_, ()> {
+        self.inner.send(event);
+        futures::future::ready(()).boxed()
+    }
+
+    fn subscribe(&self, topic: Topic) -> BoxFuture<'_, Result<EventStream, String>> {
+        let (tx, rx) = mpsc::channel(LOCAL_BUS_CAPACITY);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.topics().entry(topic).or_default().push((id, tx));
+        let guard = LocalGuard {
+            inner: self.inner.clone(),
+            topic,
+            id,
+        };
+        let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|event| (event, (rx, guard)))
+        });
+        futures::future::ready(Ok(stream.boxed())).boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), String>> {
+        // A local subscription is live as soon as `subscribe` returns.
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> &'static str {
+        "in-process"
+    }
+}
+
+/// NATS: events to JetStream (acknowledged, deduplicated by `Nats-Msg-Id`), subscriptions on
+/// core NATS subjects.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    pub client: async_nats::Client,
+    js: jetstream::Context,
+    prefix: Arc<str>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// The JetStream stream that captures `<prefix>.chat.*` and `<prefix>.user.*`: `WINDI` for the
@@ -166,110 +324,58 @@ pub fn stream_name(prefix: &str) -> String {
     prefix.to_ascii_uppercase().replace('-', "_")
 }
 
-/// Connects to NATS and makes sure the stream exists (idempotent; safe from many processes).
-pub async fn connect_nats(url: &str, prefix: &str, name: &str) -> Result<NatsPublisher, String> {
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+/// Connects to NATS for publishing and makes sure the stream exists (idempotent; safe from
+/// many processes).
+pub async fn connect_nats(url: &str, prefix: &str, name: &str) -> Result<NatsBus, String> {
+    let options = async_nats::ConnectOptions::new().name(name);
+    NatsBus::connect(url, prefix, options, Arc::default()).await
+}
+
+impl NatsBus {
+    /// Connects with these options. `dropped` is the counter the options' event callback
+    /// increments on a slow-consumer event, if the caller installed one.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        options: async_nats::ConnectOptions,
+        dropped: Arc<AtomicU64>,
+    ) -> Result<Self, String> {
+        let client = options
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: stream_name(prefix),
+            // Chat and user events only: `<prefix>.typing.*` stays outside, never stored.
+            subjects: vec![format!("{prefix}.chat.*"), format!("{prefix}.user.*")],
+            duplicate_window: DUPLICATE_WINDOW,
+            // The stream is a short-lived log of news, not the record: Postgres is.
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        })
         .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
-    let js = jetstream::new(client.clone());
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: stream_name(prefix),
-        // Chat and user events only: `<prefix>.typing.*` stays outside, never stored.
-        subjects: vec![format!("{prefix}.chat.*"), format!("{prefix}.user.*")],
-        duplicate_window: DUPLICATE_WINDOW,
-        // The stream is a short-lived log of news, not the record: Postgres is.
-        max_age: Duration::from_secs(24 * 3600),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot create JetStream stream {}: {e}",
-            stream_name(prefix)
-        )
-    })?;
-    Ok(NatsPublisher {
-        client,
-        js,
-        prefix: prefix.into(),
-    })
-}
-
-impl From<NatsPublisher> for Publisher {
-    fn from(nats: NatsPublisher) -> Self {
-        Self::Nats(Box::new(nats))
-    }
-}
-
-impl Publisher {
-    /// Publishes every event; failures are logged, never returned (see the module docs).
-    pub async fn publish(&self, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
-        match self {
-            Self::Local(bus) => events.into_iter().for_each(|event| bus.send(event)),
-            Self::Nats(nats) => {
-                let count = events.len();
-                if tokio::time::timeout(PUBLISH_TIMEOUT, nats.publish(events))
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        count,
-                        "publishing timed out; the relay's backfill covers it"
-                    );
-                }
-            }
-        }
+        .map_err(|e| {
+            format!(
+                "cannot create JetStream stream {}: {e}",
+                stream_name(prefix)
+            )
+        })?;
+        Ok(Self {
+            client,
+            js,
+            prefix: prefix.into(),
+            dropped,
+        })
     }
 
-    /// Publishes an ephemeral event (typing): fire and forget, not stored, not acknowledged.
-    pub async fn publish_ephemeral(&self, event: Event) {
-        match self {
-            Self::Local(bus) => bus.send(event),
-            Self::Nats(nats) => {
-                let subject = event.topic().subject(&nats.prefix);
-                match serde_json::to_vec(&event) {
-                    Ok(payload) => {
-                        if let Err(e) = nats.client.publish(subject, payload.into()).await {
-                            tracing::debug!(error = %e, "ephemeral publish failed");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "event not serialisable"),
-                }
-            }
-        }
-    }
-
-    /// Whether the carrier can take events now (for `/ready`).
-    pub fn is_connected(&self) -> bool {
-        match self {
-            Self::Local(_) => true,
-            Self::Nats(nats) => {
-                nats.client.connection_state() == async_nats::connection::State::Connected
-            }
-        }
-    }
-
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Self::Local(_) => "in-process",
-            Self::Nats(_) => "nats",
-        }
-    }
-}
-
-impl NatsPublisher {
     /// The subject prefix events are published under.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    async fn publish(&self, events: Vec<Event>) {
+    async fn publish_all(&self, events: Vec<Event>) {
         // Send all, then await all acks: one round trip for the batch, not one per event.
         let mut acks = Vec::with_capacity(events.len());
         for event in &events {
@@ -294,5 +400,76 @@ impl NatsPublisher {
                 tracing::warn!(%msg_id, error = %e, "publish not acknowledged");
             }
         }
+    }
+}
+
+impl EventBus for NatsBus {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, ()> {
+        async move {
+            if events.is_empty() {
+                return;
+            }
+            let count = events.len();
+            if tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_all(events))
+                .await
+                .is_err()
+            {
+                tracing::warn!(count, "publishing timed out; the relay catches up by rev");
+            }
+        }
+        .boxed()
+    }
+
+    fn publish_ephemeral(&self, event: Event) -> BoxFuture<'_, ()> {
+        async move {
+            let subject = event.topic().subject(&self.prefix);
+            match serde_json::to_vec(&event) {
+                Ok(payload) => {
+                    if let Err(e) = self.client.publish(subject, payload.into()).await {
+                        tracing::debug!(error = %e, "ephemeral publish failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "event not serialisable"),
+            }
+        }
+        .boxed()
+    }
+
+    fn subscribe(&self, topic: Topic) -> BoxFuture<'_, Result<EventStream, String>> {
+        async move {
+            let subject = topic.subject(&self.prefix);
+            let sub = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| format!("subscribe {subject}: {e}"))?;
+            let stream = sub.filter_map(|msg| async move {
+                match serde_json::from_slice::<Event>(&msg.payload) {
+                    Ok(event) => Some(Arc::new(event)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable event skipped");
+                        None
+                    }
+                }
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), String>> {
+        async move { self.client.flush().await.map_err(|e| e.to_string()) }.boxed()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> &'static str {
+        "nats"
     }
 }

@@ -9,7 +9,8 @@
 //! - [`extract`]: extractors, `AuthUser` among them
 //! - [`auth`]: argon2id passwords and JWT access tokens
 //! - [`db`]: small query functions per table
-//! - [`send`]: the send path with seq allocation and idempotency
+//! - [`send`]: the send path with seq and rev allocation and idempotency
+//! - [`revise`]: edits, deletions and reactions, each a change of its chat
 //! - [`events`]: what is published after commit, to NATS or in-process
 //! - [`runtime`]: one router served under Lambda or locally
 //! - [`lambda`]: the Lambda entry point, with the API Gateway stage taken out of the path
@@ -22,6 +23,7 @@ pub mod events;
 pub mod extract;
 pub mod lambda;
 pub mod model;
+pub mod revise;
 pub mod runtime;
 pub mod send;
 pub mod state;

@@ -25,6 +25,13 @@ pub const DEFAULT_PAGE: i64 = 100;
 pub const MAX_PAGE: i64 = 200;
 /// Largest request body any route accepts. A 4096-character message is at most 16 KiB of UTF-8.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest reaction, in bytes of UTF-8: room for any emoji sequence (flags, skin tones, ZWJ
+/// families), not for a sentence.
+pub const MAX_EMOJI_BYTES: usize = 32;
+/// Distinct reactions one message can carry; the next new one is refused with 409.
+pub const MAX_REACTIONS: usize = 20;
+/// Reactors listed per reaction in [`Reaction::user_ids`]; `count` stays exact beyond it.
+pub const MAX_REACTORS_LISTED: usize = 100;
 
 /// A stored message, as every route and event shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
@@ -41,6 +48,27 @@ pub struct MessageOut {
     pub read: bool,
     /// The sender's idempotency key, if the send carried one.
     pub dedup_key: Option<String>,
+    /// The chat's rev of this message's latest change (creation, edit, deletion, reaction).
+    pub rev: i64,
+    /// When the text was last edited; null if never.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// A deleted message is a tombstone: same id and seq, empty text, no reactions.
+    pub deleted: bool,
+    /// The message of the same chat this one replies to.
+    pub reply_to: Option<i64>,
+    /// One entry per emoji, in the order they were first used.
+    #[sqlx(json)]
+    pub reactions: Vec<Reaction>,
+}
+
+/// One emoji on a message and who used it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Reaction {
+    #[schema(example = "👍")]
+    pub emoji: String,
+    pub count: i64,
+    /// The reactors, earliest first; complete up to 100 (`count` is always exact).
+    pub user_ids: Vec<i64>,
 }
 
 /// `POST /chat/message`. Exactly one of `recipient_id` (a private chat, created on the first
@@ -55,6 +83,59 @@ pub struct SendMessage {
     /// Idempotency key, scoped to the sender; the `Idempotency-Key` header works too.
     #[schema(min_length = 1, max_length = 128)]
     pub dedup_key: Option<String>,
+    /// A message of the same chat this one answers.
+    pub reply_to: Option<i64>,
+}
+
+/// `PATCH /chat/message/{id}`: the new text, under the same rules as a send.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EditMessage {
+    #[schema(example = "Привет! (исправлено)", min_length = 1, max_length = 4096)]
+    pub text: String,
+}
+
+/// One change of a chat, as `GET /chat/changes/{chat_id}` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Change {
+    pub rev: i64,
+    /// `message` (a new message), `message_updated` (edited, deleted, a reaction added or
+    /// removed) or `member` (joined or left).
+    #[serde(rename = "type")]
+    #[schema(example = "message")]
+    pub kind: String,
+    pub chat_id: i64,
+    /// For `message_updated`: `edited`, `deleted`, `reaction_added`, `reaction_removed`; for
+    /// `member`: `joined` or `left`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// For `member`: who joined or left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    /// For message changes: the message in its current state (a later change of the same
+    /// message may already show in it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageOut>,
+}
+
+/// A page of changes. Apply `changes` in order, then you are up to date with `rev`; if `more`,
+/// ask again with `after_rev = rev`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChangesPage {
+    pub changes: Vec<Change>,
+    pub rev: i64,
+    pub more: bool,
+}
+
+/// Query of `GET /chat/changes/{chat_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChangesQuery {
+    /// The rev you have applied (0 for none): the page starts after it.
+    #[param(minimum = 0)]
+    pub after_rev: Option<i64>,
+    /// Page size, 1–200 (default 100).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -146,9 +227,12 @@ pub struct ChatSummary {
     pub members: Vec<Member>,
     /// Seq of the newest message (0 for none).
     pub last_seq: i64,
+    /// The chat's revision: how many changes it has had. Catch up from here with
+    /// `GET /chat/changes/{id}?after_rev=` or a relay `resume` by `revs`.
+    pub rev: i64,
     /// How far the caller has read.
     pub last_read_seq: i64,
-    /// Messages after the caller's marker that others sent.
+    /// Messages after the caller's marker that others sent and nobody deleted.
     pub unread_count: i64,
     pub last_message: Option<MessageOut>,
     pub created_at: DateTime<Utc>,

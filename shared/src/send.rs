@@ -2,8 +2,10 @@
 //! both get the same seq allocation, deduplication and events.
 //!
 //! Invariants kept here:
-//! - **Gap-free seq.** The seq comes from the chat's counter row, updated in the same
-//!   transaction as the INSERT; the row lock orders senders, and a rollback returns the number.
+//! - **Gap-free seq and rev.** Both come from the chat's counter row, updated in the same
+//!   transaction as the INSERT; the row lock orders every change of the chat, and a rollback
+//!   returns the numbers. The membership check is repeated under that lock, so a member removed
+//!   while their send waited cannot commit it.
 //! - **Idempotency.** `(sender_id, dedup_key)` is unique in Postgres. A replay with the same chat
 //!   and text answers the original message (`created: false`); other content is a 409. Concurrent
 //!   duplicates: the INSERT's `ON CONFLICT DO NOTHING` waits for the winner, then this transaction
@@ -14,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     db::{
         chats, members,
-        messages::{self, NewMessage},
+        messages::{self, Inserted, NewMessage},
         users,
     },
     error::{Error, Result},
@@ -58,13 +60,26 @@ pub struct Sent {
     pub created: bool,
 }
 
+/// What a sender asks to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub text: &'a str,
+    pub dedup_key: Option<&'a str>,
+    /// A message of the same chat this one answers.
+    pub reply_to: Option<i64>,
+}
+
 pub async fn send_message(
     state: &AppState,
     sender: i64,
     target: Target,
-    text: &str,
-    dedup_key: Option<&str>,
+    out: Outgoing<'_>,
 ) -> Result<Sent> {
+    let Outgoing {
+        text,
+        dedup_key,
+        reply_to,
+    } = out;
     validate::message_text(text)?;
     if let Some(key) = dedup_key {
         validate::dedup_key(key)?;
@@ -88,12 +103,20 @@ pub async fn send_message(
             }
             let (id, created) = chats::private_between(&mut tx, sender, recipient).await?;
             if created {
-                members::add(&mut *tx, id, &[sender, recipient], "member").await?;
+                members::add(&mut *tx, id, &[sender, recipient], "member", false).await?;
             }
             (id, created.then_some(recipient))
         }
     };
-    let hash = content_hash(chat_id, text);
+    if let Some(reply_to) = reply_to
+        && !messages::in_chat(&mut *tx, reply_to, chat_id).await?
+    {
+        return Err(Error::invalid(
+            "reply_to",
+            format!("no message {reply_to} in this chat"),
+        ));
+    }
+    let hash = content_hash(chat_id, text, reply_to);
 
     if let Some(key) = dedup_key
         && let Some(existing) = messages::by_dedup_key(&mut *tx, sender, key).await?
@@ -102,41 +125,48 @@ pub async fn send_message(
         return replay(existing, chat_id, &hash);
     }
 
-    let seq = chats::next_seq(&mut *tx, chat_id).await?;
+    let position = messages::take_seq(&mut *tx, chat_id).await?;
     let new = NewMessage {
         chat_id,
-        seq,
         sender_id: sender,
         text,
         dedup_key,
         content_hash: &hash,
+        reply_to,
     };
-    let Some(message) = messages::insert(&mut *tx, &new).await? else {
-        // A concurrent send with this key committed first; ours must not take a seq.
+    let Some(Inserted { message, marker }) = messages::insert(&mut *tx, &new, position).await?
+    else {
+        // A concurrent send with this key committed first, or the sender was removed while
+        // this send waited for the chat: either way ours must not take a seq or a rev.
         tx.rollback().await?;
-        let key = dedup_key.unwrap_or_default();
-        let existing = messages::by_dedup_key(&state.db, sender, key)
-            .await?
-            .ok_or_else(|| Error::Internal("dedup conflict without a stored message".into()))?;
-        return replay(existing, chat_id, &hash);
+        return match dedup_key {
+            Some(key) => match messages::by_dedup_key(&state.db, sender, key).await? {
+                Some(existing) => replay(existing, chat_id, &hash),
+                None => Err(Error::NotFound("chat")),
+            },
+            None => Err(Error::NotFound("chat")),
+        };
     };
-    // Sending is reading: the sender has seen everything up to their own message.
-    let marker = members::advance_read(&mut *tx, chat_id, sender, seq).await?;
+    let member_revs = match new_peer {
+        Some(peer) => users::bump_member_revs(&mut *tx, &[sender, peer]).await?,
+        None => Vec::new(),
+    };
     tx.commit().await?;
 
-    let mut events = Vec::with_capacity(3);
-    if let Some(peer) = new_peer {
-        for (user_id, chat) in chats::summaries_for(&state.db, chat_id, &[sender, peer]).await? {
-            // A new private chat: both members get it from its first message.
-            events.push(Event::ChatAdded {
-                user_id,
-                joined_seq: 0,
-                chat,
-            });
-        }
+    let (seq, rev) = position;
+    let mut events = Vec::with_capacity(4);
+    // A new private chat: both members get it from its first message (they joined at rev 0).
+    for (user_id, member_rev) in member_revs {
+        events.push(Event::ChatAdded {
+            user_id,
+            chat_id,
+            rev: 0,
+            member_rev,
+        });
     }
     events.push(Event::MessageCreated {
         chat_id,
+        rev,
         seq,
         message: message.clone(),
     });
@@ -146,6 +176,7 @@ pub async fn send_message(
             chat_id,
             user_id: sender,
             last_read_seq,
+            rev,
         });
     }
     state.events.publish(events).await;
@@ -177,10 +208,16 @@ fn replay(
     }
 }
 
-/// sha256(chat_id ‖ text): equal only for the same text in the same chat.
-fn content_hash(chat_id: i64, text: &str) -> Vec<u8> {
+/// sha256(chat_id ‖ text [‖ reply_to]): equal only for the same text in the same chat, as a
+/// reply to the same message. A message that replies to none hashes as before replies existed,
+/// so keys stored then still replay.
+fn content_hash(chat_id: i64, text: &str, reply_to: Option<i64>) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(chat_id.to_be_bytes());
     hasher.update(text.as_bytes());
+    if let Some(reply_to) = reply_to {
+        hasher.update(b"\0reply_to");
+        hasher.update(reply_to.to_be_bytes());
+    }
     hasher.finalize().to_vec()
 }

@@ -8,7 +8,7 @@ use crate::{
     auth::{Passwords, Tokens},
     config::{Config, JwtConfig},
     db,
-    events::{self, LocalBus, Publisher},
+    events::{self, Bus, LocalBus},
 };
 
 #[derive(Debug, Clone)]
@@ -16,7 +16,8 @@ pub struct AppState {
     pub db: PgPool,
     pub tokens: Arc<Tokens>,
     pub passwords: Passwords,
-    pub events: Publisher,
+    /// Where events go after commit (NATS, or the in-process bus of the local binary).
+    pub events: Bus,
 }
 
 /// What a process does for events when `NATS_URL` is unset.
@@ -29,7 +30,7 @@ pub enum Broker {
 }
 
 impl AppState {
-    pub fn new(db: PgPool, jwt: &JwtConfig, events: Publisher) -> Self {
+    pub fn new(db: PgPool, jwt: &JwtConfig, events: Bus) -> Self {
         // Each hash holds 19 MiB for ~16 ms of CPU: two per core keeps the cores busy without
         // letting a login burst take the machine's memory.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -57,9 +58,9 @@ impl AppState {
             })?;
         let events = match (&config.nats_url, broker) {
             (Some(url), _) => {
-                Publisher::from(events::connect_nats(url, &config.nats_prefix, client_name).await?)
+                Arc::new(events::connect_nats(url, &config.nats_prefix, client_name).await?) as Bus
             }
-            (None, Broker::LocalFallback) => Publisher::Local(LocalBus::default()),
+            (None, Broker::LocalFallback) => Arc::new(LocalBus::default()) as Bus,
             (None, Broker::Required) => {
                 return Err(
                     "NATS_URL is not set; this service needs NATS to publish events \

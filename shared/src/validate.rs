@@ -4,8 +4,8 @@
 use crate::{
     error::{Error, Result},
     model::{
-        DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PAGE,
-        MAX_PASSWORD_BYTES, MAX_TEXT_CHARS, MIN_PASSWORD_CHARS,
+        DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS, MAX_EMOJI_BYTES, MAX_NAME_CHARS,
+        MAX_PAGE, MAX_PASSWORD_BYTES, MAX_TEXT_CHARS, MIN_PASSWORD_CHARS,
     },
 };
 
@@ -118,6 +118,25 @@ pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
     Ok((limit, offset))
 }
 
+/// A reaction: 1..=[`MAX_EMOJI_BYTES`] bytes of UTF-8 without whitespace or control
+/// characters. Which strings are emoji is Unicode's business and changes every year; windi only
+/// keeps reactions short and printable, as Slack and Matrix do.
+pub fn emoji(emoji: &str) -> Result<()> {
+    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES {
+        return Err(Error::invalid(
+            "emoji",
+            format!("must be 1 to {MAX_EMOJI_BYTES} bytes of UTF-8"),
+        ));
+    }
+    if emoji.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(
+            "emoji",
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
 fn no_nul(field: &str, value: &str) -> Result<()> {
     if value.contains('\0') {
         return Err(Error::invalid(field, "must not contain NUL characters"));
@@ -146,6 +165,23 @@ mod tests {
         assert_eq!(email("  a@b.co ").ok().as_deref(), Some("a@b.co"));
         for bad in ["", "a", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.co"] {
             assert!(email(bad).is_err(), "{bad:?} passed");
+        }
+    }
+
+    #[test]
+    fn reactions_are_short_and_printable() {
+        for good in ["👍", "❤️", "👨‍👩‍👧‍👦", "🇺🇦", "+1", ":party:"] {
+            assert!(emoji(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "",
+            " ",
+            "👍 👍",
+            "a\tb",
+            "a\u{7}",
+            &"x".repeat(MAX_EMOJI_BYTES + 1),
+        ] {
+            assert!(emoji(bad).is_err(), "{bad:?} passed");
         }
     }
 

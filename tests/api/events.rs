@@ -1,12 +1,12 @@
 //! Events reach NATS after commit, with the payloads and message ids of DESIGN §4.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use windi_shared::events::{Event, Publisher, connect_nats, stream_name};
+use windi_shared::events::{Event, EventBus, connect_nats, stream_name};
 use windi_tests::{PrivateNats, TestApp, TestDb, nats_url};
 
 /// Collects what arrives on the app's subjects, in order.
@@ -65,23 +65,28 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
     for user in [&alice, &bob] {
         let (subject, id, event) = events.next().await;
         assert_eq!(subject, format!("{p}.user.{}", user.id));
-        assert_eq!(event["type"], "chat.added");
-        assert_eq!(event["chat"]["id"], chat);
-        assert_eq!(id, format!("added.{chat}.{}", user.id));
+        // Small: the chat's id and the join's rev, not a summary of the chat.
+        assert_eq!(
+            event,
+            json!({"type": "chat.added", "user_id": user.id, "chat_id": chat, "rev": 0,
+                   "member_rev": 1})
+        );
+        assert_eq!(id, format!("added.{chat}.{}.0", user.id));
     }
     let (subject, id, event) = events.next().await;
     assert_eq!(subject, format!("{p}.chat.{chat}"));
     assert_eq!(id, format!("msg.{}", message["id"]));
     assert_eq!(
         event,
-        json!({"type": "message.created", "chat_id": chat, "seq": 1, "message": message})
+        json!({"type": "message.created", "chat_id": chat, "rev": 1, "seq": 1, "message": message})
     );
     // Sending moved the sender's own marker, and every marker move is news.
     let (_, id, event) = events.next().await;
     assert_eq!(id, format!("read.{chat}.{}.1", alice.id));
     assert_eq!(
         event,
-        json!({"type": "message.read", "chat_id": chat, "user_id": alice.id, "last_read_seq": 1})
+        json!({"type": "message.read", "chat_id": chat, "user_id": alice.id, "last_read_seq": 1,
+               "rev": 1})
     );
 
     app.mark_read(&bob, message["id"].as_i64().unwrap()).await;
@@ -89,7 +94,8 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
     assert_eq!(subject, format!("{p}.chat.{chat}"));
     assert_eq!(
         event,
-        json!({"type": "message.read", "chat_id": chat, "user_id": bob.id, "last_read_seq": 1})
+        json!({"type": "message.read", "chat_id": chat, "user_id": bob.id, "last_read_seq": 1,
+               "rev": 1})
     );
 
     let group = app.group(&alice, &[&bob]).await;
@@ -117,11 +123,15 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
     assert_eq!(subject, format!("{p}.chat.{group}"));
     assert_eq!(
         event,
-        json!({"type": "member.joined", "chat_id": group, "user_id": carol.id})
+        json!({"type": "member.joined", "chat_id": group, "rev": 1, "user_id": carol.id})
     );
     let (subject, _, event) = events.next().await;
     assert_eq!(subject, format!("{p}.user.{}", carol.id));
-    assert_eq!(event["type"], "chat.added");
+    assert_eq!(
+        event,
+        json!({"type": "chat.added", "user_id": carol.id, "chat_id": group, "rev": 1,
+               "member_rev": 1})
+    );
 
     let (status, _) = app
         .call(
@@ -135,13 +145,14 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
     let (_, _, event) = events.next().await;
     assert_eq!(
         event,
-        json!({"type": "member.left", "chat_id": group, "user_id": carol.id})
+        json!({"type": "member.left", "chat_id": group, "rev": 2, "user_id": carol.id})
     );
     let (subject, _, event) = events.next().await;
     assert_eq!(subject, format!("{p}.user.{}", carol.id));
     assert_eq!(
         event,
-        json!({"type": "chat.removed", "chat_id": group, "user_id": carol.id})
+        json!({"type": "chat.removed", "chat_id": group, "user_id": carol.id, "rev": 2,
+               "member_rev": 2})
     );
 
     // A replayed send publishes nothing new.
@@ -174,11 +185,11 @@ async fn jetstream_drops_a_republished_event_by_its_msg_id() {
         .await
         .unwrap();
     let client = publisher.client.clone();
-    let publisher = Publisher::from(publisher);
     let event = Event::MessageRead {
         chat_id: 1,
         user_id: 2,
         last_read_seq: 3,
+        rev: 4,
     };
     publisher.publish(vec![event.clone()]).await;
     publisher.publish(vec![event]).await;
@@ -197,7 +208,7 @@ async fn a_dead_broker_never_fails_a_request_that_committed() {
     let publisher = connect_nats(&nats.url, &prefix, "windi-test")
         .await
         .unwrap();
-    let app = TestApp::start(TestDb::new().await, Publisher::from(publisher), prefix).await;
+    let app = TestApp::start(TestDb::new().await, Arc::new(publisher), prefix).await;
     let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
     nats.stop();
 

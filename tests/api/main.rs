@@ -14,5 +14,7 @@ mod lambda;
 mod membership;
 mod messages;
 mod read_marks;
+mod revisions;
 mod ws;
 mod ws_faults;
+mod ws_revisions;

@@ -4,7 +4,9 @@ use std::collections::HashSet;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use windi_shared::events::{LocalBus, Publisher};
+use std::sync::Arc;
+
+use windi_shared::events::LocalBus;
 use windi_tests::{TestApp, TestDb};
 
 #[tokio::test]
@@ -171,7 +173,7 @@ async fn the_idempotency_key_header_works_like_the_body_field() {
 async fn deduplication_holds_across_a_restart() {
     let db = TestDb::new().await;
     let url = db.url.clone();
-    let first = TestApp::start(db, Publisher::Local(LocalBus::default()), "r".into()).await;
+    let first = TestApp::start(db, Arc::new(LocalBus::default()), "r".into()).await;
     let (alice, bob) = (first.user("Alice").await, first.user("Bob").await);
     let body = json!({"recipient_id": bob.id, "text": "survives", "dedup_key": "restart"});
     let (status, original) = first.post("/chat/message", &alice, body.clone()).await;
@@ -187,7 +189,7 @@ async fn deduplication_holds_across_a_restart() {
             std::time::Duration::from_secs(60),
         )
         .unwrap(),
-        Publisher::Local(LocalBus::default()),
+        Arc::new(LocalBus::default()),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -8,7 +8,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,9 +23,9 @@ use windi_shared::{
     AppState,
     config::JwtConfig,
     db::MIGRATOR,
-    events::{LocalBus, Publisher},
+    events::{Bus, LocalBus},
 };
-use ws_relay::{RelayHandle, RelaySettings, RelaySource};
+use ws_relay::{RelayHandle, RelaySettings};
 
 pub mod ws;
 
@@ -101,6 +104,10 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = &self.name;
+        if name.is_empty() {
+            // A second handle on another TestDb's database (see `TestApp::silent_twin`).
+            return;
+        }
         // WITH (FORCE) closes the connections the pool still holds.
         block_on_aside(async {
             if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
@@ -180,7 +187,7 @@ impl TestApp {
     pub async fn spawn() -> Self {
         let db = TestDb::new().await;
         let prefix = unique("t");
-        let events = Publisher::Local(LocalBus::default());
+        let events: Bus = Arc::new(LocalBus::default());
         Self::start(db, events, prefix).await
     }
 
@@ -195,7 +202,7 @@ impl TestApp {
         let publisher = windi_shared::events::connect_nats(url, &prefix, "windi-test")
             .await
             .unwrap();
-        let mut app = Self::start(TestDb::new().await, Publisher::from(publisher), prefix).await;
+        let mut app = Self::start(TestDb::new().await, Arc::new(publisher), prefix).await;
         app.nats_url = Some(url.to_owned());
         app.stream = Some(StreamGuard {
             url: url.to_owned(),
@@ -214,24 +221,22 @@ impl TestApp {
 
     /// A relay sharing this app's state and event carrier, on 127.0.0.1:0.
     pub async fn relay(&self, settings: RelaySettings) -> RelayHandle {
-        let source = match &self.nats_url {
-            Some(url) => RelaySource::Nats {
-                url: url.clone(),
-                prefix: self.prefix.clone(),
-            },
-            None => match &self.state.events {
-                Publisher::Local(bus) => RelaySource::Local(bus.clone()),
-                Publisher::Nats(_) => panic!("a NATS app needs its nats_url"),
-            },
-        };
+        let subscriber = ws_relay::subscriber_for(
+            &self.state,
+            self.nats_url.as_deref(),
+            &self.prefix,
+            &settings,
+        )
+        .await
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        ws_relay::start(self.state.clone(), source, settings, listener)
+        ws_relay::start(self.state.clone(), subscriber, settings, listener)
             .await
             .unwrap()
     }
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
-    pub async fn start(db: TestDb, events: Publisher, prefix: String) -> Self {
+    pub async fn start(db: TestDb, events: Bus, prefix: String) -> Self {
         let (app, listener) = Self::bind(db, events, prefix).await;
         app.serve(listener, windi::ClientConfig::default());
         app
@@ -242,7 +247,7 @@ impl TestApp {
     /// origin. The relay starts first, so the page never points at a port nobody listens on.
     pub async fn spawn_for_browser() -> (Self, RelayHandle) {
         let prefix = unique("t");
-        let events = Publisher::Local(LocalBus::default());
+        let events: Bus = Arc::new(LocalBus::default());
         let (app, listener) = Self::bind(TestDb::new().await, events, prefix).await;
         let relay = app
             .relay(RelaySettings {
@@ -258,11 +263,7 @@ impl TestApp {
     }
 
     /// The app's state on a bound listener, not serving yet.
-    async fn bind(
-        db: TestDb,
-        events: Publisher,
-        prefix: String,
-    ) -> (Self, tokio::net::TcpListener) {
+    async fn bind(db: TestDb, events: Bus, prefix: String) -> (Self, tokio::net::TcpListener) {
         let jwt = JwtConfig::new(
             TEST_SECRET.to_vec(),
             Algorithm::HS256,
@@ -288,6 +289,20 @@ impl TestApp {
     fn serve(&self, listener: tokio::net::TcpListener, client: windi::ClientConfig) {
         let router = windi::app_with_client(self.state.clone(), client);
         tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+
+    /// A second windi on this app's database whose events reach no relay: an in-process bus
+    /// that nothing subscribes to. Whatever it commits is what a handler that died between
+    /// commit and publish leaves behind.
+    pub async fn silent_twin(&self) -> TestApp {
+        let pool = windi_shared::db::connect(&self.db.url, 5).await.unwrap();
+        let db = TestDb {
+            pool,
+            url: self.db.url.clone(),
+            name: String::new(),
+        };
+        let events: Bus = Arc::new(LocalBus::default());
+        TestApp::start(db, events, unique("silent")).await
     }
 
     /// Registers and logs in a new user with a unique email.
@@ -349,6 +364,36 @@ impl TestApp {
     pub async fn delete(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, Some(&user.token), None)
             .await
+    }
+
+    pub async fn patch(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(&user.token), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, user: &TestUser) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(&user.token), None).await
+    }
+
+    /// The chat's changes after `after_rev` (asserting 200).
+    pub async fn changes(&self, user: &TestUser, chat_id: i64, after_rev: i64) -> Value {
+        let (status, body) = self
+            .get(
+                &format!("/chat/changes/{chat_id}?after_rev={after_rev}&limit=200"),
+                user,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// The chat's rev now, from Postgres.
+    pub async fn chat_rev(&self, chat_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT rev FROM chats WHERE id = $1")
+            .bind(chat_id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, path: &str, user: &TestUser, body: Value) -> (StatusCode, Value) {

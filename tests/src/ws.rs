@@ -163,7 +163,9 @@ impl WsClient {
             match self.next(left).await {
                 Received::Frame(frame) if frame["type"] == kind => panic!("unexpected: {frame}"),
                 Received::Frame(_) => continue,
-                _ => return,
+                Received::Silent => return,
+                // A closed connection receives nothing, which proves nothing.
+                other => panic!("the connection ended while waiting for silence: {other:?}"),
             }
         }
     }
@@ -178,9 +180,31 @@ impl WsClient {
                     panic!("unexpected message: {frame}")
                 }
                 Received::Frame(_) => continue,
-                _ => return,
+                Received::Silent => return,
+                other => panic!("the connection ended while waiting for silence: {other:?}"),
             }
         }
+    }
+
+    /// The next `count` frames whose type is one of `kinds`, skipping others; panics on a close
+    /// or after `wait`.
+    pub async fn frames(&mut self, kinds: &[&str], count: usize, wait: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Received::Frame(frame) if kinds.iter().any(|k| frame["type"] == *k) => {
+                    out.push(frame)
+                }
+                Received::Frame(_) => {}
+                other => panic!(
+                    "after {} of {count} {kinds:?} frames: {other:?} (got {out:?})",
+                    out.len()
+                ),
+            }
+        }
+        out
     }
 
     /// Reads until the connection closes; answers the close code (or 1006 if it just ended).

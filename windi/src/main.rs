@@ -10,7 +10,7 @@ use windi_shared::{
     runtime::{init_tracing, serve},
     state::Broker,
 };
-use ws_relay::{RelaySettings, RelaySource};
+use ws_relay::RelaySettings;
 
 const USAGE: &str = "\
 usage: windi [command]
@@ -92,8 +92,14 @@ async fn serve_all() -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on RELAY_PORT {relay_port}: {e}"))?;
-        let source = RelaySource::for_publisher(&state.events, config.nats_url.as_deref())?;
-        let relay = ws_relay::start(state.clone(), source, relay_settings, listener).await?;
+        let subscriber = ws_relay::subscriber_for(
+            &state,
+            config.nats_url.as_deref(),
+            &config.nats_prefix,
+            &relay_settings,
+        )
+        .await?;
+        let relay = ws_relay::start(state.clone(), subscriber, relay_settings, listener).await?;
         tracing::info!("WebSocket relay at ws://localhost:{relay_port}/ws");
         Some(relay)
     };

@@ -5,13 +5,25 @@
 // has to get right, and where this file does it:
 //
 //  * Order by `seq`, never by time. Each chat keeps `lastSeq`, the highest seq this client has
-//    accounted for (from a chat summary or a delivered message). After every (re)connect it
-//    sends `resume` with those, and the relay replays what came after, in order, with no gap,
-//    then goes on live. A message whose seq is already here is a duplicate and is ignored.
-//    → onReady(), onMessage()
+//    accounted for (from a chat summary or a delivered message); history pages by seq from it.
+//    A message whose seq is already here is a duplicate: it replaces the copy only if it is
+//    newer (see the next point). → onMessage(), storeMessage(), loadLatest(), loadOlder()
+//  * Resume by `rev`. Every change to a chat (a new message, an edit, a deletion, a reaction, a
+//    member joining or leaving) takes the chat's next `rev`. Each chat keeps `rev`, the highest
+//    one applied (from its summary when first listed, then from the frames); after every
+//    (re)connect the client sends `resume` with those, and the relay replays every change after
+//    them, in order, then goes on live. Each message also carries the `rev` of its own latest
+//    change, so an older copy (a history page fetched before an edit arrived) never undoes a
+//    newer one. → onReady(), advanceRev(), storeMessage(), updateMessage()
 //  * Every send carries a `dedup_key`, made once per message. A retry (after a timeout or a
 //    dropped connection, over the relay or over HTTP) reuses it, so the server stores the
 //    message once however often it is sent. → send(), transmit(), sendOverHttp()
+//  * Edits, deletions and reactions go over HTTP (PATCH / DELETE /chat/message/{id}, PUT /
+//    DELETE …/reactions/{emoji}); the answer is shown at once and the `message_updated` frame
+//    that follows brings the same state to every other device. A deleted message stays as a
+//    tombstone in its seq. → editMessage(), deleteMessage(), toggleReaction(), onMessageUpdated()
+//  * A reply carries `reply_to`; the quoted message may be older than anything loaded, so the
+//    quote says "message #id" until it is, and clicking it pages back to it. → quoteBlock()
 //  * Read marks go out with `PATCH /chat/message/{id}/read` for the newest message on screen
 //    (it marks everything before it too); other members' marks come in as `read` frames.
 //    → markShownAsRead(), onRead()
@@ -37,6 +49,10 @@ const CONNECT_TIMEOUT_MS = 10000;
 const HTTP_TIMEOUT_MS = 15000;
 /** How close to the bottom (px) counts as "the newest messages are on screen". */
 const NEAR_BOTTOM_PX = 60;
+/** The reactions a message's menu offers; reactions of others with any emoji show as well. */
+const QUICK_EMOJI = ['👍', '❤️', '😂'];
+/** How much of a quoted message a reply shows. */
+const QUOTE_CHARS = 80;
 
 const TOKEN_KEY = 'windi.token';
 
@@ -55,6 +71,11 @@ const state = {
   draftRecipient: null,
   /** Messages sent but not yet confirmed, by dedup_key (see send). */
   outbox: new Map(),
+  /** The message whose action menu is open: `{chatId, id, confirmDelete}`, or null. */
+  menu: null,
+  /** What the composer does besides a plain send: `{mode: 'reply' | 'edit', chatId, id}`, or
+   * null. An edit keeps the draft it replaced in `draft`, to put it back afterwards. */
+  compose: null,
 };
 
 /** A chat as this client tracks it. `summary` is a ChatSummary from the API or a `chat` frame. */
@@ -64,8 +85,12 @@ function newChat(summary) {
     kind: 'private',
     name: null,
     memberIds: [],
-    /** Resume cursor: every message up to this seq is accounted for. */
+    /** Every message up to this seq is accounted for (history pages from here). */
     lastSeq: summary.last_seq ?? 0,
+    /** Resume cursor: every change up to this rev is applied. */
+    rev: summary.rev ?? 0,
+    /** Our role, `owner` or `member`: a group's owner may delete anyone's message. */
+    role: 'member',
     /** How far we have read (our own marker). */
     myReadSeq: 0,
     /** Unread messages of others, counted up to `countedSeq`. */
@@ -76,22 +101,29 @@ function newChat(summary) {
     activity: 0,
     /** seq → MessageOut: what we can show. Contiguous from its smallest seq up. */
     messages: new Map(),
+    /** message id → seq, for the messages in `messages` (replies and updates name ids). */
+    seqById: new Map(),
+    /** message id → MessageOut for messages outside `messages` (a quoted message, or an update
+     * of one not loaded): kept apart so that `messages` stays contiguous. */
+    outside: new Map(),
     /** For a private chat: how far the other member has read (from `read` frames). */
     otherReadSeq: 0,
     /** user id → timer clearing their "typing" line. */
     typing: new Map(),
-    loadingOlder: false,
+    /** The history page being loaded before the oldest message, or null. */
+    loadingOlder: null,
     marking: false,
   };
   applySummary(chat, summary);
   return chat;
 }
 
-/** Takes what a fresher summary says about a chat we know. It never moves `lastSeq`: messages
- * up to the summary's seq may still be on their way to us over the relay. */
+/** Takes what a fresher summary says about a chat we know. It never moves `lastSeq` or `rev`:
+ * messages and changes up to the summary's may still be on their way to us over the relay. */
 function applySummary(chat, s) {
   chat.kind = s.kind;
   chat.name = s.name;
+  chat.role = s.role ?? chat.role;
   chat.memberIds = s.member_ids;
   // Display names, by user id (members who join later show as #id until the next refresh).
   chat.names = new Map((s.members ?? []).map((m) => [m.id, m.name]));
@@ -101,9 +133,7 @@ function applySummary(chat, s) {
     chat.countedSeq = s.last_seq;
   }
   chat.myReadSeq = Math.max(chat.myReadSeq, s.last_read_seq);
-  if (s.last_message && (!chat.lastMessage || s.last_message.seq >= chat.lastMessage.seq)) {
-    chat.lastMessage = s.last_message;
-  }
+  if (s.last_message) noteLastMessage(chat, s.last_message);
   const when = Date.parse(chat.lastMessage ? chat.lastMessage.timestamp : s.created_at);
   if (when > chat.activity) chat.activity = when;
 }
@@ -114,13 +144,32 @@ function ensureChat(chatId) {
   let chat = state.chats.get(chatId);
   if (!chat) {
     chat = newChat({
-      id: chatId, kind: 'private', name: null, member_ids: [], last_seq: 0, last_read_seq: 0,
-      unread_count: 0, last_message: null, created_at: new Date().toISOString(),
+      id: chatId, kind: 'private', name: null, member_ids: [], last_seq: 0, rev: 0,
+      last_read_seq: 0, unread_count: 0, last_message: null, created_at: new Date().toISOString(),
     });
     state.chats.set(chatId, chat);
     refreshChats();
   }
   return chat;
+}
+
+/** Makes `message` the chat's newest (its list preview) if it is: a later seq, or a newer copy
+ * of the same message. */
+function noteLastMessage(chat, message) {
+  const last = chat.lastMessage;
+  if (!last || message.seq > last.seq || (message.seq === last.seq && !isOlderCopy(message, last))) {
+    chat.lastMessage = message;
+  }
+}
+
+/** Whether `a` is an older state of the message `b` holds: each change of a message raises its
+ * `rev`, so of two copies the one with the higher rev is the newer. */
+const isOlderCopy = (a, b) => a.id === b.id && (b.rev ?? 0) > (a.rev ?? 0);
+
+/** Moves a chat's resume cursor to a change we have applied. Frames arrive in rev order, so
+ * the highest one seen is the point to resume after. */
+function advanceRev(chat, rev) {
+  if (Number.isSafeInteger(rev) && rev > chat.rev) chat.rev = rev;
 }
 
 const isMine = (message) => message.sender_id === state.me.id;
@@ -250,12 +299,16 @@ function relaySend(frame) {
   return true;
 }
 
+/** The frames that are changes of a chat (message, message_updated, member, chat) move its
+ * resume cursor. `read` and `typing` frames carry a rev too: how far the relay has delivered
+ * the chat, where the change frames before them have brought the cursor already. */
 function onFrame(frame) {
   switch (frame.type) {
     case 'ready': return onReady();
-    case 'message': return onMessage(frame.message);
+    case 'message': return onMessage(frame.message, frame.rev);
+    case 'message_updated': return onMessageUpdated(frame);
     case 'read': return onRead(frame);
-    case 'chat': return onChatFrame(frame.chat);
+    case 'chat': return onChatFrame(frame.chat, frame.rev);
     case 'chat_removed': return onChatRemoved(frame.chat_id);
     case 'member': return onMember(frame);
     case 'typing': return onTyping(frame);
@@ -270,11 +323,13 @@ function onReady() {
   relay.ready = true;
   relay.failures = 0;
   setConnection('online');
-  // Resume first: "I have everything up to lastSeq in each chat". Whatever was committed while
-  // we were away is replayed in seq order before anything live.
-  const chats = {};
-  for (const chat of state.chats.values()) chats[String(chat.id)] = chat.lastSeq;
-  relaySend({ type: 'resume', chats });
+  // Resume first: "I have applied every change up to `rev` in each chat". Whatever changed
+  // while we were away (new messages, edits, deletions, reactions, members) is replayed in rev
+  // order before anything live; chats we joined meanwhile arrive as `chat` frames, chats we
+  // left as `chat_removed`.
+  const revs = {};
+  for (const chat of state.chats.values()) revs[String(chat.id)] = chat.rev;
+  relaySend({ type: 'resume', revs });
   // Sends that were never confirmed go again, with the same dedup keys.
   for (const item of state.outbox.values()) if (!item.error) transmit(item);
   // Chats created since our list was fetched (e.g. while we were away) are subscribed by the
@@ -285,16 +340,18 @@ function onReady() {
 // ---------------------------------------------------------------------------------------------
 // Incoming events
 
-/** A message from the relay (or an ack, or HTTP): keep it once, by seq. */
-function onMessage(message) {
+/** A new message from the relay: keep it once, by seq. (A replay after `resume` brings it in
+ * its current state, which may already be edited or deleted.) */
+function onMessage(message, rev) {
   const chat = ensureChat(message.chat_id);
-  storeMessage(chat, message);
+  advanceRev(chat, rev);
+  const stored = storeMessage(chat, message);
   if (message.seq > chat.lastSeq) chat.lastSeq = message.seq;
   if (message.seq > chat.countedSeq) {
     chat.countedSeq = message.seq;
-    if (!isMine(message) && message.seq > chat.myReadSeq) chat.unread += 1;
+    // A deleted message is not unread (the server does not count it either).
+    if (!isMine(message) && !stored.deleted && message.seq > chat.myReadSeq) chat.unread += 1;
   }
-  if (!chat.lastMessage || message.seq >= chat.lastMessage.seq) chat.lastMessage = message;
   chat.activity = Math.max(chat.activity, Date.parse(message.timestamp));
   // Our own message, sent from here or another device: it is no longer pending.
   if (isMine(message) && message.dedup_key) settle(message.dedup_key, message);
@@ -309,15 +366,65 @@ function onMessage(message) {
   }
 }
 
-/** Adds a message to what can be shown (not to the resume cursor). */
+/** Adds a message to what can be shown (not to the resume cursors), unless we hold a newer
+ * copy of it; answers the copy kept. */
 function storeMessage(chat, message) {
-  const known = chat.messages.get(message.seq);
-  const copy = { ...message };
-  // A read mark may have overtaken the message (or an older copy already says read).
-  if (known?.read || (chat.kind === 'private' && isMine(copy) && copy.seq <= chat.otherReadSeq)) {
+  const known = chat.messages.get(message.seq) ?? chat.outside.get(message.id);
+  const copy = known && isOlderCopy(message, known) ? { ...known } : { ...message };
+  // A read mark may have overtaken the message (or an older copy already says read). Reading
+  // does not change a message's rev, so either copy may be the one that knows.
+  if (known?.read || message.read
+      || (chat.kind === 'private' && isMine(copy) && copy.seq <= chat.otherReadSeq)) {
     copy.read = true;
   }
   chat.messages.set(copy.seq, copy);
+  chat.seqById.set(copy.id, copy.seq);
+  chat.outside.delete(copy.id);
+  noteLastMessage(chat, copy);
+  return copy;
+}
+
+/** The message with this id, if we know it (shown, or held for a quote). */
+function findMessage(chat, id) {
+  const seq = chat.seqById.get(id);
+  return seq === undefined ? chat.outside.get(id) : chat.messages.get(seq);
+}
+
+/** A message changed (edited, deleted, reacted to): from a `message_updated` frame, or the
+ * answer to our own change over HTTP. Shown messages change in place; a message not loaded is
+ * kept aside for quotes, so that history stays contiguous. */
+function updateMessage(chat, message) {
+  if (chat.seqById.has(message.id)) {
+    storeMessage(chat, message);
+  } else {
+    const known = chat.outside.get(message.id);
+    if (!known || !isOlderCopy(message, known)) chat.outside.set(message.id, { ...message });
+    noteLastMessage(chat, chat.outside.get(message.id));
+  }
+  // A menu or an edit of a message that is gone now has nothing left to act on.
+  if (message.deleted) {
+    if (state.menu?.id === message.id) state.menu = null;
+    if (state.compose?.mode === 'edit' && state.compose.id === message.id) {
+      endCompose();
+      showError('chat-error', 'That message was deleted meanwhile.');
+    }
+  }
+  renderChatList();
+  if (chat.id === state.openChatId) renderMessages();
+}
+
+function onMessageUpdated({ chat_id: chatId, rev, change, message }) {
+  const chat = state.chats.get(chatId);
+  if (!chat || !message) return;
+  // Only a change we have not applied yet may take a deleted message off the unread count: one
+  // at or below our cursor (a duplicate, or counted in the chat summary) was taken off already.
+  const fresh = !(rev <= chat.rev);
+  advanceRev(chat, rev);
+  if (fresh && change === 'deleted' && !isMine(message)
+      && message.seq > chat.myReadSeq && message.seq <= chat.countedSeq) {
+    chat.unread = Math.max(0, chat.unread - 1);
+  }
+  updateMessage(chat, message);
 }
 
 /** A member's read marker moved (ours, from another device, or someone else's). */
@@ -359,10 +466,27 @@ function memberRead(chat, userId, seq) {
   }
 }
 
-function onChatFrame(summary) {
+/** We joined (or created) a chat, or the relay tells us of one our `resume` did not list. The
+ * summary is the chat now; the changes after `rev` follow, and those the summary already
+ * counts change nothing when applied again (by seq, and by each message's rev). */
+function onChatFrame(summary, rev) {
   const known = state.chats.get(summary.id);
-  if (known) applySummary(known, summary);
-  else state.chats.set(summary.id, newChat(summary));
+  if (!known) {
+    const chat = newChat(summary);
+    advanceRev(chat, rev);
+    state.chats.set(summary.id, chat);
+  } else {
+    applySummary(known, summary);
+    // Known already (our chat list got there first). Changes up to `rev` will not be sent
+    // again: the summary stands for them, and shown messages are fetched afresh.
+    if (rev > known.rev) {
+      advanceRev(known, rev);
+      known.lastSeq = Math.max(known.lastSeq, summary.last_seq);
+      if (known.id === state.openChatId) {
+        loadLatest(known).catch((error) => console.warn('history:', error.message));
+      }
+    }
+  }
   // The private chat we were drafting now exists.
   if (state.draftRecipient !== null && state.draftRecipient !== state.me.id
       && summary.kind === 'private' && summary.member_ids.includes(state.draftRecipient)) {
@@ -372,17 +496,22 @@ function onChatFrame(summary) {
   if (summary.id === state.openChatId) renderHeader();
 }
 
+/** We left or were removed: the chat goes from the list (and from the next `resume`). */
 function onChatRemoved(chatId) {
   state.chats.delete(chatId);
   if (state.openChatId === chatId) closeChatView();
   renderChatList();
 }
 
-function onMember({ chat_id: chatId, user_id: userId, change }) {
+/** Someone else joined or left one of our chats. */
+function onMember({ chat_id: chatId, user_id: userId, change, rev }) {
   const chat = state.chats.get(chatId);
   if (!chat) return;
+  advanceRev(chat, rev);
   const others = chat.memberIds.filter((id) => id !== userId);
   chat.memberIds = change === 'joined' ? [...others, userId] : others;
+  // The frame has no name; the chat list has, and until it answers the newcomer shows as #id.
+  if (change === 'joined') refreshChats();
   if (chatId === state.openChatId) renderHeader();
 }
 
@@ -403,8 +532,8 @@ function stopTyping(chat, userId) {
 
 /** The relay stored (or found) our message. */
 function onAck({ dedup_key: key, message }) {
-  // Shown at once; the `message` frame with the same seq follows and moves the cursor. (The
-  // ack does not move it: an older message of someone else may still be on its way.)
+  // Shown at once; the `message` frame with the same seq follows and moves the cursors. (The
+  // ack does not move them: an older change of someone else may still be on its way.)
   settle(key, message);
 }
 
@@ -418,13 +547,15 @@ function onRelayError(frame) {
 // ---------------------------------------------------------------------------------------------
 // Sending
 
-/** Queues a message for the open chat (or the drafted private chat) and sends it. */
-function send(text) {
+/** Queues a message for the open chat (or the drafted private chat) and sends it; `replyTo` is
+ * the id of the message it answers, or null. */
+function send(text, replyTo = null) {
   const item = {
     key: newDedupKey(),
     chatId: state.openChatId,
     recipientId: state.openChatId === null ? state.draftRecipient : null,
     text,
+    replyTo,
     error: null,
     timer: null,
     httpInFlight: false,
@@ -438,6 +569,7 @@ function send(text) {
 function transmit(item) {
   clearTimeout(item.timer);
   const frame = { type: 'send', text: item.text, dedup_key: item.key };
+  if (item.replyTo !== null) frame.reply_to = item.replyTo;
   if (item.chatId !== null) frame.chat_id = item.chatId;
   else frame.recipient_id = item.recipientId;
   if (relaySend(frame)) {
@@ -452,6 +584,7 @@ async function sendOverHttp(item) {
   if (!state.outbox.has(item.key) || item.httpInFlight) return;
   item.httpInFlight = true;
   const body = { text: item.text, dedup_key: item.key };
+  if (item.replyTo !== null) body.reply_to = item.replyTo;
   if (item.chatId !== null) body.chat_id = item.chatId;
   else body.recipient_id = item.recipientId;
   try {
@@ -497,6 +630,53 @@ function isShown(item) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Changing messages: edits, deletions, reactions
+
+/** A change of a message over HTTP. Its answer is the message as it is now and shows at once;
+ * the `message_updated` frame that follows brings it to our other devices and moves the resume
+ * cursor. Answers whether it worked; a failure shows above the composer. */
+async function changeMessage(chat, method, path, body) {
+  showError('chat-error', null);
+  try {
+    updateMessage(chat, await api(method, path, body));
+    return true;
+  } catch (error) {
+    // (A 409 `deleted` means its `message_updated` frame is on the way: it brings the tombstone.)
+    showError('chat-error', changeErrorText(error));
+    return false;
+  }
+}
+
+function changeErrorText(error) {
+  switch (error.code) {
+    case 'deleted': return 'That message was deleted.';
+    case 'not_sender': return 'Only the sender can change that message.';
+    case 'too_many_reactions': return 'That message has all the different reactions it can take.';
+    default: return error.message;
+  }
+}
+
+function editMessage(chat, id, text) {
+  return changeMessage(chat, 'PATCH', `/chat/message/${id}`, { text });
+}
+
+function deleteMessage(chat, id) {
+  return changeMessage(chat, 'DELETE', `/chat/message/${id}`);
+}
+
+/** Our reaction with `emoji` on, or off again if it is on. Both calls are idempotent, so a
+ * double click or a stale screen cannot make a count wrong. */
+function toggleReaction(chat, id, emoji) {
+  const message = findMessage(chat, id);
+  if (!message || message.deleted) return Promise.resolve(false);
+  return changeMessage(chat, hasReacted(message, emoji) ? 'DELETE' : 'PUT',
+    `/chat/message/${id}/reactions/${encodeURIComponent(emoji)}`);
+}
+
+const hasReacted = (message, emoji) => (message.reactions ?? [])
+  .some((r) => r.emoji === emoji && r.user_ids.includes(state.me.id));
+
+// ---------------------------------------------------------------------------------------------
 // Reading: history, read marks, unread counts
 
 /** The chat list from the API: adds chats we did not know, refreshes the others. */
@@ -535,21 +715,38 @@ async function loadLatest(chat) {
   }
 }
 
-/** The page before the oldest message we have (scrolling back). */
-async function loadOlder(chat) {
-  const oldest = oldestSeq(chat);
-  if (chat.loadingOlder || oldest <= 1) return;
-  chat.loadingOlder = true;
-  try {
-    const page = await api('GET',
-      `/chat/history/${chat.id}?before_seq=${oldest}&limit=${PAGE_SIZE}`);
-    for (const message of page) storeMessage(chat, message);
-    if (chat.id === state.openChatId) renderMessages({ keepBottomDistance: true });
-  } catch (error) {
-    console.warn('history:', error.message);
-  } finally {
-    chat.loadingOlder = false;
+/** The page before the oldest message we have (scrolling back). One page at a time: a call
+ * while one is loading answers the same promise. */
+function loadOlder(chat) {
+  if (oldestSeq(chat) <= 1) return Promise.resolve();
+  chat.loadingOlder ??= (async () => {
+    try {
+      const page = await api('GET',
+        `/chat/history/${chat.id}?before_seq=${oldestSeq(chat)}&limit=${PAGE_SIZE}`);
+      for (const message of page) storeMessage(chat, message);
+      if (chat.id === state.openChatId) renderMessages({ keepBottomDistance: true });
+    } catch (error) {
+      console.warn('history:', error.message);
+    } finally {
+      chat.loadingOlder = null;
+    }
+  })();
+  return chat.loadingOlder;
+}
+
+/** Scrolls to a message (a reply's quote was clicked), paging back until it is loaded. */
+async function revealMessage(chat, id) {
+  while (!chat.seqById.has(id) && oldestSeq(chat) > 1) {
+    const before = oldestSeq(chat);
+    await loadOlder(chat);
+    if (oldestSeq(chat) === before) return; // The page failed (logged): leave it to a retry.
   }
+  const seq = chat.seqById.get(id);
+  if (chat.id !== state.openChatId || seq === undefined) return;
+  const row = document.querySelector(`#message-list .msg[data-seq="${seq}"]`);
+  if (!row) return;
+  row.scrollIntoView({ block: 'center' });
+  row.classList.add('flash');
 }
 
 function oldestSeq(chat) {
@@ -563,9 +760,12 @@ function oldestSeq(chat) {
 function markShownAsRead() {
   const chat = openChat();
   if (!chat || chat.marking || document.visibilityState !== 'visible' || !nearBottom()) return;
+  // The newest message that is not deleted: tombstones after it stay after our marker, but
+  // they are not unread (here or on the server).
   let newest = null;
   let unseen = false;
   for (const message of chat.messages.values()) {
+    if (message.deleted) continue;
     if (!newest || message.seq > newest.seq) newest = message;
     if (message.seq > chat.myReadSeq && !isMine(message)) unseen = true;
   }
@@ -585,8 +785,8 @@ function markShownAsRead() {
     });
 }
 
-/** Unread = messages of others after our marker. Exact when we hold them all; otherwise the
- * server counts. */
+/** Unread = messages of others after our marker, deleted ones aside. Exact when we hold them
+ * all; otherwise the server counts. */
 function recountUnread(chat) {
   let count = 0;
   for (let seq = chat.myReadSeq + 1; seq <= chat.countedSeq; seq += 1) {
@@ -595,7 +795,7 @@ function recountUnread(chat) {
       refreshChats();
       return;
     }
-    if (!isMine(message)) count += 1;
+    if (!isMine(message) && !message.deleted) count += 1;
   }
   chat.unread = count;
 }
@@ -637,7 +837,8 @@ function el(tag, props = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (key === 'class') node.className = value;
     else if (key === 'text') node.textContent = value;
-    else if (key.startsWith('data-') || key.startsWith('aria-') || key === 'title') {
+    else if (key.startsWith('data-') || key.startsWith('aria-') || key === 'title'
+        || key === 'role') {
       node.setAttribute(key, value);
     } else node[key] = value;
   }
@@ -680,6 +881,7 @@ function renderChatList() {
     const typing = chat.typing.size > 0;
     let preview = 'No messages yet';
     if (typing) preview = 'typing…';
+    else if (last?.deleted) preview = 'message deleted';
     else if (last) preview = `${isMine(last) ? (last.read ? '✓✓ ' : '✓ ') : ''}${last.text}`;
     const title = chatTitle(chat);
     return el('li', {},
@@ -762,32 +964,132 @@ function renderMessages({ toBottom = false, keepBottomDistance = false } = {}) {
   }
   for (const item of state.outbox.values()) if (isShown(item)) rows.push(pendingRow(item));
   $('message-list').replaceChildren(...rows);
+  renderComposeContext(); // The message replied to or edited may have changed too.
 
   if (stick) box.scrollTop = box.scrollHeight;
   else if (keepBottomDistance) box.scrollTop = box.scrollHeight - fromBottom;
   else box.scrollTop = scrollTop;
 }
 
+const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+
+/** One message: a reply's quote, the text (or the tombstone of a deleted one), its reactions,
+ * and a menu (⋯) to react, reply, edit or delete. */
 function messageRow(chat, message) {
   const mine = isMine(message);
   const status = message.read ? 'read' : 'sent';
-  return el('li', {
-    class: `msg ${mine ? 'own' : 'theirs'}`, 'data-seq': message.seq, 'data-id': message.id,
+  const menuOpen = state.menu?.id === message.id;
+  const classes = ['msg', mine ? 'own' : 'theirs'];
+  if (message.deleted) classes.push('deleted');
+  if (menuOpen) classes.push('menu-open');
+  return el('li', { class: classes.join(' '), 'data-seq': message.seq, 'data-id': message.id },
+    !mine && chat.kind === 'group' ? el('div', { class: 'sender small', text: senderName(chat, message.sender_id) }) : null,
+    message.reply_to != null && !message.deleted ? quoteBlock(chat, message.reply_to) : null,
+    message.deleted
+      ? el('div', { class: 'text tombstone', text: 'message deleted' })
+      : el('div', { class: 'text', text: message.text }),
+    message.deleted ? null : reactionsRow(chat, message),
+    el('div', { class: 'meta small' },
+      message.deleted ? null : el('button', {
+        type: 'button', class: 'msg-menu', text: '⋯', title: 'React, reply, edit, delete',
+        'aria-label': 'Message actions', 'aria-expanded': String(menuOpen),
+        onclick: () => toggleMenu(chat, message.id),
+      }),
+      message.edited_at && !message.deleted
+        ? el('span', { class: 'edited', text: 'edited', title: `edited ${clock(message.edited_at)}` })
+        : null,
+      el('time', { dateTime: message.timestamp, text: clock(message.timestamp) }),
+      mine && !message.deleted ? el('span', {
+        class: 'status', 'data-status': status, title: status,
+        'aria-label': status, text: message.read ? '✓✓' : '✓',
+      }) : null),
+    menuOpen && !message.deleted ? actionBar(chat, message) : null);
+}
+
+/** What a reply quotes: who wrote it and how it starts. A message older than anything loaded
+ * shows as "message #id" until it is; clicking the quote pages back to it. */
+function quoteBlock(chat, id) {
+  const quoted = findMessage(chat, id);
+  return el('button', {
+    type: 'button', class: `quote${quoted ? '' : ' unknown'}`, 'data-reply-to': id,
+    title: 'Show the message', onclick: () => revealMessage(chat, id),
   },
-  !mine && chat.kind === 'group' ? el('div', { class: 'sender small', text: senderName(chat, message.sender_id) }) : null,
-  el('div', { class: 'text', text: message.text }),
-  el('div', { class: 'meta small' },
-    el('time', { dateTime: message.timestamp, text: new Date(message.timestamp)
-      .toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) }),
-    mine ? el('span', {
-      class: 'status', 'data-status': status, title: status,
-      'aria-label': status, text: message.read ? '✓✓' : '✓',
-    }) : null));
+  quoted ? el('span', { class: 'quote-sender', text: senderName(chat, quoted.sender_id) }) : null,
+  el('span', { class: 'quote-text', text: quoted ? excerpt(quoted) : `message #${id}` }));
+}
+
+/** The start of a message's text on one line, for quotes. */
+function excerpt(message) {
+  if (message.deleted) return 'message deleted';
+  // By code points, so that an emoji is never cut in half.
+  const chars = Array.from(message.text.replace(/\s+/g, ' ').trim());
+  return chars.length > QUOTE_CHARS ? `${chars.slice(0, QUOTE_CHARS - 1).join('')}…` : chars.join('');
+}
+
+/** The reactions under a message: each emoji with its count; ours are highlighted, and
+ * clicking one toggles our own. */
+function reactionsRow(chat, message) {
+  const reactions = message.reactions ?? [];
+  if (reactions.length === 0) return null;
+  return el('div', { class: 'reactions' }, ...reactions.map((r) => {
+    const mine = r.user_ids.includes(state.me.id);
+    return el('button', {
+      type: 'button', class: `reaction${mine ? ' mine' : ''}`, 'data-emoji': r.emoji,
+      'aria-pressed': String(mine), title: r.user_ids.map((id) => senderName(chat, id)).join(', '),
+      onclick: () => toggleReaction(chat, message.id, r.emoji),
+    },
+    el('span', { class: 'emoji', text: r.emoji }),
+    el('span', { class: 'count', text: String(r.count) }));
+  }));
+}
+
+/** The open menu of a message: quick reactions, reply, and for what we may change, edit and
+ * delete (delete asks once more, in place). */
+function actionBar(chat, message) {
+  const mine = isMine(message);
+  // The sender may delete; in a group, the owner may delete anyone's.
+  const mayDelete = mine || (chat.kind === 'group' && chat.role === 'owner');
+  const confirming = state.menu.confirmDelete;
+  const action = (name, text, onclick, extra = '') => el('button', {
+    type: 'button', class: `link small${extra}`, 'data-action': name, text, onclick,
+  });
+  return el('div', { class: 'msg-actions', role: 'toolbar', 'aria-label': 'Message actions' },
+    ...QUICK_EMOJI.map((emoji) => el('button', {
+      type: 'button', class: `quick-emoji${hasReacted(message, emoji) ? ' mine' : ''}`,
+      'data-emoji': emoji, 'aria-label': `React with ${emoji}`,
+      'aria-pressed': String(hasReacted(message, emoji)), text: emoji,
+      onclick: () => { closeMenu(); toggleReaction(chat, message.id, emoji); },
+    })),
+    action('reply', 'Reply', () => startCompose('reply', chat, message)),
+    mine ? action('edit', 'Edit', () => startCompose('edit', chat, message)) : null,
+    !mayDelete ? null : confirming
+      ? action('confirm-delete', 'Delete for everyone?', () => { closeMenu(); deleteMessage(chat, message.id); }, ' danger')
+      : action('delete', 'Delete', () => { state.menu.confirmDelete = true; renderMessages(); }));
+}
+
+/** What the composer is about to do besides a plain send: reply to or edit a message. */
+function renderComposeContext() {
+  const compose = state.compose;
+  const chat = compose && state.chats.get(compose.chatId);
+  const shown = Boolean(chat) && compose.chatId === state.openChatId;
+  $('composer-context').hidden = !shown;
+  $('send').textContent = shown && compose.mode === 'edit' ? 'Save' : 'Send';
+  if (!shown) return;
+  const message = findMessage(chat, compose.id);
+  let label = 'Edit message';
+  if (compose.mode === 'reply') {
+    if (!message) label = `Reply to message #${compose.id}`;
+    else label = isMine(message) ? 'Reply to your message' : `Reply to ${senderName(chat, message.sender_id)}`;
+  }
+  $('context-label').textContent = label;
+  $('context-text').textContent = message ? excerpt(message) : '';
 }
 
 function pendingRow(item) {
   const status = item.error ? 'failed' : 'sending';
+  const chat = state.chats.get(item.chatId);
   return el('li', { class: `msg own pending${item.error ? ' failed' : ''}`, 'data-key': item.key },
+    chat && item.replyTo !== null ? quoteBlock(chat, item.replyTo) : null,
     el('div', { class: 'text', text: item.text }),
     el('div', { class: 'meta small' },
       item.error
@@ -860,7 +1162,7 @@ async function start() {
   $('auth-view').hidden = true;
   $('main-view').hidden = false;
   closeChatView();
-  // The list first: its last_seq values are the cursors the first `resume` sends.
+  // The list first: its rev values are the cursors the first `resume` sends.
   await refreshChats();
   connectRelay();
 }
@@ -874,6 +1176,9 @@ function signOut(message) {
   state.outbox.clear();
   state.openChatId = null;
   state.draftRecipient = null;
+  state.menu = null;
+  state.compose = null;
+  $('composer-text').value = '';
   clearTimeout(relay.reconnectTimer);
   const socket = relay.socket;
   Object.assign(relay, { socket: null, ready: false, failures: 0 });
@@ -885,6 +1190,9 @@ function signOut(message) {
 
 function openChatView(chatId) {
   const chat = ensureChat(chatId);
+  if (state.compose && state.compose.chatId !== chatId) endCompose();
+  state.menu = null;
+  showError('chat-error', null);
   state.openChatId = chatId;
   state.draftRecipient = null;
   showConversation();
@@ -905,6 +1213,7 @@ function openPrivateChat(userId) {
       return;
     }
   }
+  endCompose();
   state.openChatId = null;
   state.draftRecipient = userId;
   showConversation();
@@ -922,6 +1231,8 @@ function showConversation() {
 }
 
 function closeChatView() {
+  endCompose();
+  state.menu = null;
   state.openChatId = null;
   state.draftRecipient = null;
   document.body.classList.remove('chat-open');
@@ -935,18 +1246,78 @@ function onComposerSubmit(event) {
   const input = $('composer-text');
   const text = input.value.trim();
   if (!text) return;
+  const compose = state.compose;
+  if (compose?.mode === 'edit') {
+    submitEdit(compose, text);
+    return;
+  }
   input.value = '';
   autosize(input);
-  send(text);
+  send(text, compose?.mode === 'reply' && compose.chatId === state.openChatId ? compose.id : null);
+  endCompose();
+}
+
+/** Saves an edit. The composer stays in edit mode until the server took it, so a failure
+ * (shown above the composer) loses nothing. */
+async function submitEdit(compose, text) {
+  const chat = state.chats.get(compose.chatId);
+  const message = chat && findMessage(chat, compose.id);
+  if (!message || message.deleted || message.text === text) {
+    endCompose();
+    return;
+  }
+  $('send').disabled = true;
+  const saved = await editMessage(chat, compose.id, text);
+  $('send').disabled = false;
+  if (state.compose === compose && (saved || findMessage(chat, compose.id)?.deleted)) endCompose();
+}
+
+/** Puts the composer into reply or edit mode for `message`. An edit borrows the composer: the
+ * draft that was in it comes back when the edit ends. */
+function startCompose(mode, chat, message) {
+  const input = $('composer-text');
+  const draft = state.compose?.mode === 'edit' ? state.compose.draft : input.value;
+  state.compose = { mode, chatId: chat.id, id: message.id, draft };
+  state.menu = null;
+  if (mode === 'edit') input.value = message.text;
+  else input.value = draft;
+  autosize(input);
+  showError('chat-error', null);
+  renderMessages();
+  input.focus({ preventScroll: true });
+}
+
+/** Back to plain sending. */
+function endCompose() {
+  const compose = state.compose;
+  if (!compose) return;
+  state.compose = null;
+  if (compose.mode === 'edit') {
+    $('composer-text').value = compose.draft;
+    autosize($('composer-text'));
+  }
+  renderComposeContext();
+}
+
+function toggleMenu(chat, id) {
+  state.menu = state.menu?.id === id ? null : { chatId: chat.id, id, confirmDelete: false };
+  renderMessages();
+}
+
+function closeMenu() {
+  if (!state.menu) return;
+  state.menu = null;
+  renderMessages();
 }
 
 let lastTypingSent = { chatId: null, at: 0 };
 function onComposerInput() {
   const input = $('composer-text');
   autosize(input);
-  // Typing frames need a chat; a draft private chat does not exist until its first message.
+  // Typing frames need a chat (a draft private chat does not exist until its first message),
+  // and they announce a new message, not an edit.
   const chatId = state.openChatId;
-  if (chatId === null || !input.value.trim()) return;
+  if (chatId === null || !input.value.trim() || state.compose?.mode === 'edit') return;
   const now = Date.now();
   if (lastTypingSent.chatId === chatId && now - lastTypingSent.at < TYPING_SEND_EVERY_MS) return;
   if (relaySend({ type: 'typing', chat_id: chatId })) lastTypingSent = { chatId, at: now };
@@ -1011,8 +1382,15 @@ function init() {
     // Enter sends; Shift+Enter is a new line.
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
       onComposerSubmit(event);
+    } else if (event.key === 'Escape' && state.compose) {
+      endCompose();
     }
   });
+  $('context-cancel').addEventListener('click', () => {
+    endCompose();
+    $('composer-text').focus({ preventScroll: true });
+  });
+  document.addEventListener('keydown', (event) => { if (event.key === 'Escape') closeMenu(); });
   $('load-older').addEventListener('click', () => { const c = openChat(); if (c) loadOlder(c); });
   $('messages').addEventListener('scroll', () => {
     const chat = openChat();

@@ -1,35 +1,40 @@
 //! One WebSocket connection: its queue from the hub, its frames from the client, and the
-//! per-chat position that makes delivery exactly-once and in order.
+//! [`Cursor`] that makes delivery exactly-once, in rev order, with no gap.
 //!
-//! For every chat the connection is in, `positions` holds the next seq it must deliver. A live
-//! message with that seq is sent; one below it is a duplicate and dropped; one above it means
-//! something was missed, so the gap is filled from Postgres first. The same routine serves
-//! `resume`, nudges from the poller, and chats joined while connected.
+//! The socket loop only moves frames; what to send when is the cursor's call. Everything the
+//! connection sends about a chat comes either from a live event at the cursor's next rev or
+//! from `chat_changes` in Postgres (a backfill), which serves `resume`, gaps, nudges from the
+//! poller and chats joined while connected alike. A removal is a change like any other: the
+//! member's delivery of the chat stops exactly at its rev, whichever path brings it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt, stream::SplitSink};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
-    db::{chats, messages},
+    db::{changes, chats, messages, users},
     events::Event,
-    model::MessageOut,
-    send::{Target, send_message},
+    model::Change,
+    send::{Outgoing, Target, send_message},
 };
 
 use crate::{
     RelaySettings,
-    hub::{ConnId, Hub, Item, Stats},
+    cursor::{Cursor, Live},
+    hub::{ConnId, Hub, Item, Signals, Stats},
     protocol::{ClientFrame, ServerFrame},
 };
 
@@ -43,10 +48,13 @@ pub mod close_code {
     pub const RESTART: u16 = 1012;
 }
 
-/// Messages read from Postgres per query when backfilling.
+/// Changes read from Postgres per query when backfilling.
 const BACKFILL_PAGE: i64 = 200;
 /// A client may send one typing frame per chat this often; extra ones are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
+/// First and longest wait before retrying a failed backfill or chat list read.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What the reader task passes on.
 enum Incoming {
@@ -62,15 +70,35 @@ enum Incoming {
 /// The socket was closed or a write failed; the session ends.
 struct Closed;
 
+/// Database work that failed and is tried again after a backoff.
+#[derive(Debug, Default)]
+struct Retry {
+    at: Option<Instant>,
+    delay: Duration,
+    reconcile: bool,
+}
+
+impl Retry {
+    fn schedule(&mut self) {
+        self.delay = (self.delay * 2).clamp(RETRY_FIRST, RETRY_MAX);
+        self.at = Some(Instant::now() + self.delay);
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
 struct Session {
     hub: Arc<Hub>,
     state: AppState,
     settings: Arc<RelaySettings>,
     user_id: i64,
+    conn: ConnId,
     sink: SplitSink<WebSocket, Message>,
-    /// Next seq to deliver, per chat the user is in.
-    positions: HashMap<i64, i64>,
+    cursor: Cursor,
     typing_sent: HashMap<i64, Instant>,
+    retry: Retry,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -81,8 +109,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let (hub, conn) = (self.hub.clone(), self.conn);
-        tokio::spawn(async move { hub.unregister(conn).await });
+        self.hub.unregister(self.conn);
     }
 }
 
@@ -95,38 +122,41 @@ pub async fn run(
     user_id: i64,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (sink, stream) = socket.split();
+    let (mut sink, stream) = socket.split();
+    // The user's member_rev before subscribing: a join or leave after this read is either
+    // published after the subscription exists or found by the poller.
+    let member_rev = match users::member_revs(&state.db, &[user_id]).await {
+        Ok(rows) => rows.first().map_or(0, |&(_, r)| r),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the user");
+            let _ = close(&mut sink, close_code::INTERNAL, "relay unavailable").await;
+            return;
+        }
+    };
+    let registration = hub.register(user_id, member_rev).await;
+    let _registered = Registered {
+        hub: hub.clone(),
+        conn: registration.conn,
+    };
     let mut session = Session {
         hub: hub.clone(),
         state,
         settings: settings.clone(),
         user_id,
-        sink,
-        positions: HashMap::new(),
-        typing_sent: HashMap::new(),
-    };
-    let registration = match hub.register(user_id).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register a connection");
-            let _ = session
-                .close(close_code::INTERNAL, "relay unavailable")
-                .await;
-            return;
-        }
-    };
-    let _registered = Registered {
-        hub: hub.clone(),
         conn: registration.conn,
+        sink,
+        cursor: Cursor::default(),
+        typing_sent: HashMap::new(),
+        retry: Retry::default(),
     };
-    let (mut items, kill) = (registration.items, registration.kill);
+    let (mut items, signals) = (registration.items, registration.signals);
 
     let last_heard = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let (frames_tx, mut frames) = mpsc::channel(16);
     let reader = tokio::spawn(read_frames(stream, frames_tx, last_heard.clone(), started));
 
-    if session.start(registration.conn).await.is_err() {
+    if session.start().await.is_err() {
         reader.abort();
         return;
     }
@@ -134,13 +164,14 @@ pub async fn run(
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.reset();
     loop {
+        let retry_at = session.retry.at;
         let step = tokio::select! {
             biased;
             _ = shutdown.changed() => {
                 let _ = session.close(close_code::RESTART, "relay restarting; reconnect and resume").await;
                 break;
             }
-            () = kill.notified() => {
+            () = signals.kill.notified() => {
                 Stats::add(&hub.stats.slow_consumers, 1);
                 session.slow_consumer().await;
                 break;
@@ -156,9 +187,11 @@ pub async fn run(
                 None => break,
             },
             item = items.recv() => match item {
-                Some(item) => session.on_item(item).await,
+                Some(item) => session.on_live(&item).await,
                 None => break,
             },
+            () = signals.wake.notified() => session.on_signals(&signals).await,
+            () = sleep_until(retry_at), if retry_at.is_some() => session.on_retry().await,
             _ = ping.tick() => {
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(heard) > settings.idle_timeout {
@@ -173,6 +206,13 @@ pub async fn run(
         }
     }
     reader.abort();
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads client frames until the socket ends, noting when the client was last heard from.
@@ -208,190 +248,260 @@ async fn read_frames(
 }
 
 impl Session {
-    /// Subscribes to the user's chats, then takes each chat's current seq as the starting
-    /// position: anything committed later is published after the subscription exists.
-    async fn start(&mut self, conn: ConnId) -> Result<(), Closed> {
-        let chats = match chats::positions_of_member(&self.state.db, self.user_id, None).await {
+    /// Subscribes to the user's chats, then takes each chat's current rev as the starting
+    /// point: anything committed later is published after the subscription exists. A user in
+    /// 2,000 chats costs two queries and one batch of subscriptions here, and no queue slots.
+    async fn start(&mut self) -> Result<(), Closed> {
+        let positions = match chats::positions_of_member(&self.state.db, self.user_id).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the user's chats");
                 return self.close(close_code::INTERNAL, "relay unavailable").await;
             }
         };
-        let ids: Vec<i64> = chats.iter().map(|&(id, _)| id).collect();
-        if let Err(e) = self.hub.join(conn, &ids).await {
-            tracing::error!(error = %e, "cannot subscribe");
-            return self.close(close_code::INTERNAL, "relay unavailable").await;
-        }
-        let now = chats::positions_of_member(&self.state.db, self.user_id, Some(&ids))
+        let routes: Vec<(i64, i64)> = positions.iter().map(|p| (p.chat_id, p.rev)).collect();
+        self.hub.join(self.conn, &routes).await;
+        let now = chats::positions_of_member(&self.state.db, self.user_id)
             .await
-            .unwrap_or(chats);
-        self.positions = now.into_iter().map(|(id, last)| (id, last + 1)).collect();
+            .unwrap_or(positions);
+        for p in &now {
+            self.cursor.open(p.chat_id, p.rev, p.rev);
+        }
+        // Chats joined between the two reads are routed too.
+        let late: Vec<(i64, i64)> = now
+            .iter()
+            .filter(|p| !routes.iter().any(|&(id, _)| id == p.chat_id))
+            .map(|p| (p.chat_id, p.rev))
+            .collect();
+        if !late.is_empty() {
+            self.hub.join(self.conn, &late).await;
+        }
         self.frame(&ServerFrame::Ready {
             user_id: self.user_id,
         })
         .await
     }
 
-    async fn on_item(&mut self, item: Item) -> Result<(), Closed> {
-        match item {
-            Item::Event(event) => self.on_event(&event).await,
-            Item::Joined { chat, next_seq } => {
-                let chat_id = chat.id;
-                if self.positions.contains_key(&chat_id) {
-                    return Ok(());
+    /// A live event from the hub.
+    async fn on_live(&mut self, item: &Item) -> Result<(), Closed> {
+        let event = &*item.event;
+        if let Some((chat_id, rev)) = event.change() {
+            return match self.cursor.live(chat_id, rev) {
+                Live::Deliver => {
+                    if let Event::MemberLeft { user_id, .. } = event
+                        && *user_id == self.user_id
+                    {
+                        return self.removed(chat_id, rev).await;
+                    }
+                    if let Some(frame) = item.frame() {
+                        self.write(Message::Text(frame.clone())).await?;
+                        Stats::add(&self.hub.stats.delivered, 1);
+                    }
+                    self.cursor.delivered(chat_id, rev);
+                    Ok(())
                 }
-                self.positions.insert(chat_id, next_seq);
-                self.frame(&ServerFrame::Chat { chat: &chat }).await?;
-                // Messages published before this relay subscribed to the chat.
-                self.catch_up(chat_id, None).await
-            }
-            Item::Left { chat_id } => {
-                if self.positions.remove(&chat_id).is_some() {
-                    self.frame(&ServerFrame::ChatRemoved { chat_id }).await?;
+                Live::Gap => {
+                    Stats::add(&self.hub.stats.gaps, 1);
+                    self.backfill(chat_id).await
                 }
-                Ok(())
-            }
-            Item::Nudge { chat_id, last_seq } => self.catch_up(chat_id, Some(last_seq)).await,
+                Live::Duplicate | Live::NotHere => Ok(()),
+            };
         }
-    }
-
-    async fn on_event(&mut self, event: &Event) -> Result<(), Closed> {
         match event {
-            Event::MessageCreated {
-                chat_id,
-                seq,
-                message,
-            } => self.on_message(*chat_id, *seq, message).await,
             Event::MessageRead {
                 chat_id,
                 user_id,
                 last_read_seq,
-            } if self.positions.contains_key(chat_id) => {
-                self.frame(&ServerFrame::Read {
-                    chat_id: *chat_id,
-                    user_id: *user_id,
-                    last_read_seq: *last_read_seq,
-                })
-                .await
+                ..
+            } => match self.cursor.position(*chat_id) {
+                Some(rev) => {
+                    self.frame(&ServerFrame::Read {
+                        chat_id: *chat_id,
+                        user_id: *user_id,
+                        last_read_seq: *last_read_seq,
+                        rev,
+                    })
+                    .await
+                }
+                None => Ok(()),
+            },
+            Event::Typing { chat_id, user_id } if *user_id != self.user_id => {
+                match self.cursor.position(*chat_id) {
+                    Some(rev) => {
+                        self.frame(&ServerFrame::Typing {
+                            chat_id: *chat_id,
+                            user_id: *user_id,
+                            rev,
+                        })
+                        .await
+                    }
+                    None => Ok(()),
+                }
             }
-            Event::Typing { chat_id, user_id }
-                if *user_id != self.user_id && self.positions.contains_key(chat_id) =>
-            {
-                self.frame(&ServerFrame::Typing {
-                    chat_id: *chat_id,
-                    user_id: *user_id,
-                })
-                .await
-            }
-            Event::MemberJoined { chat_id, user_id } | Event::MemberLeft { chat_id, user_id }
-                if *user_id != self.user_id && self.positions.contains_key(chat_id) =>
-            {
-                let change = if matches!(event, Event::MemberJoined { .. }) {
-                    "joined"
-                } else {
-                    "left"
-                };
-                self.frame(&ServerFrame::Member {
-                    chat_id: *chat_id,
-                    user_id: *user_id,
-                    change,
-                })
-                .await
-            }
+            // The user joined or left a chat: which one the chat list says.
+            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => self.reconcile().await,
             _ => Ok(()),
         }
     }
 
-    /// A live message: deliver it if it is the next one, fill the gap first if it is ahead,
-    /// drop it if it was already delivered.
-    async fn on_message(
-        &mut self,
-        chat_id: i64,
-        seq: i64,
-        message: &MessageOut,
-    ) -> Result<(), Closed> {
-        let Some(&next) = self.positions.get(&chat_id) else {
-            return Ok(());
-        };
-        if seq < next {
-            return Ok(());
-        }
-        if seq > next {
-            Stats::add(&self.hub.stats.gaps, 1);
-            self.backfill(chat_id, seq - 1).await?;
-        }
-        // If the backfill could not reach it (a database error), the poller's nudge will.
-        if self.positions.get(&chat_id) == Some(&seq) {
-            self.deliver(message).await?;
-        }
-        Ok(())
-    }
-
-    /// Brings a chat up to `last_seq` (or to what Postgres has now) from Postgres.
-    async fn catch_up(&mut self, chat_id: i64, last_seq: Option<i64>) -> Result<(), Closed> {
-        let Some(&next) = self.positions.get(&chat_id) else {
-            return Ok(());
-        };
-        let last = match last_seq {
-            Some(last) => last,
-            None => match chats::last_seqs(&self.state.db, &[chat_id]).await {
-                Ok(rows) => rows.first().map_or(0, |&(_, last)| last),
-                Err(e) => {
-                    tracing::warn!(error = %e, chat_id, "cannot read last_seq; the poller retries");
-                    return Ok(());
-                }
-            },
-        };
-        if next <= last {
-            self.backfill(chat_id, last).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends the chat's messages from its position up to `to` (inclusive), in order.
-    async fn backfill(&mut self, chat_id: i64, to: i64) -> Result<(), Closed> {
-        loop {
-            let Some(&next) = self.positions.get(&chat_id) else {
-                return Ok(());
-            };
-            if next > to {
-                return Ok(());
+    /// Nudges from the poller, and requests to re-read the chat list.
+    async fn on_signals(&mut self, signals: &Signals) -> Result<(), Closed> {
+        let pending = signals.take();
+        for (chat_id, rev) in pending.nudges {
+            if self.cursor.known(chat_id, rev) {
+                self.backfill(chat_id).await?;
             }
-            let range = messages::SeqRange {
-                after: next - 1,
-                before: to + 1,
-                limit: BACKFILL_PAGE,
-                offset: 0,
-                from_newest: false,
-            };
-            let page = match messages::page(&self.state.db, chat_id, range).await {
+        }
+        if pending.reconcile {
+            self.reconcile().await?;
+        }
+        Ok(())
+    }
+
+    /// Tries again what failed: every chat still behind, and the chat list.
+    async fn on_retry(&mut self) -> Result<(), Closed> {
+        self.retry.at = None;
+        if std::mem::take(&mut self.retry.reconcile) {
+            self.reconcile().await?;
+        }
+        for chat_id in self.cursor.behind() {
+            self.backfill(chat_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the chat's changes from the cursor on, from Postgres, until it has what Postgres
+    /// has. A failed query leaves the chat behind and schedules a retry.
+    async fn backfill(&mut self, chat_id: i64) -> Result<(), Closed> {
+        while let Some(after) = self.cursor.backfill_from(chat_id) {
+            let page = match changes::after(&self.state.db, chat_id, after, BACKFILL_PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
-                    tracing::warn!(error = %e, chat_id, "backfill failed; the poller retries");
+                    Stats::add(&self.hub.stats.backfill_failures, 1);
+                    tracing::warn!(error = %e, chat_id, "backfill failed; retrying with backoff");
+                    self.retry.schedule();
                     return Ok(());
                 }
             };
-            if page.is_empty() {
-                return Ok(());
+            self.retry.succeeded();
+            for change in &page.changes {
+                if self.is_own_removal(change) {
+                    return self.removed(chat_id, change.rev).await;
+                }
+                if let Some(frame) = ServerFrame::of_change(change) {
+                    self.frame(&frame).await?;
+                    Stats::add(&self.hub.stats.backfilled, 1);
+                }
+                self.cursor.delivered(chat_id, change.rev);
             }
-            Stats::add(&self.hub.stats.backfilled, page.len() as u64);
-            for message in &page {
-                self.deliver(message).await?;
+            if page.more {
+                self.cursor.covered(chat_id, page.rev);
+            } else {
+                self.cursor.caught_up(chat_id, page.rev);
             }
         }
+        Ok(())
     }
 
-    async fn deliver(&mut self, message: &MessageOut) -> Result<(), Closed> {
-        self.frame(&ServerFrame::Message {
-            chat_id: message.chat_id,
-            seq: message.seq,
-            message,
-        })
-        .await?;
-        self.positions.insert(message.chat_id, message.seq + 1);
-        Stats::add(&self.hub.stats.delivered, 1);
+    fn is_own_removal(&self, change: &Change) -> bool {
+        change.kind == "member"
+            && change.change.as_deref() == Some("left")
+            && change.user_id == Some(self.user_id)
+    }
+
+    /// The user left the chat at `rev`: say so, and deliver nothing more of it.
+    async fn removed(&mut self, chat_id: i64, rev: i64) -> Result<(), Closed> {
+        self.cursor.close(chat_id);
+        self.hub.leave(self.conn, chat_id);
+        self.frame(&ServerFrame::ChatRemoved { chat_id, rev }).await
+    }
+
+    /// Re-reads the user's chats: chats joined are routed and announced (their changes after
+    /// the join follow), chats left are caught up to the removal, which ends them.
+    async fn reconcile(&mut self) -> Result<(), Closed> {
+        Stats::add(&self.hub.stats.reconciles, 1);
+        let positions = match chats::positions_of_member(&self.state.db, self.user_id).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the user's chats; retrying");
+                self.retry.reconcile = true;
+                self.retry.schedule();
+                return Ok(());
+            }
+        };
+        let member_of: HashSet<i64> = positions.iter().map(|p| p.chat_id).collect();
+        let joined: Vec<_> = positions
+            .iter()
+            .filter(|p| !self.cursor.contains(p.chat_id))
+            .copied()
+            .collect();
+        let left: Vec<i64> = self
+            .cursor
+            .chats()
+            .filter(|id| !member_of.contains(id))
+            .collect();
+        if !joined.is_empty() {
+            let routes: Vec<(i64, i64)> = joined.iter().map(|p| (p.chat_id, p.rev)).collect();
+            self.hub.join(self.conn, &routes).await;
+            let ids: Vec<i64> = joined.iter().map(|p| p.chat_id).collect();
+            let summaries = match chats::summaries_of(&self.state.db, self.user_id, &ids).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load joined chats; retrying");
+                    self.hub_leave_all(&ids);
+                    self.retry.reconcile = true;
+                    self.retry.schedule();
+                    return Ok(());
+                }
+            };
+            for chat in &summaries {
+                let Some(p) = joined.iter().find(|p| p.chat_id == chat.id) else {
+                    continue;
+                };
+                self.cursor.open(p.chat_id, p.joined_rev, p.rev);
+                self.frame(&ServerFrame::Chat {
+                    chat,
+                    rev: p.joined_rev,
+                })
+                .await?;
+                // What happened between the join and this relay's subscription.
+                self.backfill(p.chat_id).await?;
+            }
+        }
+        if !left.is_empty() {
+            let revs = match chats::revs(&self.state.db, &left).await {
+                Ok(revs) => revs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read left chats; retrying");
+                    self.retry.reconcile = true;
+                    self.retry.schedule();
+                    return Ok(());
+                }
+            };
+            for (chat_id, rev) in revs {
+                // The removal is in the log after the cursor: the backfill stops there.
+                self.cursor.known(chat_id, rev);
+                self.backfill(chat_id).await?;
+                if !self.cursor.contains(chat_id) {
+                    continue;
+                }
+                if self.cursor.backfill_from(chat_id).is_none() {
+                    // Caught up without meeting the removal (it predates the change log):
+                    // end it here all the same.
+                    self.removed(chat_id, rev).await?;
+                } else {
+                    // The backfill failed: look again when it is retried.
+                    self.retry.reconcile = true;
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn hub_leave_all(&self, chat_ids: &[i64]) {
+        for &chat_id in chat_ids {
+            self.hub.leave(self.conn, chat_id);
+        }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Closed> {
@@ -404,31 +514,134 @@ impl Session {
             }
         };
         match frame {
-            ClientFrame::Resume { chats } => self.resume(chats).await,
+            ClientFrame::Resume {
+                revs: Some(revs), ..
+            } => self.resume_by_rev(revs).await,
+            ClientFrame::Resume {
+                chats: Some(chats), ..
+            } => self.resume_by_seq(chats).await,
+            ClientFrame::Resume { .. } => {
+                self.error("resume needs `revs` (or `chats`)", "bad_frame")
+                    .await
+            }
             ClientFrame::Send {
                 chat_id,
                 recipient_id,
                 text,
                 dedup_key,
-            } => self.send(recipient_id, chat_id, &text, dedup_key).await,
+                reply_to,
+            } => {
+                self.send(recipient_id, chat_id, &text, dedup_key, reply_to)
+                    .await
+            }
             ClientFrame::Typing { chat_id } => self.typing(chat_id).await,
         }
     }
 
-    /// Replays each listed chat from the client's seq. `resume` means "send me everything
-    /// after this seq": sent first after connecting, it never repeats a message.
-    async fn resume(&mut self, chats: HashMap<String, i64>) -> Result<(), Closed> {
+    /// Replays every change after each listed rev, and reconciles membership: the user's chats
+    /// that are not listed arrive as `chat` frames, listed ones they left as `chat_removed`.
+    async fn resume_by_rev(&mut self, revs: HashMap<String, i64>) -> Result<(), Closed> {
+        let positions = match chats::positions_of_member(&self.state.db, self.user_id).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the user's chats for resume");
+                return self.error("resume failed; try again", "unavailable").await;
+            }
+        };
+        let mut listed = HashSet::with_capacity(revs.len());
+        for (key, rev) in revs {
+            let Ok(chat_id) = key.parse::<i64>() else {
+                self.error(&format!("revs: {key:?} is not a chat id"), "bad_frame")
+                    .await?;
+                continue;
+            };
+            listed.insert(chat_id);
+            match positions.iter().find(|p| p.chat_id == chat_id) {
+                Some(p) => {
+                    if !self.cursor.contains(chat_id) {
+                        self.hub.join(self.conn, &[(chat_id, p.rev)]).await;
+                    }
+                    self.cursor.open(chat_id, rev.min(p.rev), p.rev);
+                    self.backfill(chat_id).await?;
+                }
+                None => {
+                    if self.cursor.close(chat_id) {
+                        self.hub.leave(self.conn, chat_id);
+                    }
+                    let rev = rev.max(0);
+                    self.frame(&ServerFrame::ChatRemoved { chat_id, rev })
+                        .await?;
+                }
+            }
+        }
+        let unlisted: Vec<_> = positions
+            .iter()
+            .filter(|p| !listed.contains(&p.chat_id))
+            .copied()
+            .collect();
+        if unlisted.is_empty() {
+            return Ok(());
+        }
+        let new_routes: Vec<(i64, i64)> = unlisted
+            .iter()
+            .filter(|p| !self.cursor.contains(p.chat_id))
+            .map(|p| (p.chat_id, p.rev))
+            .collect();
+        if !new_routes.is_empty() {
+            self.hub.join(self.conn, &new_routes).await;
+        }
+        let ids: Vec<i64> = unlisted.iter().map(|p| p.chat_id).collect();
+        match chats::summaries_of(&self.state.db, self.user_id, &ids).await {
+            Ok(summaries) => {
+                for chat in &summaries {
+                    // The summary is the chat now: changes after it follow.
+                    if !self.cursor.contains(chat.id) {
+                        self.cursor.open(chat.id, chat.rev, chat.rev);
+                    }
+                    let rev = self.cursor.position(chat.id).unwrap_or(chat.rev);
+                    self.frame(&ServerFrame::Chat { chat, rev }).await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load chats for resume");
+                self.error("resume failed; try again", "unavailable").await
+            }
+        }
+    }
+
+    /// The message-only form: each listed chat from the message after this seq, in rev order.
+    async fn resume_by_seq(&mut self, chats: HashMap<String, i64>) -> Result<(), Closed> {
         for (key, last_seq) in chats {
             let chat_id = match key.parse::<i64>() {
-                Ok(id) if self.positions.contains_key(&id) => id,
+                Ok(id) if self.cursor.contains(id) => id,
                 _ => {
                     self.error(&format!("chat {key}: not found"), "not_found")
                         .await?;
                     continue;
                 }
             };
-            self.positions.insert(chat_id, last_seq.max(0) + 1);
-            self.catch_up(chat_id, None).await?;
+            let db = &self.state.db;
+            let found = match messages::created_rev_of_seq(db, chat_id, last_seq).await {
+                Ok(Some(rev)) => chats::revs(db, &[chat_id])
+                    .await
+                    .map(|r| r.first().map(|&(_, current)| (rev, current))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(Some((after, current))) => {
+                    self.cursor.open(chat_id, after, current);
+                    self.backfill(chat_id).await?;
+                }
+                // A seq beyond the chat's last: nothing to replay.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, chat_id, "resume failed");
+                    self.error("resume failed; try again", "unavailable")
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
@@ -439,10 +652,16 @@ impl Session {
         chat_id: Option<i64>,
         text: &str,
         dedup_key: Option<String>,
+        reply_to: Option<i64>,
     ) -> Result<(), Closed> {
         let key = dedup_key.as_deref();
+        let out = Outgoing {
+            text,
+            dedup_key: key,
+            reply_to,
+        };
         let sent = match Target::from_fields(recipient_id, chat_id) {
-            Ok(target) => send_message(&self.state, self.user_id, target, text, key).await,
+            Ok(target) => send_message(&self.state, self.user_id, target, out).await,
             Err(e) => Err(e),
         };
         match sent {
@@ -468,7 +687,7 @@ impl Session {
     }
 
     async fn typing(&mut self, chat_id: i64) -> Result<(), Closed> {
-        if !self.positions.contains_key(&chat_id) {
+        if !self.cursor.contains(chat_id) {
             return self
                 .error(&format!("chat {chat_id}: not found"), "not_found")
                 .await;
@@ -504,7 +723,7 @@ impl Session {
     /// Tells a client that fell behind why it is being closed, without waiting on it long.
     async fn slow_consumer(&mut self) {
         let frame = ServerFrame::Error {
-            detail: "you are too far behind; reconnect and resume from your last seq",
+            detail: "you are too far behind; reconnect and resume from your last rev",
             code: "slow_consumer",
             dedup_key: None,
         };
@@ -530,15 +749,23 @@ impl Session {
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Closed> {
-        let frame = CloseFrame {
-            code,
-            reason: reason.chars().take(120).collect::<String>().into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-        Err(Closed)
+        close(&mut self.sink, code, reason).await
     }
+}
+
+async fn close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    code: u16,
+    reason: &str,
+) -> Result<(), Closed> {
+    let frame = CloseFrame {
+        code,
+        reason: reason.chars().take(120).collect::<String>().into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+    Err(Closed)
 }

@@ -1,58 +1,172 @@
-//! The hub: which connection wants which chat, the broker subscriptions that serve them, and
-//! the fan-out of events into each connection's bounded queue.
+//! The hub: which connection wants which chat, the bus subscriptions that serve them, the
+//! fan-out of live events into each connection's bounded queue, and the poller.
 //!
-//! Subscriptions follow connections: a relay subscribes to `<prefix>.chat.<id>` (and the
-//! ephemeral `<prefix>.typing.<id>`) only while a connected user is in that chat, and to
-//! `<prefix>.user.<id>` while that user is connected. Any number of relays can therefore run
-//! side by side with no sticky sessions; NATS carries each event to the relays that need it.
+//! Subscriptions follow connections: a relay subscribes to a chat's topics only while a
+//! connected user is in that chat, and to a user's topic while that user is connected. Any
+//! number of relays can therefore run side by side with no sticky sessions.
 //!
-//! Nothing here is trusted to be complete. A broker may drop an event (a full subscription
+//! Nothing here is trusted to be complete. A bus may drop an event (a full subscription
 //! buffer, a restart, a handler that died between commit and publish), so a poller compares
-//! each subscribed chat's `last_seq` in Postgres with the highest seq seen and nudges the
-//! connections of any chat that is behind; they backfill from Postgres. That bounds how late a
-//! committed message can be: [`crate::RelaySettings::poll_interval`] plus one query.
+//! each routed chat's `rev` in Postgres with the highest rev seen, and each connected user's
+//! `member_rev` with the one seen, and nudges the connections concerned: they catch up by rev
+//! from Postgres, or re-read their chats. That bounds how late any committed change can be:
+//! [`crate::RelaySettings::poll_interval`] plus a query.
+//!
+//! Locking: one `std` mutex guards the tables and is never held across an `.await`. Joining a
+//! chat creates its route at once (so concurrent joiners share it), subscribes outside the
+//! lock, and signals the route ready; later joiners wait for that signal, not for a lock.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use futures::{StreamExt, future::BoxFuture};
+use axum::extract::ws::Utf8Bytes;
+use futures::StreamExt;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::{
-    sync::{Notify, broadcast, mpsc},
+    sync::{Notify, mpsc, watch},
     task::AbortHandle,
 };
 use windi_shared::{
-    events::{Event, Topic},
-    model::ChatSummary,
+    db::{chats, users},
+    events::{Bus, Event, EventStream, Topic},
 };
 
-/// How long a join waits for NATS to confirm its subscriptions.
+use crate::protocol::ServerFrame;
+
+/// How long a join waits for the bus to confirm its subscriptions. While NATS is down a flush
+/// would wait for the reconnect; the subscriptions are replayed then, and the poller covers
+/// what passes meanwhile.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Ids looked up per poller query.
+const POLL_CHUNK: usize = 5000;
+/// The poller's longest wait after failures, in poll intervals.
+const MAX_POLL_BACKOFF: u32 = 8;
 
 /// Identifies one WebSocket connection (one device) within this relay.
 pub type ConnId = u64;
 
-/// What the hub puts in a connection's queue.
+/// A live event as the hub hands it to connections: the frame is encoded once, by the first
+/// connection that sends it, and shared by every other.
 #[derive(Debug)]
-pub enum Item {
-    /// An event of a chat the connection is in (or of its user).
-    Event(Arc<Event>),
-    /// The user joined a chat while connected; deliver messages from `next_seq` on.
-    Joined {
-        chat: Box<ChatSummary>,
-        next_seq: i64,
-    },
-    /// The user left or was removed from a chat: stop delivering it at once.
-    Left { chat_id: i64 },
-    /// Postgres has messages up to `last_seq` in this chat: backfill if behind.
-    Nudge { chat_id: i64, last_seq: i64 },
+pub struct Live {
+    pub event: Arc<Event>,
+    frame: OnceLock<Option<Utf8Bytes>>,
+}
+
+impl Live {
+    pub fn new(event: Arc<Event>) -> Self {
+        Self {
+            event,
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// The frame of a change event (message, update, member), the same for every receiver.
+    pub fn frame(&self) -> Option<&Utf8Bytes> {
+        self.frame
+            .get_or_init(|| {
+                let frame = match &*self.event {
+                    Event::MessageCreated {
+                        chat_id,
+                        rev,
+                        seq,
+                        message,
+                    } => ServerFrame::Message {
+                        chat_id: *chat_id,
+                        seq: *seq,
+                        rev: *rev,
+                        message,
+                    },
+                    Event::MessageUpdated {
+                        chat_id,
+                        rev,
+                        change,
+                        message,
+                    } => ServerFrame::MessageUpdated {
+                        chat_id: *chat_id,
+                        rev: *rev,
+                        change,
+                        message,
+                    },
+                    Event::MemberJoined {
+                        chat_id,
+                        rev,
+                        user_id,
+                    } => ServerFrame::Member {
+                        chat_id: *chat_id,
+                        user_id: *user_id,
+                        change: "joined",
+                        rev: *rev,
+                    },
+                    Event::MemberLeft {
+                        chat_id,
+                        rev,
+                        user_id,
+                    } => ServerFrame::Member {
+                        chat_id: *chat_id,
+                        user_id: *user_id,
+                        change: "left",
+                        rev: *rev,
+                    },
+                    _ => return None,
+                };
+                Some(frame.to_json().into())
+            })
+            .as_ref()
+    }
+}
+
+/// What the hub puts in a connection's queue: live events of its chats and of its user.
+pub type Item = Arc<Live>;
+
+/// Work for a connection that is not an event: coalesced, so a poll that finds 2,000 chats
+/// behind costs one entry per chat, never 2,000 queue slots.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Chats Postgres has at a rev this hub had not seen: (chat, rev).
+    pub nudges: HashMap<i64, i64>,
+    /// The user's chats changed (joined or left): re-read them.
+    pub reconcile: bool,
+}
+
+/// A connection's signals from the hub.
+#[derive(Debug, Default)]
+pub struct Signals {
+    pending: Mutex<Pending>,
+    /// Something is pending.
+    pub wake: Notify,
+    /// The connection fell behind its queue and must close.
+    pub kill: Notify,
+}
+
+impl Signals {
+    /// Takes what is pending.
+    pub fn take(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn nudge(&self, chat_id: i64, rev: i64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pending.nudges.entry(chat_id).or_insert(rev);
+        *entry = (*entry).max(rev);
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn reconcile(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile = true;
+        self.wake.notify_one();
+    }
 }
 
 /// Counters for `/health` and the tests; all monotonic except `connections`.
@@ -61,90 +175,89 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Connections closed because their queue filled or a write timed out.
     pub slow_consumers: AtomicU64,
-    /// Events the NATS client dropped because a subscription buffer was full.
-    pub broker_dropped: AtomicU64,
-    /// Events the in-process bus skipped because this relay lagged behind it.
-    pub bus_lagged: AtomicU64,
-    /// Messages sent from Postgres rather than from a live event.
+    /// Changes sent from Postgres rather than from a live event.
     pub backfilled: AtomicU64,
-    /// Live events that arrived with a seq beyond the next expected one.
+    /// Backfill queries that failed (each is retried with backoff).
+    pub backfill_failures: AtomicU64,
+    /// Live changes that arrived with a rev beyond the next expected one.
     pub gaps: AtomicU64,
     /// Nudges from the poller: chats found behind Postgres.
     pub nudges: AtomicU64,
+    /// Times a connection re-read its user's chats (a join or leave).
+    pub reconciles: AtomicU64,
+    /// Poller queries that failed.
+    pub poll_failures: AtomicU64,
     pub delivered: AtomicU64,
 }
 
-/// A point-in-time copy of [`Stats`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct StatsSnapshot {
     pub connections: u64,
     pub slow_consumers: u64,
+    /// Events the bus dropped because a subscription of this relay was full.
     pub broker_dropped: u64,
-    pub bus_lagged: u64,
     pub backfilled: u64,
+    pub backfill_failures: u64,
     pub gaps: u64,
     pub nudges: u64,
+    pub reconciles: u64,
+    pub poll_failures: u64,
     pub delivered: u64,
 }
 
 impl Stats {
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters, with what the bus reports it dropped.
+    pub fn snapshot(&self, broker_dropped: u64) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             connections: get(&self.connections),
             slow_consumers: get(&self.slow_consumers),
-            broker_dropped: get(&self.broker_dropped),
-            bus_lagged: get(&self.bus_lagged),
+            broker_dropped,
             backfilled: get(&self.backfilled),
+            backfill_failures: get(&self.backfill_failures),
             gaps: get(&self.gaps),
             nudges: get(&self.nudges),
+            reconciles: get(&self.reconciles),
+            poll_failures: get(&self.poll_failures),
             delivered: get(&self.delivered),
         }
     }
-
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
-/// Where events come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// NATS: one core subscription per chat (plus its typing subject) and per connected user.
-    Nats {
-        client: async_nats::Client,
-        prefix: String,
-    },
-    /// The in-process bus of the local `windi` binary: every event passes by; the hub filters.
-    Local,
-}
-
-/// A live broker subscription: its forwarding tasks end (and unsubscribe) when this drops.
-#[derive(Debug)]
+/// The subscriptions of one route; dropping it stops their forwarding tasks (and with them the
+/// streams, which unsubscribes).
+#[derive(Debug, Default)]
 struct Subscription(Vec<AbortHandle>);
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
+        self.0.iter().for_each(AbortHandle::abort);
     }
+}
+
+/// A chat or user routed to some connections of this relay.
+#[derive(Debug)]
+struct Route {
+    conns: HashSet<ConnId>,
+    /// The highest rev (for a user: `member_rev`) this hub has seen, from events or polls.
+    seen: i64,
+    sub: Option<Subscription>,
+    /// True once the subscription is in place (or failed and left to the poller).
+    ready: watch::Receiver<bool>,
+    /// Tells a subscription that finishes late whether its route is still the same one.
+    generation: u64,
 }
 
 #[derive(Debug)]
 struct ConnEntry {
     user_id: i64,
     tx: mpsc::Sender<Item>,
-    kill: Arc<Notify>,
+    signals: Arc<Signals>,
     chats: HashSet<i64>,
-}
-
-#[derive(Debug, Default)]
-struct Route {
-    conns: HashSet<ConnId>,
-    /// Highest message seq seen for this chat (events or polls); unused for user routes.
-    max_seen: i64,
-    sub: Option<Subscription>,
 }
 
 #[derive(Debug, Default)]
@@ -159,32 +272,42 @@ struct Tables {
 pub struct Registration {
     pub conn: ConnId,
     pub items: mpsc::Receiver<Item>,
-    /// Notified when the connection must close because it fell behind.
-    pub kill: Arc<Notify>,
+    pub signals: Arc<Signals>,
+}
+
+/// Which table a route lives in.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Chat,
+    User,
+}
+
+/// A route this caller created and must subscribe.
+struct NewRoute {
+    kind: Kind,
+    id: i64,
+    generation: u64,
+    ready: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
 pub struct Hub {
     tables: Mutex<Tables>,
-    /// Serialises changes of routes that (un)subscribe, so a subscription is never created
-    /// twice or dropped while another connection is joining. Fan-out does not take it.
-    membership: tokio::sync::Mutex<()>,
-    source: Source,
+    bus: Bus,
     queue_capacity: usize,
-    next_conn: AtomicU64,
+    next_id: AtomicU64,
     pub db: PgPool,
     pub stats: Arc<Stats>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Hub {
-    pub fn new(db: PgPool, source: Source, queue_capacity: usize, stats: Arc<Stats>) -> Arc<Self> {
+    pub fn new(db: PgPool, bus: Bus, queue_capacity: usize, stats: Arc<Stats>) -> Arc<Self> {
         Arc::new(Self {
             tables: Mutex::default(),
-            membership: tokio::sync::Mutex::new(()),
-            source,
+            bus,
             queue_capacity,
-            next_conn: AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
             db,
             stats,
             tasks: Mutex::default(),
@@ -197,17 +320,13 @@ impl Hub {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the poller, and for the in-process source the task that reads the bus.
-    pub fn start(
-        self: &Arc<Self>,
-        poll_interval: Duration,
-        bus: Option<broadcast::Receiver<Arc<Event>>>,
-    ) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.push(tokio::spawn(poll_loop(Arc::downgrade(self), poll_interval)).abort_handle());
-        if let Some(bus) = bus {
-            tasks.push(tokio::spawn(bus_loop(Arc::downgrade(self), bus)).abort_handle());
-        }
+    /// Starts the poller.
+    pub fn start(self: &Arc<Self>, poll_interval: Duration) {
+        let poller = tokio::spawn(poll_loop(Arc::downgrade(self), poll_interval));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(poller.abort_handle());
     }
 
     /// Stops the hub's own tasks and drops every subscription.
@@ -225,6 +344,10 @@ impl Hub {
         tables.users.clear();
     }
 
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot(self.bus.dropped())
+    }
+
     /// How many connections this user has on this relay.
     pub fn user_connections(&self, user_id: i64) -> usize {
         self.tables()
@@ -233,83 +356,196 @@ impl Hub {
             .map_or(0, |route| route.conns.len())
     }
 
-    /// Adds a connection of `user_id`, subscribed to the user's own subject.
-    pub async fn register(self: &Arc<Self>, user_id: i64) -> Result<Registration, String> {
-        let _membership = self.membership.lock().await;
-        let needs_sub = !self.tables().users.contains_key(&user_id);
-        let sub = if needs_sub {
-            let sub = self.subscribe(&[Topic::User(user_id)]).await?;
-            self.flush().await;
-            sub
-        } else {
-            None
-        };
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+    /// Adds a connection of `user_id`, whose `member_rev` was read just before, subscribed to
+    /// the user's own topic once this returns.
+    pub async fn register(self: &Arc<Self>, user_id: i64, member_rev: i64) -> Registration {
+        let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, items) = mpsc::channel(self.queue_capacity);
-        let kill = Arc::new(Notify::new());
-        let mut tables = self.tables();
-        let route = tables.users.entry(user_id).or_default();
-        if route.sub.is_none() {
-            route.sub = sub;
-        }
-        route.conns.insert(conn);
-        tables.conns.insert(
-            conn,
-            ConnEntry {
+        let signals = Arc::new(Signals::default());
+        let (created, waits) = {
+            let mut tables = self.tables();
+            tables.conns.insert(
+                conn,
+                ConnEntry {
+                    user_id,
+                    tx,
+                    signals: signals.clone(),
+                    chats: HashSet::new(),
+                },
+            );
+            let mut created = Vec::new();
+            let mut waits = Vec::new();
+            self.route_in(
+                &mut tables,
+                Kind::User,
                 user_id,
-                tx,
-                kill: kill.clone(),
-                chats: HashSet::new(),
+                member_rev,
+                conn,
+                &mut created,
+                &mut waits,
+            );
+            (created, waits)
+        };
+        Stats::add(&self.stats.connections, 1);
+        self.subscribe_routes(created, waits).await;
+        Registration {
+            conn,
+            items,
+            signals,
+        }
+    }
+
+    /// Routes these chats (each with the rev the caller read) to the connection, subscribing
+    /// where needed. Returns once the bus has the subscriptions, so anything published
+    /// afterwards reaches the connection.
+    pub async fn join(self: &Arc<Self>, conn: ConnId, chats: &[(i64, i64)]) {
+        let (created, waits) = {
+            let mut tables = self.tables();
+            if !tables.conns.contains_key(&conn) {
+                return;
+            }
+            let mut created = Vec::new();
+            let mut waits = Vec::new();
+            for &(chat_id, rev) in chats {
+                self.route_in(
+                    &mut tables,
+                    Kind::Chat,
+                    chat_id,
+                    rev,
+                    conn,
+                    &mut created,
+                    &mut waits,
+                );
+                if let Some(entry) = tables.conns.get_mut(&conn) {
+                    entry.chats.insert(chat_id);
+                }
+            }
+            (created, waits)
+        };
+        self.subscribe_routes(created, waits).await;
+    }
+
+    /// Adds `conn` to a route, creating it (to be subscribed by the caller) if missing.
+    #[allow(clippy::too_many_arguments)]
+    fn route_in(
+        &self,
+        tables: &mut Tables,
+        kind: Kind,
+        id: i64,
+        seen: i64,
+        conn: ConnId,
+        created: &mut Vec<NewRoute>,
+        waits: &mut Vec<watch::Receiver<bool>>,
+    ) {
+        let routes = match kind {
+            Kind::Chat => &mut tables.chats,
+            Kind::User => &mut tables.users,
+        };
+        if let Some(route) = routes.get_mut(&id) {
+            route.conns.insert(conn);
+            waits.push(route.ready.clone());
+            return;
+        }
+        let (ready_tx, ready) = watch::channel(false);
+        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        routes.insert(
+            id,
+            Route {
+                conns: HashSet::from([conn]),
+                seen,
+                sub: None,
+                ready,
+                generation,
             },
         );
-        Stats::add(&self.stats.connections, 1);
-        Ok(Registration { conn, items, kill })
+        created.push(NewRoute {
+            kind,
+            id,
+            generation,
+            ready: ready_tx,
+        });
     }
 
-    /// Routes these chats to the connection, subscribing where needed. Returns once the broker
-    /// has the subscriptions, so anything published afterwards reaches the connection.
-    pub async fn join(self: &Arc<Self>, conn: ConnId, chat_ids: &[i64]) -> Result<(), String> {
-        let _membership = self.membership.lock().await;
-        self.join_locked(conn, chat_ids).await
+    /// Subscribes the routes this caller created, flushes once for all of them, and waits for
+    /// the routes other callers are subscribing. No lock is held while the bus is called.
+    async fn subscribe_routes(
+        self: &Arc<Self>,
+        created: Vec<NewRoute>,
+        waits: Vec<watch::Receiver<bool>>,
+    ) {
+        let mut made = Vec::with_capacity(created.len());
+        for route in created {
+            let topics: &[Topic] = match route.kind {
+                Kind::Chat => &[Topic::Chat(route.id), Topic::Typing(route.id)],
+                Kind::User => &[Topic::User(route.id)],
+            };
+            let mut streams = Vec::with_capacity(topics.len());
+            for &topic in topics {
+                match self.bus.subscribe(topic).await {
+                    Ok(stream) => streams.push(stream),
+                    Err(e) => tracing::warn!(error = %e, "cannot subscribe; the poller covers it"),
+                }
+            }
+            made.push((route, streams));
+        }
+        if !made.is_empty() {
+            match tokio::time::timeout(FLUSH_TIMEOUT, self.bus.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "bus flush failed; the poller covers it"),
+                Err(_) => tracing::warn!("bus flush timed out; the poller covers the gap"),
+            }
+        }
+        {
+            let mut tables = self.tables();
+            for (route, streams) in &mut made {
+                let routes = match route.kind {
+                    Kind::Chat => &mut tables.chats,
+                    Kind::User => &mut tables.users,
+                };
+                if let Some(r) = routes.get_mut(&route.id)
+                    && r.generation == route.generation
+                {
+                    let tasks = std::mem::take(streams)
+                        .into_iter()
+                        .map(|stream| self.forward(stream))
+                        .collect();
+                    r.sub = Some(Subscription(tasks));
+                }
+                // Else the route was dropped (or recreated) meanwhile: the streams go with `made`.
+            }
+        }
+        for (route, _) in &made {
+            let _ = route.ready.send(true);
+        }
+        for mut ready in waits {
+            // A joiner that gave up drops its sender: that also ends the wait.
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, ready.wait_for(|&r| r)).await;
+        }
     }
 
-    async fn join_locked(self: &Arc<Self>, conn: ConnId, chat_ids: &[i64]) -> Result<(), String> {
-        let missing: Vec<i64> = {
-            let tables = self.tables();
-            chat_ids
-                .iter()
-                .copied()
-                .filter(|id| !tables.chats.contains_key(id))
-                .collect()
-        };
-        let mut subs = HashMap::with_capacity(missing.len());
-        for &chat_id in &missing {
-            let topics = [Topic::Chat(chat_id), Topic::Typing(chat_id)];
-            subs.insert(chat_id, self.subscribe(&topics).await?);
-        }
-        if !missing.is_empty() {
-            self.flush().await;
-        }
+    /// Forwards what a subscription receives to [`Hub::dispatch`].
+    fn forward(self: &Arc<Self>, mut stream: EventStream) -> AbortHandle {
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                let Some(hub) = hub.upgrade() else { break };
+                hub.dispatch(event);
+            }
+        })
+        .abort_handle()
+    }
+
+    /// Stops routing a chat to a connection (its user left it).
+    pub fn leave(&self, conn: ConnId, chat_id: i64) {
         let mut tables = self.tables();
-        if !tables.conns.contains_key(&conn) {
-            return Ok(());
+        if let Some(entry) = tables.conns.get_mut(&conn) {
+            entry.chats.remove(&chat_id);
         }
-        for &chat_id in chat_ids {
-            let route = tables.chats.entry(chat_id).or_default();
-            if let Some(sub) = subs.remove(&chat_id) {
-                route.sub = sub;
-            }
-            route.conns.insert(conn);
-            if let Some(entry) = tables.conns.get_mut(&conn) {
-                entry.chats.insert(chat_id);
-            }
-        }
-        Ok(())
+        remove_from(&mut tables.chats, chat_id, conn);
     }
 
     /// Removes a connection everywhere, dropping subscriptions nobody needs any more.
-    pub async fn unregister(&self, conn: ConnId) {
-        let _membership = self.membership.lock().await;
+    pub fn unregister(&self, conn: ConnId) {
         let mut tables = self.tables();
         let Some(entry) = tables.conns.remove(&conn) else {
             return;
@@ -321,169 +557,106 @@ impl Hub {
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Handles one event from the broker or the bus. Boxed because it is recursive through
-    /// the subscription tasks it may create (a `chat.added` subscribes to a chat).
-    pub fn dispatch(self: &Arc<Self>, event: Arc<Event>) -> BoxFuture<'_, ()> {
-        Box::pin(self.dispatch_inner(event))
-    }
-
-    async fn dispatch_inner(self: &Arc<Self>, event: Arc<Event>) {
-        match &*event {
-            Event::ChatAdded {
-                user_id,
-                joined_seq,
-                chat,
-            } => return self.joined(*user_id, chat, *joined_seq).await,
-            Event::ChatRemoved { chat_id, user_id } => return self.leave(*user_id, *chat_id).await,
-            // The member stops receiving the chat; the others still hear that they left.
-            Event::MemberLeft { chat_id, user_id } => self.leave(*user_id, *chat_id).await,
-            _ => {}
-        }
-        let (Topic::Chat(chat_id) | Topic::Typing(chat_id)) = event.topic() else {
-            return;
-        };
-        let seen = match &*event {
-            Event::MessageCreated { seq, .. } => Some(*seq),
-            _ => None,
-        };
-        self.fan_out(chat_id, seen, || Item::Event(event.clone()));
-    }
-
-    /// Parses and dispatches a broker payload.
-    async fn on_payload(self: &Arc<Self>, payload: &[u8]) {
-        match serde_json::from_slice::<Event>(payload) {
-            Ok(event) => self.dispatch(Arc::new(event)).await,
-            Err(e) => tracing::warn!(error = %e, "unreadable event skipped"),
-        }
-    }
-
-    /// The user's connections join a chat they were added to.
-    async fn joined(self: &Arc<Self>, user_id: i64, chat: &ChatSummary, joined_seq: i64) {
-        let _membership = self.membership.lock().await;
-        let conns: Vec<ConnId> = match self.tables().users.get(&user_id) {
-            Some(route) => route.conns.iter().copied().collect(),
-            None => return,
-        };
-        for &conn in &conns {
-            if let Err(e) = self.join_locked(conn, &[chat.id]).await {
-                tracing::warn!(error = %e, chat_id = chat.id, "cannot subscribe; the poller covers it");
-            }
-        }
-        self.send_to(&conns, || Item::Joined {
-            chat: Box::new(chat.clone()),
-            next_seq: joined_seq + 1,
-        });
-    }
-
-    /// The user's connections stop receiving a chat.
-    async fn leave(&self, user_id: i64, chat_id: i64) {
-        let _membership = self.membership.lock().await;
-        let conns: Vec<ConnId> = {
-            let mut tables = self.tables();
-            let candidates: Vec<ConnId> = tables
-                .users
-                .get(&user_id)
-                .map(|route| route.conns.iter().copied().collect())
-                .unwrap_or_default();
-            let conns: Vec<ConnId> = candidates
-                .into_iter()
-                .filter(|c| {
-                    tables
-                        .conns
-                        .get_mut(c)
-                        .is_some_and(|e| e.chats.remove(&chat_id))
-                })
-                .collect();
-            for &conn in &conns {
-                remove_from(&mut tables.chats, chat_id, conn);
-            }
-            conns
-        };
-        self.send_to(&conns, || Item::Left { chat_id });
-    }
-
-    /// Puts an item in the queue of every connection in the chat, noting a message seq seen.
-    fn fan_out(&self, chat_id: i64, seen: Option<i64>, item: impl FnMut() -> Item) {
-        let targets = {
-            let mut tables = self.tables();
-            let Tables { chats, conns, .. } = &mut *tables;
-            let Some(route) = chats.get_mut(&chat_id) else {
-                return;
-            };
-            if let Some(seq) = seen {
-                route.max_seen = route.max_seen.max(seq);
-            }
-            queues(conns, route.conns.iter())
-        };
-        deliver(targets, item);
-    }
-
-    /// Puts an item in the queue of each of these connections.
-    fn send_to(&self, conns: &[ConnId], item: impl FnMut() -> Item) {
-        let targets = queues(&self.tables().conns, conns.iter());
-        deliver(targets, item);
-    }
-
-    /// Subscribes to the topics and forwards what arrives to [`Hub::dispatch`].
-    async fn subscribe(self: &Arc<Self>, topics: &[Topic]) -> Result<Option<Subscription>, String> {
-        let Source::Nats { client, prefix } = &self.source else {
-            return Ok(None);
-        };
-        let mut tasks = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let subject = topic.subject(prefix);
-            let mut sub = client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| format!("subscribe {subject}: {e}"))?;
-            let hub = Arc::downgrade(self);
-            let task = tokio::spawn(async move {
-                while let Some(msg) = sub.next().await {
-                    let Some(hub) = hub.upgrade() else { break };
-                    hub.on_payload(&msg.payload).await;
-                }
-            });
-            tasks.push(task.abort_handle());
-        }
-        Ok(Some(Subscription(tasks)))
-    }
-
-    /// Waits until the server has every subscription sent so far — but not for long: while
-    /// NATS is down a flush would wait for the reconnect, holding up every join. The
-    /// subscriptions are replayed on reconnect, and the poller covers what passes meanwhile.
-    async fn flush(&self) {
-        if let Source::Nats { client, .. } = &self.source {
-            match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush failed; the poller covers it"),
-                Err(_) => tracing::warn!("NATS flush timed out; the poller covers the gap"),
-            }
-        }
-    }
-
-    /// Compares Postgres with what was seen and nudges the connections of chats that are behind.
-    async fn poll_once(&self) {
-        let chat_ids: Vec<i64> = self.tables().chats.keys().copied().collect();
-        for chunk in chat_ids.chunks(5000) {
-            let rows = match windi_shared::db::chats::last_seqs(&self.db, chunk).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "poll failed");
-                    return;
-                }
-            };
-            for (chat_id, last_seq) in rows {
-                let behind = match self.tables().chats.get_mut(&chat_id) {
-                    Some(route) if last_seq > route.max_seen => {
-                        route.max_seen = last_seq;
-                        true
+    /// Hands one event from the bus to the connections it concerns. A chat's event is fanned
+    /// out once: every connection gets the same `Arc`.
+    pub fn dispatch(&self, event: Arc<Event>) {
+        match event.topic() {
+            Topic::Chat(chat_id) | Topic::Typing(chat_id) => {
+                let targets = {
+                    let mut tables = self.tables();
+                    let Tables { chats, conns, .. } = &mut *tables;
+                    let Some(route) = chats.get_mut(&chat_id) else {
+                        return;
+                    };
+                    if let Some((_, rev)) = event.change() {
+                        route.seen = route.seen.max(rev);
                     }
-                    _ => false,
+                    queues(conns, route.conns.iter())
                 };
-                if behind {
-                    Stats::add(&self.stats.nudges, 1);
-                    self.fan_out(chat_id, None, || Item::Nudge { chat_id, last_seq });
+                let live = Arc::new(Live::new(event));
+                deliver(targets, &live);
+            }
+            Topic::User(user_id) => {
+                let member_rev = match &*event {
+                    Event::ChatAdded { member_rev, .. } | Event::ChatRemoved { member_rev, .. } => {
+                        *member_rev
+                    }
+                    _ => 0,
+                };
+                let signals = {
+                    let mut tables = self.tables();
+                    let Tables { users, conns, .. } = &mut *tables;
+                    let Some(route) = users.get_mut(&user_id) else {
+                        return;
+                    };
+                    route.seen = route.seen.max(member_rev);
+                    signals_of(conns, route.conns.iter())
+                };
+                signals.iter().for_each(|s| s.reconcile());
+            }
+        }
+    }
+
+    /// Compares Postgres with what was seen and nudges the connections of whatever is behind.
+    /// Answers whether every query succeeded.
+    async fn poll_once(&self) -> bool {
+        let mut ok = true;
+        let chat_ids: Vec<i64> = self.tables().chats.keys().copied().collect();
+        for chunk in chat_ids.chunks(POLL_CHUNK) {
+            match chats::revs(&self.db, chunk).await {
+                Ok(rows) => self.behind(Kind::Chat, rows),
+                Err(e) => {
+                    Stats::add(&self.stats.poll_failures, 1);
+                    tracing::warn!(error = %e, "poll failed; retrying with backoff");
+                    ok = false;
                 }
+            }
+        }
+        let user_ids: Vec<i64> = self.tables().users.keys().copied().collect();
+        for chunk in user_ids.chunks(POLL_CHUNK) {
+            match users::member_revs(&self.db, chunk).await {
+                Ok(rows) => self.behind(Kind::User, rows),
+                Err(e) => {
+                    Stats::add(&self.stats.poll_failures, 1);
+                    tracing::warn!(error = %e, "poll failed; retrying with backoff");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    /// Nudges the connections of every route Postgres has ahead of what was seen.
+    fn behind(&self, kind: Kind, rows: Vec<(i64, i64)>) {
+        let mut work = Vec::new();
+        {
+            let mut tables = self.tables();
+            let Tables {
+                chats,
+                users,
+                conns,
+                ..
+            } = &mut *tables;
+            let routes = match kind {
+                Kind::Chat => chats,
+                Kind::User => users,
+            };
+            for (id, rev) in rows {
+                if let Some(route) = routes.get_mut(&id)
+                    && rev > route.seen
+                {
+                    route.seen = rev;
+                    work.push((id, rev, signals_of(conns, route.conns.iter())));
+                }
+            }
+        }
+        for (id, rev, signals) in work {
+            match kind {
+                Kind::Chat => {
+                    Stats::add(&self.stats.nudges, 1);
+                    signals.iter().for_each(|s| s.nudge(id, rev));
+                }
+                Kind::User => signals.iter().for_each(|s| s.reconcile()),
             }
         }
     }
@@ -493,18 +666,27 @@ impl Hub {
 fn queues<'a>(
     conns: &HashMap<ConnId, ConnEntry>,
     ids: impl Iterator<Item = &'a ConnId>,
-) -> Vec<(mpsc::Sender<Item>, Arc<Notify>)> {
+) -> Vec<(mpsc::Sender<Item>, Arc<Signals>)> {
     ids.filter_map(|c| conns.get(c))
-        .map(|e| (e.tx.clone(), e.kill.clone()))
+        .map(|e| (e.tx.clone(), e.signals.clone()))
+        .collect()
+}
+
+fn signals_of<'a>(
+    conns: &HashMap<ConnId, ConnEntry>,
+    ids: impl Iterator<Item = &'a ConnId>,
+) -> Vec<Arc<Signals>> {
+    ids.filter_map(|c| conns.get(c))
+        .map(|e| e.signals.clone())
         .collect()
 }
 
 /// Fills the queues outside the lock. A full queue means the client is not keeping up: it is
 /// told to go (and resumes later), rather than letting its backlog grow in the relay's memory.
-fn deliver(targets: Vec<(mpsc::Sender<Item>, Arc<Notify>)>, mut item: impl FnMut() -> Item) {
-    for (tx, kill) in targets {
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item()) {
-            kill.notify_one();
+fn deliver(targets: Vec<(mpsc::Sender<Item>, Arc<Signals>)>, live: &Item) {
+    for (tx, signals) in targets {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(live.clone()) {
+            signals.kill.notify_one();
         }
     }
 }
@@ -513,37 +695,21 @@ fn remove_from(routes: &mut HashMap<i64, Route>, key: i64, conn: ConnId) {
     if let Some(route) = routes.get_mut(&key) {
         route.conns.remove(&conn);
         if route.conns.is_empty() {
-            // Dropping the route drops its subscription: the broker stops sending it here.
+            // Dropping the route drops its subscription: the bus stops sending it here.
             routes.remove(&key);
         }
     }
 }
 
 async fn poll_loop(hub: Weak<Hub>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = 1;
     loop {
-        ticker.tick().await;
+        tokio::time::sleep(interval * backoff).await;
         let Some(hub) = hub.upgrade() else { break };
-        hub.poll_once().await;
-    }
-}
-
-async fn bus_loop(hub: Weak<Hub>, mut bus: broadcast::Receiver<Arc<Event>>) {
-    loop {
-        let received = bus.recv().await;
-        let Some(hub) = hub.upgrade() else { break };
-        match received {
-            Ok(event) => hub.dispatch(event).await,
-            Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                tracing::warn!(
-                    skipped,
-                    "relay lagged behind the event bus; polling Postgres"
-                );
-                Stats::add(&hub.stats.bus_lagged, skipped);
-                hub.poll_once().await;
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        }
+        backoff = if hub.poll_once().await {
+            1
+        } else {
+            (backoff * 2).min(MAX_POLL_BACKOFF)
+        };
     }
 }

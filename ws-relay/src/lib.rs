@@ -4,23 +4,32 @@
 //! binary in development). It authenticates a client with the same JWT as the API, subscribes
 //! to the events of that user's chats, and delivers them with three promises:
 //!
-//! - **No loss.** Postgres is the record; an event is only news. Every message has a per-chat
-//!   seq, so a connection always knows what it should receive next and fills any gap from
-//!   Postgres, whether the event was dropped by a full buffer, a broker restart, or a handler
+//! - **No loss.** Postgres is the record; an event is only news. Every change of a chat (a
+//!   message, an edit, a deletion, a reaction, a member joining or leaving) has the chat's next
+//!   rev, so a connection always knows what it should receive next and fills any gap from the
+//!   change log, whether the event was dropped by a full buffer, a broker restart, or a handler
 //!   that died between commit and publish (a poller finds those within
 //!   [`RelaySettings::poll_interval`]).
-//! - **No duplicates, in order.** Per connection and chat, a message below the next expected
-//!   seq is dropped and one above it waits for the gap to be filled.
+//! - **No duplicates, in order.** Per connection and chat ([`cursor`]), a change below the next
+//!   expected rev is dropped and one above it waits for the gap to be filled.
 //! - **Bounded memory.** Each connection has a bounded queue; a client that cannot keep up is
-//!   told so and disconnected, and resumes later from its last seq.
+//!   told so and disconnected, and resumes later from its last rev.
 //!
 //! See the README for the protocol; [`protocol`] has the frames.
 
 pub mod connection;
+pub mod cursor;
 pub mod hub;
 pub mod protocol;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -34,11 +43,11 @@ use tokio::sync::watch;
 use windi_shared::{
     AppState, Error,
     config::{ConfigError, optional, parsed_or},
-    events::{LocalBus, Publisher},
+    events::{Bus, NatsBus},
     extract::bearer_token,
 };
 
-use crate::hub::{Hub, Source, Stats, StatsSnapshot};
+use crate::hub::{Hub, Stats, StatsSnapshot};
 
 /// The relay's limits and timings. Every one is explicit; `from_env` reads the `RELAY_*`
 /// variables, and tests shorten the timings.
@@ -128,27 +137,42 @@ impl RelaySettings {
     }
 }
 
-/// Where the relay's events come from.
-#[derive(Debug, Clone)]
-pub enum RelaySource {
-    /// A NATS server (its own connection, with the relay's subscription buffer size), and the
-    /// subject prefix the API publishes under.
-    Nats { url: String, prefix: String },
-    /// The in-process bus of the local binary.
-    Local(LocalBus),
+/// Connects the relay's own NATS subscriber: its subscription buffers hold `capacity` events,
+/// and what NATS drops for a full one is counted (and recovered by rev).
+pub async fn connect_nats(url: &str, prefix: &str, capacity: usize) -> Result<Bus, String> {
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
+    let options = async_nats::ConnectOptions::new()
+        .name("ws-relay")
+        .subscription_capacity(capacity)
+        .event_callback(move |event| {
+            let counter = counter.clone();
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(_) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("NATS dropped events for a full subscription; the relay catches up by rev");
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            }
+        });
+    let bus = NatsBus::connect(url, prefix, options, dropped).await?;
+    Ok(Arc::new(bus))
 }
 
-impl RelaySource {
-    /// The source matching how `state` publishes: the same bus, or the same NATS.
-    pub fn for_publisher(events: &Publisher, nats_url: Option<&str>) -> Result<Self, String> {
-        match (events, nats_url) {
-            (Publisher::Local(bus), _) => Ok(Self::Local(bus.clone())),
-            (Publisher::Nats(nats), Some(url)) => Ok(Self::Nats {
-                url: url.to_owned(),
-                prefix: nats.prefix().to_owned(),
-            }),
-            (Publisher::Nats(_), None) => Err("NATS_URL is needed for the relay".into()),
-        }
+/// The bus the relay subscribes to: the process's own when it is in-process, else a NATS
+/// connection of the relay's own (its buffers are sized for fan-out, not for publishing).
+pub async fn subscriber_for(
+    state: &AppState,
+    nats_url: Option<&str>,
+    prefix: &str,
+    settings: &RelaySettings,
+) -> Result<Bus, String> {
+    match nats_url {
+        None if state.events.describe() == "in-process" => Ok(state.events.clone()),
+        None => Err("NATS_URL is needed for the relay".into()),
+        Some(url) => connect_nats(url, prefix, settings.subscription_capacity).await,
     }
 }
 
@@ -180,7 +204,7 @@ impl RelayHandle {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.hub.snapshot()
     }
 
     /// Resolves when the server task ends (after [`RelayHandle::stop`] or a fatal error).
@@ -189,28 +213,22 @@ impl RelayHandle {
     }
 }
 
-/// Starts a relay on `listener`, sharing `state` (pool, token keys, publisher) with the caller.
+/// Starts a relay on `listener`, sharing `state` (pool, token keys, publisher) with the caller
+/// and receiving events from `subscriber` (see [`subscriber_for`]).
 pub async fn start(
     state: AppState,
-    source: RelaySource,
+    subscriber: Bus,
     settings: RelaySettings,
     listener: tokio::net::TcpListener,
 ) -> Result<RelayHandle, String> {
     let stats = Arc::new(Stats::default());
-    let (hub_source, bus) = match source {
-        RelaySource::Local(bus) => (Source::Local, Some(bus.subscribe())),
-        RelaySource::Nats { url, prefix } => {
-            let client = connect_nats(&url, settings.subscription_capacity, stats.clone()).await?;
-            (Source::Nats { client, prefix }, None)
-        }
-    };
     let hub = Hub::new(
         state.db.clone(),
-        hub_source,
+        subscriber,
         settings.queue_capacity,
         stats.clone(),
     );
-    hub.start(settings.poll_interval, bus);
+    hub.start(settings.poll_interval);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let relay = Relay {
         hub: hub.clone(),
@@ -239,35 +257,6 @@ pub async fn start(
     })
 }
 
-/// A NATS connection for subscribing, counting what a full subscription buffer drops.
-async fn connect_nats(
-    url: &str,
-    capacity: usize,
-    stats: Arc<Stats>,
-) -> Result<async_nats::Client, String> {
-    async_nats::ConnectOptions::new()
-        .name("ws-relay")
-        .subscription_capacity(capacity)
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(move |event| {
-            let stats = stats.clone();
-            async move {
-                match event {
-                    async_nats::Event::SlowConsumer(_) => {
-                        Stats::add(&stats.broker_dropped, 1);
-                        tracing::warn!(
-                            "NATS dropped events for a full subscription; gap-fill recovers them"
-                        );
-                    }
-                    other => tracing::info!(event = %other, "NATS"),
-                }
-            }
-        })
-        .connect(url)
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
-}
-
 fn router(relay: Relay) -> Router {
     let app = Router::new()
         .route("/ws", get(upgrade))
@@ -277,7 +266,7 @@ fn router(relay: Relay) -> Router {
 }
 
 async fn health(State(relay): State<Relay>) -> axum::Json<StatsSnapshot> {
-    axum::Json(relay.hub.stats.snapshot())
+    axum::Json(relay.hub.snapshot())
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use windi_shared::{
     runtime::{init_tracing, shutdown_signal},
     state::Broker,
 };
-use ws_relay::{RelaySettings, RelaySource};
+use ws_relay::RelaySettings;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,12 +28,18 @@ async fn run() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
     let state = AppState::connect(&config, Broker::Required, "ws-relay").await?;
-    let source = RelaySource::for_publisher(&state.events, config.nats_url.as_deref())?;
+    let subscriber = ws_relay::subscriber_for(
+        &state,
+        config.nats_url.as_deref(),
+        &config.nats_prefix,
+        &settings,
+    )
+    .await?;
     let addr = SocketAddr::from(([0, 0, 0, 0], settings.port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on RELAY_PORT {}: {e}", settings.port))?;
-    let relay = ws_relay::start(state, source, settings, listener).await?;
+    let relay = ws_relay::start(state, subscriber, settings, listener).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: closing connections with 1012 so clients resume elsewhere");
     relay.stop().await;

@@ -1,24 +1,35 @@
 //! The WebSocket protocol: the frames a client sends and the frames it receives, as JSON text
-//! frames with a `type` field.
+//! frames with a `type` field. Every frame about a chat carries the chat's `rev`: for a change,
+//! its own rev; for news that is not a change (read markers, typing), how far this connection
+//! has delivered the chat.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use windi_shared::model::{ChatSummary, MessageOut};
+use windi_shared::model::{Change, ChatSummary, MessageOut};
 
 /// Client → server.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// "I have everything up to this seq in these chats": the relay replays what follows, in
-    /// order, then goes on live. Send it first after (re)connecting.
-    Resume { chats: HashMap<String, i64> },
+    /// "I have applied every change up to this rev in these chats" (`revs`), or, for clients
+    /// that only show messages, "I have every message up to this seq" (`chats`). The relay
+    /// replays what follows, in rev order, then goes on live. With `revs`, membership is
+    /// reconciled too: the user's chats not listed arrive as `chat` frames, listed chats they
+    /// no longer belong to as `chat_removed`. Send it first after (re)connecting.
+    Resume {
+        #[serde(default)]
+        revs: Option<HashMap<String, i64>>,
+        #[serde(default)]
+        chats: Option<HashMap<String, i64>>,
+    },
     /// A message, through the same send path as `POST /chat/message` (same dedup and seq).
     Send {
         chat_id: Option<i64>,
         recipient_id: Option<i64>,
         text: String,
         dedup_key: Option<String>,
+        reply_to: Option<i64>,
     },
     /// "I am typing in this chat": relayed to the other members, never stored.
     Typing { chat_id: i64 },
@@ -28,13 +39,22 @@ pub enum ClientFrame {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    /// The connection is set up: from here on, every new message of the user's chats arrives.
+    /// The connection is set up: from here on, every change of the user's chats arrives.
     /// Sent once, first.
     Ready { user_id: i64 },
-    /// A message, delivered once per device, in seq order, with no gap.
+    /// A new message, delivered once per device, in rev (and so seq) order, with no gap.
     Message {
         chat_id: i64,
         seq: i64,
+        rev: i64,
+        message: &'a MessageOut,
+    },
+    /// A message was edited, deleted, or its reactions changed (`change`); `message` is its
+    /// state afterwards.
+    MessageUpdated {
+        chat_id: i64,
+        rev: i64,
+        change: &'a str,
         message: &'a MessageOut,
     },
     /// A member's read marker moved.
@@ -42,19 +62,25 @@ pub enum ServerFrame<'a> {
         chat_id: i64,
         user_id: i64,
         last_read_seq: i64,
+        rev: i64,
     },
-    /// You joined (or created) a chat; its messages follow from now on.
-    Chat { chat: &'a ChatSummary },
-    /// You left or were removed from a chat; nothing more of it arrives.
-    ChatRemoved { chat_id: i64 },
+    /// You joined (or created) a chat; its changes after `rev` follow.
+    Chat { chat: &'a ChatSummary, rev: i64 },
+    /// You left or were removed from a chat (at `rev`); nothing more of it arrives.
+    ChatRemoved { chat_id: i64, rev: i64 },
     /// Someone else joined or left a chat of yours (`change`: `joined` or `left`).
     Member {
         chat_id: i64,
         user_id: i64,
-        change: &'static str,
+        change: &'a str,
+        rev: i64,
     },
     /// Another member is typing.
-    Typing { chat_id: i64, user_id: i64 },
+    Typing {
+        chat_id: i64,
+        user_id: i64,
+        rev: i64,
+    },
     /// The answer to a `send`: the stored message (`created: false` for an idempotent replay).
     Ack {
         dedup_key: Option<&'a str>,
@@ -75,5 +101,32 @@ impl ServerFrame<'_> {
     pub fn to_json(&self) -> String {
         // Serialising these plain structs cannot fail; an empty object is a safe fallback.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// The frame of a change read from Postgres (`None` for a kind this relay does not know).
+    pub fn of_change(change: &Change) -> Option<ServerFrame<'_>> {
+        let rev = change.rev;
+        let chat_id = change.chat_id;
+        match (change.kind.as_str(), &change.message, change.user_id) {
+            ("message", Some(message), _) => Some(ServerFrame::Message {
+                chat_id,
+                seq: message.seq,
+                rev,
+                message,
+            }),
+            ("message_updated", Some(message), _) => Some(ServerFrame::MessageUpdated {
+                chat_id,
+                rev,
+                change: change.change.as_deref().unwrap_or("edited"),
+                message,
+            }),
+            ("member", _, Some(user_id)) => Some(ServerFrame::Member {
+                chat_id,
+                user_id,
+                change: change.change.as_deref().unwrap_or("joined"),
+                rev,
+            }),
+            _ => None,
+        }
     }
 }

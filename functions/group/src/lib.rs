@@ -3,8 +3,12 @@
 //!
 //! The creator is the owner and always a member. The owner adds and removes members; any member
 //! may remove themself (leave). When the owner leaves, the longest-standing member takes over.
-//! Every change publishes `member.joined`/`member.left` on the chat and `chat.added`/
-//! `chat.removed` to the user, so relays start or stop delivering without a reconnect.
+//!
+//! Each member added to or removed from an existing group is a change of the chat with its own
+//! rev, taken under the chat's row lock: concurrent changes of one group serialise there, so the
+//! member cap and the owner hand-over hold under races. Every change publishes
+//! `member.joined`/`member.left` on the chat and `chat.added`/`chat.removed` to the user, so
+//! relays start or stop delivering without a reconnect; a lost event is found by rev.
 
 use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -51,12 +55,22 @@ async fn create_group(
 
     let mut tx = state.db.begin().await?;
     let chat = chats::insert_group(&mut *tx, &name, user.id).await?;
-    members::add(&mut *tx, chat.id, &[user.id], "owner").await?;
-    members::add(&mut *tx, chat.id, &ids, "member").await?;
+    // The members a group starts with are its initial state: no revs.
+    members::add(&mut *tx, chat.id, &[user.id], "owner", false).await?;
+    let mut added = members::add(&mut *tx, chat.id, &ids, "member", false).await?;
+    added.insert(
+        0,
+        members::Added {
+            user_id: user.id,
+            joined_seq: 0,
+            joined_rev: 0,
+        },
+    );
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
+    let member_revs = users::bump_member_revs(&mut *tx, &participant_ids).await?;
     tx.commit().await?;
 
-    publish_added(&state, chat.id, &participant_ids, None).await?;
+    publish_added(&state, chat.id, &added, &member_revs, false).await;
     Ok((StatusCode::CREATED, group_out(chat, participant_ids)))
 }
 
@@ -84,20 +98,23 @@ async fn add_members(
         return Err(Error::invalid("user_ids", "must not be empty"));
     }
     let chat = group_of_member(&state, chat_id, user.id).await?;
-    require_owner(&state, chat_id, user.id).await?;
+    require_owner(&state.db, chat_id, user.id).await?;
     check_users_exist(&state, &ids).await?;
 
     let mut tx = state.db.begin().await?;
-    let added = members::add(&mut *tx, chat_id, &ids, "member").await?;
-    let joined_seq = added.first().map_or(0, |&(_, seq)| seq);
-    let added: Vec<i64> = added.into_iter().map(|(id, _)| id).collect();
+    chats::lock(&mut *tx, chat_id).await?;
+    // Again under the lock: the caller may have lost the group meanwhile.
+    require_owner(&mut *tx, chat_id, user.id).await?;
+    let added = members::add(&mut *tx, chat_id, &ids, "member", true).await?;
     let participant_ids = members::ids(&mut *tx, chat_id).await?;
     if participant_ids.len() > MAX_GROUP_MEMBERS {
         return Err(too_many());
     }
+    let added_ids: Vec<i64> = added.iter().map(|a| a.user_id).collect();
+    let member_revs = users::bump_member_revs(&mut *tx, &added_ids).await?;
     tx.commit().await?;
 
-    publish_added(&state, chat_id, &added, Some(joined_seq)).await?;
+    publish_added(&state, chat_id, &added, &member_revs, true).await;
     Ok(group_out(chat, participant_ids))
 }
 
@@ -123,17 +140,30 @@ async fn remove_member(
 ) -> Result<StatusCode> {
     group_of_member(&state, chat_id, user.id).await?;
     if member_id != user.id {
-        require_owner(&state, chat_id, user.id).await?;
+        require_owner(&state.db, chat_id, user.id).await?;
     }
 
     let mut tx = state.db.begin().await?;
+    let rev = chats::take_revs(&mut *tx, chat_id, 1).await?;
+    // Again under the chat's lock, which every membership change takes: an owner and the eldest
+    // member leaving at once are ordered here, so the second sees who the first promoted.
+    let Some(caller_role) = members::role(&mut *tx, chat_id, user.id).await? else {
+        return Err(Error::NotFound("chat"));
+    };
+    if member_id != user.id && caller_role != "owner" {
+        return Err(not_owner());
+    }
     let role = members::role(&mut *tx, chat_id, member_id)
         .await?
         .ok_or(Error::NotFound("member"))?;
-    members::remove(&mut *tx, chat_id, member_id).await?;
+    members::remove(&mut *tx, chat_id, member_id, rev).await?;
     if role == "owner" {
         members::promote_eldest(&mut *tx, chat_id).await?;
     }
+    let member_rev = users::bump_member_revs(&mut *tx, &[member_id])
+        .await?
+        .first()
+        .map_or(0, |&(_, r)| r);
     tx.commit().await?;
 
     state
@@ -141,11 +171,14 @@ async fn remove_member(
         .publish(vec![
             Event::MemberLeft {
                 chat_id,
+                rev,
                 user_id: member_id,
             },
             Event::ChatRemoved {
                 user_id: member_id,
                 chat_id,
+                rev,
+                member_rev,
             },
         ])
         .await;
@@ -210,38 +243,45 @@ async fn group_of_member(state: &AppState, chat_id: i64, user_id: i64) -> Result
     Ok(chat)
 }
 
-async fn require_owner(state: &AppState, chat_id: i64, user_id: i64) -> Result<()> {
-    match members::role(&state.db, chat_id, user_id).await?.as_deref() {
+async fn require_owner(db: impl sqlx::PgExecutor<'_>, chat_id: i64, user_id: i64) -> Result<()> {
+    match members::role(db, chat_id, user_id).await?.as_deref() {
         Some("owner") => Ok(()),
-        _ => Err(Error::Forbidden(
-            "only the group's owner can change its members".into(),
-        )),
+        _ => Err(not_owner()),
     }
 }
 
-/// `chat.added` to each new member, and `member.joined` on the chat when it already existed
-/// (`joined_seq` is then the chat's seq when they joined; a new group starts at 0).
+fn not_owner() -> Error {
+    Error::Forbidden("only the group's owner can change its members".into())
+}
+
+/// `chat.added` to each new member, and `member.joined` on the chat for each member added to
+/// an existing group (`as_changes`); a new group's members joined at rev 0.
 async fn publish_added(
     state: &AppState,
     chat_id: i64,
-    user_ids: &[i64],
-    joined_seq: Option<i64>,
-) -> Result<()> {
-    let mut events = Vec::with_capacity(user_ids.len() * 2);
-    if joined_seq.is_some() {
-        events.extend(
-            user_ids
-                .iter()
-                .map(|&user_id| Event::MemberJoined { chat_id, user_id }),
-        );
+    added: &[members::Added],
+    member_revs: &[(i64, i64)],
+    as_changes: bool,
+) {
+    let mut events = Vec::with_capacity(added.len() * 2);
+    if as_changes {
+        events.extend(added.iter().map(|a| Event::MemberJoined {
+            chat_id,
+            rev: a.joined_rev,
+            user_id: a.user_id,
+        }));
     }
-    for (user_id, chat) in chats::summaries_for(&state.db, chat_id, user_ids).await? {
-        events.push(Event::ChatAdded {
-            user_id,
-            joined_seq: joined_seq.unwrap_or(0),
-            chat,
-        });
-    }
+    let member_rev = |user: i64| {
+        member_revs
+            .iter()
+            .find(|&&(id, _)| id == user)
+            .map_or(0, |&(_, r)| r)
+    };
+    events.extend(added.iter().map(|a| Event::ChatAdded {
+        user_id: a.user_id,
+        chat_id,
+        rev: a.joined_rev,
+        member_rev: member_rev(a.user_id),
+    }));
     state.events.publish(events).await;
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! Reading chats: `GET /chat/history/{chat_id}` and `GET /chat/list`.
+//! Reading chats: `GET /chat/history/{chat_id}`, `GET /chat/list`, and catching up with
+//! `GET /chat/changes/{chat_id}`.
 //!
 //! History is ordered by seq, never by time. Two ways to page: the seed's `limit`/`offset` from
 //! the oldest message, and seq cursors (`before_seq` to scroll back, `after_seq` to catch up),
@@ -8,10 +9,10 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::{chats, messages},
+    db::{changes, chats, messages},
     error::ErrorBody,
     extract::{AuthUser, Path, Query},
-    model::{ChatSummary, HistoryQuery, ListQuery, MessageOut},
+    model::{ChangesPage, ChangesQuery, ChatSummary, HistoryQuery, ListQuery, MessageOut},
     validate,
 };
 
@@ -19,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(history))
         .routes(routes!(list))
+        .routes(routes!(changes))
 }
 
 /// A page of a chat's messages, ascending by seq.
@@ -88,5 +90,36 @@ async fn list(
     let (limit, offset) = validate::page(query.limit, query.offset)?;
     Ok(axum::Json(
         chats::list_for_user(&state.db, user.id, limit, offset).await?,
+    ))
+}
+
+/// Every change of a chat after `after_rev`, ascending by rev: how a client without the relay
+/// (a Lambda-only deployment) stays in sync. Apply the page, then continue from its `rev`.
+#[utoipa::path(
+    get, path = "/chat/changes/{chat_id}", tag = "chat",
+    security(("oauth2" = [])),
+    params(("chat_id" = i64, Path, description = "Chat id"), ChangesQuery),
+    responses(
+        (status = 200, description = "Changes ascending by rev", body = ChangesPage),
+        (status = 404, description = "No such chat among the caller's", body = ErrorBody),
+        (status = 422, description = "A query parameter is out of range; `detail` names it", body = ErrorBody),
+    )
+)]
+async fn changes(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(chat_id): Path<i64>,
+    Query(query): Query<ChangesQuery>,
+) -> Result<axum::Json<ChangesPage>> {
+    let (limit, _) = validate::page(query.limit, None)?;
+    let after_rev = query.after_rev.unwrap_or(0);
+    if after_rev < 0 {
+        return Err(Error::invalid("after_rev", "must not be negative"));
+    }
+    chats::for_member(&state.db, chat_id, user.id)
+        .await?
+        .ok_or(Error::NotFound("chat"))?;
+    Ok(axum::Json(
+        changes::after(&state.db, chat_id, after_rev, limit).await?,
     ))
 }

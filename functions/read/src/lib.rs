@@ -36,7 +36,7 @@ async fn mark_read(
     let message = messages::for_member(&state.db, id, user.id)
         .await?
         .ok_or(Error::NotFound("message"))?;
-    let Some(last_read_seq) =
+    let Some((last_read_seq, rev)) =
         members::advance_read(&state.db, message.chat_id, user.id, message.seq).await?
     else {
         // Already read that far: nothing changed, nothing to tell.
@@ -48,6 +48,7 @@ async fn mark_read(
             chat_id: message.chat_id,
             user_id: user.id,
             last_read_seq,
+            rev,
         }])
         .await;
     // Re-read so `read` reflects the marker just moved.

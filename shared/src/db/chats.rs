@@ -1,4 +1,6 @@
-//! `chats`: private pairs and groups, and each chat's seq counter.
+//! `chats`: private pairs and groups, and each chat's counters: `last_seq` (messages) and `rev`
+//! (every change). The send path bumps both in [`super::messages::insert`]; every other change
+//! takes its rev here, and the row lock that comes with it orders the chat's changes.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
@@ -12,6 +14,7 @@ pub struct Chat {
     pub name: Option<String>,
     pub creator_id: i64,
     pub last_seq: i64,
+    pub rev: i64,
     pub created_at: DateTime<Utc>,
 }
 
@@ -21,7 +24,7 @@ impl Chat {
     }
 }
 
-const COLUMNS: &str = "id, kind, name, creator_id, last_seq, created_at";
+const COLUMNS: &str = "id, kind, name, creator_id, last_seq, rev, created_at";
 
 /// The private chat of two users, created if it does not exist. Two racing calls for the same
 /// pair both end with the one row: the loser's INSERT waits on `chats_private_pair_key`, does
@@ -92,10 +95,21 @@ pub async fn for_member(
     .await
 }
 
-/// Allocates the chat's next seq. The row lock this UPDATE takes is held to commit, so senders
-/// in one chat queue here and seqs are handed out in commit order; a rollback returns the number.
-pub async fn next_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<i64> {
-    sqlx::query_scalar("UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+/// Takes the chat's next `count` revs and answers the last one. The row lock this UPDATE takes
+/// is held to commit, so changes of one chat queue here and their revs follow commit order; a
+/// rollback hands the numbers back.
+pub async fn take_revs(db: impl PgExecutor<'_>, chat_id: i64, count: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("UPDATE chats SET rev = rev + $2 WHERE id = $1 RETURNING rev")
+        .bind(chat_id)
+        .bind(count)
+        .fetch_one(db)
+        .await
+}
+
+/// Locks the chat's row for a change whose size is not known yet (membership), answering its
+/// rev; statements after it see every change committed before.
+pub async fn lock(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT rev FROM chats WHERE id = $1 FOR NO KEY UPDATE")
         .bind(chat_id)
         .fetch_one(db)
         .await
@@ -113,15 +127,12 @@ struct ListRow {
     pub member_ids: Vec<i64>,
     pub member_names: Vec<String>,
     pub last_seq: i64,
+    pub rev: i64,
     pub last_read_seq: i64,
     pub unread_count: i64,
     pub created_at: DateTime<Utc>,
-    pub lm_id: Option<i64>,
-    pub lm_sender_id: Option<i64>,
-    pub lm_text: Option<String>,
-    pub lm_timestamp: Option<DateTime<Utc>>,
-    pub lm_read: Option<bool>,
-    pub lm_dedup_key: Option<String>,
+    /// The last message, as JSON (null for an empty chat): one column instead of a dozen.
+    pub last_message: Option<sqlx::types::Json<MessageOut>>,
 }
 
 /// The caller's chats, most recently active first, each with its last message and unread count.
@@ -135,42 +146,49 @@ pub async fn list_for_user(
     Ok(rows.into_iter().map(|(_, chat)| chat).collect())
 }
 
-/// One chat as each of `user_ids` sees it in their list (for `chat.added` events), in one query.
-pub async fn summaries_for(
+/// These chats as `user_id` sees them in their list (for the relay's `chat` frames), in one
+/// query; chats they are not in are left out.
+pub async fn summaries_of(
     db: impl PgExecutor<'_>,
-    chat_id: i64,
-    user_ids: &[i64],
-) -> sqlx::Result<Vec<(i64, ChatSummary)>> {
-    let limit = i64::try_from(user_ids.len()).unwrap_or(i64::MAX);
-    summaries(db, user_ids, Some(chat_id), limit, 0).await
+    user_id: i64,
+    chat_ids: &[i64],
+) -> sqlx::Result<Vec<ChatSummary>> {
+    let limit = i64::try_from(chat_ids.len()).unwrap_or(i64::MAX);
+    let rows = summaries(db, &[user_id], Some(chat_ids), limit, 0).await?;
+    Ok(rows.into_iter().map(|(_, chat)| chat).collect())
 }
 
-/// Chat rows as `user_ids` see them (or just `only_chat`), paired with whose view each is.
+/// Chat rows as `user_ids` see them (or just `only_chats`), paired with whose view each is.
+///
+/// The unread count comes from counters, so it costs the same for 0 and 5,000 unread messages:
+/// the messages after the marker are `last_seq - last_read_seq` (seqs are gap-free), less the
+/// deleted ones among them (a partial index holds only deleted messages). None of them is the
+/// viewer's own: sending moves the sender's marker to their message.
 async fn summaries(
     db: impl PgExecutor<'_>,
     user_ids: &[i64],
-    only_chat: Option<i64>,
+    only_chats: Option<&[i64]>,
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<(i64, ChatSummary)>> {
-    let rows: Vec<ListRow> = sqlx::query_as(
+    let rows: Vec<ListRow> = sqlx::query_as(concat!(
         "SELECT me.user_id AS viewer_id, c.id, c.kind,
                 CASE WHEN c.kind = 'private' THEN (
                     SELECT u.name FROM chat_members o JOIN users u ON u.id = o.user_id
                     WHERE o.chat_id = c.id AND o.user_id <> me.user_id LIMIT 1)
                 ELSE c.name END AS name,
                 c.creator_id, me.role, mem.ids AS member_ids, mem.names AS member_names,
-                c.last_seq, me.last_read_seq,
-                (SELECT count(*) FROM messages u
-                  WHERE u.chat_id = c.id AND u.seq > me.last_read_seq AND u.sender_id <> me.user_id)
-                    AS unread_count,
+                c.last_seq, c.rev, me.last_read_seq,
+                greatest(0, c.last_seq - me.last_read_seq - (
+                    SELECT count(*) FROM messages d
+                    WHERE d.chat_id = c.id AND d.deleted_at IS NOT NULL
+                      AND d.seq > me.last_read_seq)) AS unread_count,
                 c.created_at,
-                lm.id AS lm_id, lm.sender_id AS lm_sender_id, lm.text AS lm_text,
-                lm.created_at AS lm_timestamp, lm.dedup_key AS lm_dedup_key,
-                CASE WHEN lm.id IS NULL THEN NULL ELSE NOT EXISTS (
-                    SELECT 1 FROM chat_members r
-                    WHERE r.chat_id = c.id AND r.user_id <> lm.sender_id AND r.last_read_seq < lm.seq)
-                END AS lm_read
+                (SELECT to_jsonb(lm) FROM (SELECT ",
+        super::messages::message_columns!(),
+        " FROM messages m WHERE m.chat_id = c.id AND m.seq = c.last_seq) lm) AS last_message,
+                coalesce((SELECT max(m.created_at) FROM messages m
+                          WHERE m.chat_id = c.id AND m.seq = c.last_seq), c.created_at) AS active_at
          FROM chat_members me
          JOIN chats c ON c.id = me.chat_id
          CROSS JOIN LATERAL (
@@ -178,15 +196,14 @@ async fn summaries(
                     array_agg(u.name ORDER BY a.user_id) AS names
              FROM chat_members a JOIN users u ON u.id = a.user_id
              WHERE a.chat_id = c.id) mem
-         LEFT JOIN messages lm ON lm.chat_id = c.id AND lm.seq = c.last_seq
-         WHERE me.user_id = ANY($1) AND ($4::bigint IS NULL OR c.id = $4)
-         ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id DESC, me.user_id
-         LIMIT $2 OFFSET $3",
-    )
+         WHERE me.user_id = ANY($1) AND ($4::bigint[] IS NULL OR c.id = ANY($4))
+         ORDER BY active_at DESC, c.id DESC, me.user_id
+         LIMIT $2 OFFSET $3"
+    ))
     .bind(user_ids)
     .bind(limit)
     .bind(offset)
-    .bind(only_chat)
+    .bind(only_chats)
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| (r.viewer_id, r.into())).collect())
@@ -194,19 +211,6 @@ async fn summaries(
 
 impl From<ListRow> for ChatSummary {
     fn from(r: ListRow) -> Self {
-        let last_message = match (r.lm_id, r.lm_sender_id, r.lm_text, r.lm_timestamp) {
-            (Some(id), Some(sender_id), Some(text), Some(timestamp)) => Some(MessageOut {
-                id,
-                chat_id: r.id,
-                seq: r.last_seq,
-                sender_id,
-                text,
-                timestamp,
-                read: r.lm_read.unwrap_or(false),
-                dedup_key: r.lm_dedup_key,
-            }),
-            _ => None,
-        };
         Self {
             id: r.id,
             kind: r.kind,
@@ -221,35 +225,44 @@ impl From<ListRow> for ChatSummary {
                 .collect(),
             member_ids: r.member_ids,
             last_seq: r.last_seq,
+            rev: r.rev,
             last_read_seq: r.last_read_seq,
             unread_count: r.unread_count,
-            last_message,
+            last_message: r.last_message.map(|m| m.0),
             created_at: r.created_at,
         }
     }
 }
 
-/// The current `last_seq` of each of these chats.
-pub async fn last_seqs(db: impl PgExecutor<'_>, chat_ids: &[i64]) -> sqlx::Result<Vec<(i64, i64)>> {
-    sqlx::query_as("SELECT id, last_seq FROM chats WHERE id = ANY($1)")
+/// The current rev of each of these chats.
+pub async fn revs(db: impl PgExecutor<'_>, chat_ids: &[i64]) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as("SELECT id, rev FROM chats WHERE id = ANY($1)")
         .bind(chat_ids)
         .fetch_all(db)
         .await
 }
 
-/// The chats `user_id` is a member of, with their current `last_seq` (optionally only among
-/// `only`).
+/// Where a member stands in one of their chats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Position {
+    pub chat_id: i64,
+    /// The chat's current rev.
+    pub rev: i64,
+    /// The chat's rev when the member joined.
+    pub joined_rev: i64,
+}
+
+/// The chats `user_id` is a member of, with their current rev and the member's join rev.
 pub async fn positions_of_member(
     db: impl PgExecutor<'_>,
     user_id: i64,
-    only: Option<&[i64]>,
-) -> sqlx::Result<Vec<(i64, i64)>> {
+) -> sqlx::Result<Vec<Position>> {
     sqlx::query_as(
-        "SELECT c.id, c.last_seq FROM chat_members m JOIN chats c ON c.id = m.chat_id
-         WHERE m.user_id = $1 AND ($2::bigint[] IS NULL OR c.id = ANY($2))",
+        "SELECT c.id AS chat_id, c.rev, m.joined_rev
+         FROM chat_members m JOIN chats c ON c.id = m.chat_id
+         WHERE m.user_id = $1",
     )
     .bind(user_id)
-    .bind(only)
     .fetch_all(db)
     .await
 }

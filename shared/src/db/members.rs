@@ -1,27 +1,56 @@
 //! `chat_members`: who is in which chat, with which role, and how far they have read.
+//!
+//! A membership change of an existing chat is a change of that chat: it takes a rev (the
+//! caller holds the chat's lock from [`super::chats::lock`]) and a row in `chat_changes`. The
+//! members a chat is created with are its initial state and take none.
 
 use sqlx::PgExecutor;
 
-/// Adds members who are not in the chat yet and answers the ones actually added, each with the
-/// chat's seq at the moment they joined. A new member's read marker starts there: history stays
-/// readable, but it neither counts as their unread nor makes older messages "unread by
-/// everyone" again.
+/// A member just added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Added {
+    pub user_id: i64,
+    /// The chat's seq when they joined: their read marker starts there, so history stays
+    /// readable but neither counts as their unread nor makes older messages "unread" again.
+    pub joined_seq: i64,
+    /// The rev of their join (the chat's rev at creation for its initial members).
+    pub joined_rev: i64,
+}
+
+/// Adds the users who are not members yet, ascending by id. With `as_changes`, each addition is
+/// a change of the chat: the caller holds the chat's lock at rev `rev`, the added members take
+/// revs `rev + 1`, `rev + 2` … in id order, and the chat's rev moves past them; without it, they
+/// join at the chat's current rev (a chat being created).
 pub async fn add(
     db: impl PgExecutor<'_>,
     chat_id: i64,
     user_ids: &[i64],
     role: &str,
-) -> sqlx::Result<Vec<(i64, i64)>> {
+    as_changes: bool,
+) -> sqlx::Result<Vec<Added>> {
     sqlx::query_as(
-        "INSERT INTO chat_members (chat_id, user_id, role, last_read_seq)
-         SELECT $1, u, $3, (SELECT last_seq FROM chats WHERE id = $1)
-         FROM unnest($2::bigint[]) AS u
-         ON CONFLICT (chat_id, user_id) DO NOTHING
-         RETURNING user_id, last_read_seq",
+        "WITH c AS (SELECT last_seq, rev FROM chats WHERE id = $1),
+         fresh AS (
+             SELECT u, row_number() OVER (ORDER BY u) AS n
+             FROM unnest($2::bigint[]) AS u
+             WHERE NOT EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = u)),
+         ins AS (
+             INSERT INTO chat_members (chat_id, user_id, role, last_read_seq, joined_rev)
+             SELECT $1, fresh.u, $3, c.last_seq, c.rev + CASE WHEN $4 THEN fresh.n ELSE 0 END
+             FROM fresh, c
+             RETURNING user_id, last_read_seq, joined_rev),
+         log AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, user_id)
+             SELECT $1, joined_rev, 'member_joined', user_id FROM ins WHERE $4),
+         bump AS (
+             UPDATE chats SET rev = rev + (SELECT count(*) FROM ins)
+             WHERE id = $1 AND $4)
+         SELECT user_id, last_read_seq AS joined_seq, joined_rev FROM ins ORDER BY user_id",
     )
     .bind(chat_id)
     .bind(user_ids)
     .bind(role)
+    .bind(as_changes)
     .fetch_all(db)
     .await
 }
@@ -46,14 +75,28 @@ pub async fn role(
         .await
 }
 
-/// Removes a member; `false` if they were not in the chat.
-pub async fn remove(db: impl PgExecutor<'_>, chat_id: i64, user_id: i64) -> sqlx::Result<bool> {
-    let result = sqlx::query("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2")
-        .bind(chat_id)
-        .bind(user_id)
-        .execute(db)
-        .await?;
-    Ok(result.rows_affected() == 1)
+/// Removes a member as change `rev` of the chat (the caller holds the chat's lock); `false` if
+/// they were not in it.
+pub async fn remove(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_id: i64,
+    rev: i64,
+) -> sqlx::Result<bool> {
+    let removed: Option<i64> = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING user_id),
+         log AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, user_id)
+             SELECT $1, $3, 'member_left', user_id FROM gone)
+         SELECT user_id FROM gone",
+    )
+    .bind(chat_id)
+    .bind(user_id)
+    .bind(rev)
+    .fetch_optional(db)
+    .await?;
+    Ok(removed.is_some())
 }
 
 /// Makes the longest-standing remaining member the owner, when a group's owner leaves.
@@ -70,18 +113,19 @@ pub async fn promote_eldest(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Resu
     .await
 }
 
-/// Moves the marker forward to `seq`; answers the new value only if it moved. Markers never
-/// move back: the WHERE clause makes an older seq a no-op, atomically.
+/// Moves the marker forward to `seq`; answers the new value (with the chat's rev, which read
+/// frames carry) only if it moved. Markers never move back: the WHERE clause makes an older seq
+/// a no-op, atomically. A marker is the member's own state, not a change of the chat: no rev.
 pub async fn advance_read(
     db: impl PgExecutor<'_>,
     chat_id: i64,
     user_id: i64,
     seq: i64,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
+) -> sqlx::Result<Option<(i64, i64)>> {
+    sqlx::query_as(
         "UPDATE chat_members SET last_read_seq = $3
          WHERE chat_id = $1 AND user_id = $2 AND last_read_seq < $3
-         RETURNING last_read_seq",
+         RETURNING last_read_seq, (SELECT rev FROM chats WHERE id = $1)",
     )
     .bind(chat_id)
     .bind(user_id)

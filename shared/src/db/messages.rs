@@ -1,4 +1,5 @@
-//! `messages`: the record. Every read returns [`MessageOut`], `read` flag included.
+//! `messages`: the record. Every read returns [`MessageOut`], `read` flag included. Every write
+//! that changes a message also records its change in `chat_changes`, in the same statement.
 
 use sqlx::PgExecutor;
 
@@ -9,45 +10,86 @@ use crate::model::MessageOut;
 macro_rules! message_columns {
     () => {
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
+         m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
                        AND r.last_read_seq < m.seq) AS read"
     };
 }
+pub(crate) use message_columns;
 
 /// A new message to store.
 #[derive(Debug)]
 pub struct NewMessage<'a> {
     pub chat_id: i64,
-    pub seq: i64,
     pub sender_id: i64,
     pub text: &'a str,
     pub dedup_key: Option<&'a str>,
     pub content_hash: &'a [u8],
+    pub reply_to: Option<i64>,
 }
 
-/// Inserts the message, or answers `None` when the sender already used this dedup key — also
-/// when that happened in a concurrent transaction, which this INSERT waits for.
+/// A stored message and whether the sender's read marker moved to it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Inserted {
+    #[sqlx(flatten)]
+    pub message: MessageOut,
+    /// The sender's new marker, if it moved (it does unless they had read further already).
+    pub marker: Option<i64>,
+}
+
+/// The chat's next seq and rev for a new message. The row lock this UPDATE takes is held to
+/// commit, so every change of the chat queues here and seq and rev both follow commit order; a
+/// rollback hands the numbers back.
+pub async fn take_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1 WHERE id = $1
+         RETURNING last_seq, rev",
+    )
+    .bind(chat_id)
+    .fetch_one(db)
+    .await
+}
+
+/// The rest of a send's write, in one statement, after [`take_seq`]: the message, its change,
+/// and the sender's marker (sending is reading).
+///
+/// Answers `None` when the sender is no longer a member (checked here, after the chat's lock
+/// was granted, so a removal that committed meanwhile is seen), or already used this dedup key
+/// — also in a concurrent transaction, which the INSERT waits for. The caller must then roll
+/// back, which hands the seq and rev back.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     new: &NewMessage<'_>,
-) -> sqlx::Result<Option<MessageOut>> {
+    (seq, rev): (i64, i64),
+) -> sqlx::Result<Option<Inserted>> {
     sqlx::query_as(concat!(
         "WITH m AS (
-             INSERT INTO messages (chat_id, seq, sender_id, text, dedup_key, content_hash)
-             VALUES ($1, $2, $3, $4, $5, $6)
+             INSERT INTO messages
+                 (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to)
+             SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6
+             WHERE EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
              ON CONFLICT (sender_id, dedup_key) DO NOTHING
-             RETURNING *)
+             RETURNING *),
+         ch AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
+             SELECT chat_id, rev, 'message', id, sender_id FROM m),
+         mk AS (
+             UPDATE chat_members me SET last_read_seq = m.seq FROM m
+             WHERE me.chat_id = m.chat_id AND me.user_id = m.sender_id AND me.last_read_seq < m.seq
+             RETURNING me.last_read_seq)
          SELECT ",
         message_columns!(),
-        " FROM m"
+        ", (SELECT last_read_seq FROM mk) AS marker FROM m"
     ))
     .bind(new.chat_id)
-    .bind(new.seq)
     .bind(new.sender_id)
     .bind(new.text)
     .bind(new.dedup_key)
     .bind(new.content_hash)
+    .bind(new.reply_to)
+    .bind(seq)
+    .bind(rev)
     .fetch_optional(db)
     .await
 }
@@ -92,6 +134,223 @@ pub async fn for_member(
     .bind(message_id)
     .bind(user_id)
     .fetch_optional(db)
+    .await
+}
+
+/// Whether `message_id` is a message of `chat_id` (what a reply may point at).
+pub async fn in_chat(db: impl PgExecutor<'_>, message_id: i64, chat_id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1 AND chat_id = $2)")
+        .bind(message_id)
+        .bind(chat_id)
+        .fetch_one(db)
+        .await
+}
+
+/// A message as a change to it sees it: who may change it, and how it stands.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Subject {
+    pub chat_id: i64,
+    pub sender_id: i64,
+    pub deleted: bool,
+    pub text: String,
+    pub is_group: bool,
+    /// The caller's role in the chat.
+    pub role: String,
+}
+
+/// The message and the caller's standing, if the caller is a member of its chat. With `lock`,
+/// the message row is locked too: called after the chat's rev was taken, it reads the state
+/// the change applies to (a concurrent change of the chat committed before the rev lock was
+/// granted is visible to this new statement).
+pub async fn subject(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    user_id: i64,
+    lock: bool,
+) -> sqlx::Result<Option<Subject>> {
+    let query = if lock {
+        "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
+                c.kind = 'group' AS is_group, me.role
+         FROM messages m JOIN chats c ON c.id = m.chat_id
+         JOIN chat_members me ON me.chat_id = m.chat_id AND me.user_id = $2
+         WHERE m.id = $1 FOR UPDATE OF m"
+    } else {
+        "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
+                c.kind = 'group' AS is_group, me.role
+         FROM messages m JOIN chats c ON c.id = m.chat_id
+         JOIN chat_members me ON me.chat_id = m.chat_id AND me.user_id = $2
+         WHERE m.id = $1"
+    };
+    sqlx::query_as(query)
+        .bind(message_id)
+        .bind(user_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// New text for a message, as change `rev`.
+pub async fn edit(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    rev: i64,
+    actor: i64,
+    text: &str,
+) -> sqlx::Result<MessageOut> {
+    sqlx::query_as(concat!(
+        "WITH m AS (
+             UPDATE messages SET text = $4, edited_at = now(), rev = $2 WHERE id = $1
+             RETURNING *),
+         ch AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
+             SELECT chat_id, rev, 'edited', id, $3 FROM m)
+         SELECT ",
+        message_columns!(),
+        " FROM m"
+    ))
+    .bind(message_id)
+    .bind(rev)
+    .bind(actor)
+    .bind(text)
+    .fetch_one(db)
+    .await
+}
+
+/// Turns a message into its tombstone, as change `rev`: the text is erased (not hidden) and
+/// its reactions go with it. The id, seq and reply link stay, so threads and order hold.
+pub async fn tombstone(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    rev: i64,
+    actor: i64,
+) -> sqlx::Result<MessageOut> {
+    sqlx::query_as(concat!(
+        "WITH gone AS (DELETE FROM message_reactions WHERE message_id = $1),
+         m AS (
+             UPDATE messages SET text = '', deleted_at = now(), reactions = '[]', rev = $2
+             WHERE id = $1
+             RETURNING *),
+         ch AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
+             SELECT chat_id, rev, 'deleted', id, $3 FROM m)
+         SELECT ",
+        message_columns!(),
+        " FROM m"
+    ))
+    .bind(message_id)
+    .bind(rev)
+    .bind(actor)
+    .fetch_one(db)
+    .await
+}
+
+/// Adds `user_id`'s reaction; `false` if it was there already.
+pub async fn add_reaction(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    user_id: i64,
+    emoji: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO message_reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(emoji)
+    .bind(user_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes `user_id`'s reaction; `false` if there was none.
+pub async fn remove_reaction(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    user_id: i64,
+    emoji: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "DELETE FROM message_reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+    )
+    .bind(message_id)
+    .bind(emoji)
+    .bind(user_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How many distinct reactions the message has.
+pub async fn reaction_kinds(db: impl PgExecutor<'_>, message_id: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(DISTINCT emoji) FROM message_reactions WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Recomputes the message's reaction summary after a reaction change, as change `rev` of kind
+/// `kind` (`reaction_added` or `reaction_removed`). Reactions are listed in the order they were
+/// first used; each lists its first 100 reactors.
+pub async fn refresh_reactions(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    rev: i64,
+    actor: i64,
+    kind: &str,
+) -> sqlx::Result<MessageOut> {
+    sqlx::query_as(concat!(
+        "WITH m AS (
+             UPDATE messages SET rev = $2, reactions = coalesce((
+                 SELECT jsonb_agg(jsonb_build_object(
+                            'emoji', r.emoji, 'count', r.n, 'user_ids', to_jsonb(r.ids))
+                        ORDER BY r.first, r.emoji)
+                 FROM (SELECT emoji, count(*) AS n, min(created_at) AS first,
+                              (array_agg(user_id ORDER BY created_at, user_id))[1:100] AS ids
+                       FROM message_reactions WHERE message_id = $1 GROUP BY emoji) r),
+                 '[]')
+             WHERE id = $1
+             RETURNING *),
+         ch AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
+             SELECT chat_id, rev, $4, id, $3 FROM m)
+         SELECT ",
+        message_columns!(),
+        " FROM m"
+    ))
+    .bind(message_id)
+    .bind(rev)
+    .bind(actor)
+    .bind(kind)
+    .fetch_one(db)
+    .await
+}
+
+/// The rev that created the message with this seq (for clients that resume by seq); 0 for seq
+/// 0, `None` if the chat has no such message.
+pub async fn created_rev_of_seq(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    seq: i64,
+) -> sqlx::Result<Option<i64>> {
+    if seq <= 0 {
+        return Ok(Some(0));
+    }
+    sqlx::query_scalar("SELECT created_rev FROM messages WHERE chat_id = $1 AND seq = $2")
+        .bind(chat_id)
+        .bind(seq)
+        .fetch_optional(db)
+        .await
+}
+
+/// Messages by id, in any order.
+pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<MessageOut>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages m WHERE m.id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(db)
     .await
 }
 

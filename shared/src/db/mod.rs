@@ -1,6 +1,7 @@
 //! Small query functions, one module per table. Each takes an executor (a pool or a
 //! transaction), so the handler decides where the transaction begins and ends.
 
+pub mod changes;
 pub mod chats;
 pub mod members;
 pub mod messages;

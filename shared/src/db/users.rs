@@ -57,3 +57,29 @@ pub async fn missing(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<i
     .fetch_all(db)
     .await
 }
+
+/// Counts a join or leave for each of these users and answers their new `member_rev`s. Rows are
+/// locked in id order, so concurrent membership changes of overlapping users cannot deadlock;
+/// the lock is `NO KEY UPDATE`, which foreign-key checks (sends, new members) do not wait for.
+pub async fn bump_member_revs(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as(
+        "UPDATE users SET member_rev = member_rev + 1
+         FROM (SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) l
+         WHERE users.id = l.id
+         RETURNING users.id, users.member_rev",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
+/// The `member_rev` of each of these users (for the relay's poller).
+pub async fn member_revs(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as("SELECT id, member_rev FROM users WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .await
+}
