@@ -120,8 +120,10 @@ for v in "${variants[@]}"; do
     "$(for rep in $(seq "$reps"); do echo "${tps[$v.$rep]}"; done | stats 0)" "$(cat "$workdir/$v.rows")"
 done
 echo "  B/A $(ratios B A | stats 2)   C/A $(ratios C A | stats 2)   B/C $(ratios B C | stats 2)"
-# The verdict on B/C: a cost is only a cost when every repetition shows it.
-ratios B C | sort -g | awk -v ba="$(ratios B A | stats 2)" '{ v[NR] = $1 } END {
+# The verdict: the medians, and how many repetitions agree on the sign (a 2-core machine shared
+# with builds moves by more than the difference measured here; see the min–max).
+ratios B C | sort -g | awk -v ba="$(ratios B A | stats 2)" '{ v[NR] = $1; below += $1 < 1 } END {
   m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-  if (v[NR] >= 1) printf "conclusion: the change log costs nothing measurable against rev columns (B/C %.2f, up to %.2f in one repetition; B/A %s)\n", m, v[NR], ba
-  else printf "conclusion: the change log costs %.0f%% of send throughput against rev columns (B/C %.2f, every repetition below 1; B/A %s)\n", (1 - m) * 100, m, ba }'
+  cost = m < 1 ? sprintf("costs the send path %.0f%%", (1 - m) * 100) : "costs the send path nothing"
+  printf "conclusion: the change log %s against rev columns (B/C %.2f, below 1 in %d of %d repetitions); against the old send B/A is %s\n",
+    cost, m, below, NR, ba }'
