@@ -257,6 +257,7 @@ impl TestApp {
             .await;
         let client = windi::ClientConfig {
             relay_port: relay.addr.port(),
+            relay_url: None,
         };
         app.serve(listener, client);
         (app, relay)
