@@ -13,6 +13,7 @@ mod history;
 mod lambda;
 mod membership;
 mod messages;
+mod ops;
 mod read_marks;
 mod revisions;
 mod ws;
