@@ -19,10 +19,12 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod lambda;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod request_id;

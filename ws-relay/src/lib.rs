@@ -359,7 +359,10 @@ async fn upgrade(
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    if relay.hub.user_connections(user_id) >= relay.settings.max_connections_per_user {
+    let Some(slot) = relay
+        .hub
+        .reserve(user_id, relay.settings.max_connections_per_user)
+    else {
         return Error::Rejected {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "too_many_connections",
@@ -369,7 +372,7 @@ async fn upgrade(
             ),
         }
         .into_response();
-    }
+    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => {
@@ -385,6 +388,7 @@ async fn upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             connection::run(
+                slot,
                 socket,
                 relay.hub,
                 relay.state,
