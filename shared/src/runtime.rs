@@ -194,6 +194,9 @@ pub fn with_http_settings(router: Router, settings: &HttpSettings) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // The deadline layer runs the handler on a task of its own, where the outer request-id
+        // scope is not visible: scope it again inside.
+        .layer(axum::middleware::from_fn(request_id::scope))
         .layer(axum::middleware::from_fn(
             crate::deadline::run_to_completion,
         ))
