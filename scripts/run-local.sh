@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's run command: the whole system in one process on http://localhost:8000.
-# Needs only a reachable Postgres (DATABASE_URL); the database is created and migrated on start.
+# With DATABASE_URL unset windi runs its own Postgres (./.windi); set it to use another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f .env ]; then

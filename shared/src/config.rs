@@ -94,8 +94,15 @@ impl Config {
     /// variables win over it).
     pub fn from_env() -> Result<Self, ConfigError> {
         load_dotenv();
+        Self::from_env_with_database(required("DATABASE_URL", "")?)
+    }
+
+    /// [`Config::from_env`] for a database URL that does not come from `DATABASE_URL` (the
+    /// local `windi`'s own Postgres).
+    pub fn from_env_with_database(database_url: String) -> Result<Self, ConfigError> {
+        load_dotenv();
         Ok(Self {
-            database_url: required("DATABASE_URL", "")?,
+            database_url,
             jwt: JwtConfig::from_env()?,
             nats_url: optional("NATS_URL"),
             nats_prefix: nats_prefix_from_env()?,

@@ -70,6 +70,11 @@ pub struct ErrorBody {
     /// A stable machine-readable code.
     #[schema(example = "validation_error")]
     pub code: String,
+    /// The request's `x-request-id` (the client's, or one made for it): quote it when reporting
+    /// a problem, and find every log line of the request by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0b5c3a55-0b4e-4f5e-9c39-6c1d1d7b9a11")]
+    pub request_id: Option<String>,
 }
 
 impl Error {
@@ -120,6 +125,7 @@ impl Error {
         ErrorBody {
             detail,
             code: self.code().to_owned(),
+            request_id: crate::request_id::current(),
         }
     }
 }
@@ -184,6 +190,9 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 /// This is what lets handlers INSERT and let the database decide, instead of SELECT-then-INSERT.
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            metrics::counter!("windi_db_pool_timeouts_total").increment(1);
+        }
         if let sqlx::Error::Database(db) = &e {
             match db.constraint() {
                 Some("users_email_key") => {

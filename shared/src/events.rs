@@ -392,15 +392,29 @@ impl NatsBus {
                 .message_id(event.msg_id());
             match self.js.send_publish(subject, publish).await {
                 Ok(ack) => acks.push((event.msg_id(), ack)),
-                Err(e) => tracing::warn!(msg_id = %event.msg_id(), error = %e, "publish failed"),
+                Err(e) => {
+                    publish_failed("send");
+                    tracing::warn!(msg_id = %event.msg_id(), error = %e, "publish failed");
+                }
             }
         }
         for (msg_id, ack) in acks {
-            if let Err(e) = ack.await {
-                tracing::warn!(%msg_id, error = %e, "publish not acknowledged");
+            match ack.await {
+                Ok(_) => metrics::counter!("windi_events_published_total").increment(1),
+                Err(e) => {
+                    publish_failed("ack");
+                    tracing::warn!(%msg_id, error = %e, "publish not acknowledged");
+                }
             }
         }
     }
+}
+
+/// `windi_event_publish_failures_total{stage}`: a publish that was not sent, not acknowledged,
+/// or not finished in time. Each is recovered by the relay's backfill, but a rising rate means
+/// NATS is unwell.
+fn publish_failed(stage: &'static str) {
+    metrics::counter!("windi_event_publish_failures_total", "stage" => stage).increment(1);
 }
 
 impl EventBus for NatsBus {
@@ -414,6 +428,7 @@ impl EventBus for NatsBus {
                 .await
                 .is_err()
             {
+                publish_failed("timeout");
                 tracing::warn!(count, "publishing timed out; the relay catches up by rev");
             }
         }

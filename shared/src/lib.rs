@@ -13,6 +13,7 @@
 //! - [`revise`]: edits, deletions and reactions, each a change of its chat
 //! - [`events`]: what is published after commit, to NATS or in-process
 //! - [`runtime`]: one router served under Lambda or locally
+//! - [`request_id`] and [`metrics`]: what operators see of each request
 //! - [`lambda`]: the Lambda entry point, with the API Gateway stage taken out of the path
 
 pub mod auth;
@@ -24,7 +25,9 @@ pub mod events;
 pub mod extract;
 pub mod lambda;
 pub mod limits;
+pub mod metrics;
 pub mod model;
+pub mod request_id;
 pub mod revise;
 pub mod runtime;
 pub mod send;

@@ -140,6 +140,7 @@ pub async fn send_message(
         None => Vec::new(),
     };
     crate::deadline::commit(tx).await?;
+    metrics::counter!("windi_messages_sent_total").increment(1);
 
     let (seq, rev) = position;
     let mut events = Vec::with_capacity(4);
@@ -215,11 +216,13 @@ fn replay(
     hash: &[u8],
 ) -> Result<Sent> {
     if message.chat_id == chat_id && stored_hash == hash {
+        metrics::counter!("windi_dedup_replays_total").increment(1);
         Ok(Sent {
             message,
             created: false,
         })
     } else {
+        metrics::counter!("windi_dedup_conflicts_total").increment(1);
         Err(Error::Conflict {
             code: "dedup_conflict",
             detail: format!(

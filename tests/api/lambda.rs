@@ -405,6 +405,11 @@ fn normalise(value: &mut Value) {
                         );
                         *field = Value::String("<time>".into());
                     }
+                    // Every request has its own id (see tests/api/ops.rs).
+                    ("request_id", Value::String(id)) => {
+                        assert!(!id.is_empty(), "an empty request id");
+                        *field = Value::String("<request id>".into());
+                    }
                     ("access_token", Value::String(token)) => {
                         let claims = jsonwebtoken::decode::<Claims>(
                             token,
@@ -437,6 +442,9 @@ fn assert_same(what: &str, lambda: &Answer, local: &Answer) {
             let actual = answer.body.len().to_string();
             assert_eq!(length, [actual], "{what}: {side} content-length");
         }
+        // Both sides answer a request id, each its own.
+        let id = headers.remove("x-request-id");
+        assert!(id.is_some(), "{what}: {side} answered no x-request-id");
         headers
     };
     assert_eq!(

@@ -14,6 +14,7 @@ mod lambda;
 mod limits;
 mod membership;
 mod messages;
+mod ops;
 mod outages;
 mod owned_fields;
 mod races;

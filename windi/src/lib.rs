@@ -4,8 +4,11 @@
 //! This is where the routers are merged — the one place that lists every route of windi.
 //! The data tools live here too: [`demo`], [`generate`] and [`check`].
 
+pub mod admin;
 pub mod check;
+pub mod cli;
 pub mod demo;
+pub mod embedded_postgres;
 pub mod generate;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -18,8 +21,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 use windi_shared::{
     AppState, SECURITY_SCHEME,
+    config::{ConfigError, optional},
     db::MIGRATOR,
     model::{Health, Readiness},
+    runtime::HttpSettings,
 };
 
 #[derive(OpenApi)]
@@ -136,24 +141,57 @@ pub fn app(state: AppState) -> Router {
 /// What the browser client needs to know that it cannot see from its own URL.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClientConfig {
-    /// The relay's port on the page's host (`RELAY_PORT`).
+    /// The relay's port on the page's host (`RELAY_PORT`), used when `relay_url` is unset.
     pub relay_port: u16,
+    /// The relay's public WebSocket URL (`RELAY_PUBLIC_URL`, e.g. `wss://chat.example.com/ws`),
+    /// for a relay behind a TLS proxy or on another host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_url: Option<String>,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        Self { relay_port: 8001 }
+        Self {
+            relay_port: 8001,
+            relay_url: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// `RELAY_PUBLIC_URL` (a `ws://` or `wss://` URL), with the relay's port as the fallback.
+    pub fn from_env(relay_port: u16) -> Result<Self, ConfigError> {
+        let relay_url = optional("RELAY_PUBLIC_URL");
+        if let Some(url) = &relay_url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return Err(ConfigError::Invalid {
+                var: "RELAY_PUBLIC_URL",
+                reason: format!("{url:?}: write ws://host[:port]/ws or wss://host/ws"),
+            });
+        }
+        Ok(Self {
+            relay_port,
+            relay_url,
+        })
     }
 }
 
 /// [`app`] with an explicit client configuration.
 pub fn app_with_client(state: AppState, client: ClientConfig) -> Router {
+    app_with(state, client, &HttpSettings::default())
+}
+
+/// The whole HTTP application with explicit client and HTTP settings (CORS, `/metrics`
+/// access): what `windi serve` runs.
+pub fn app_with(state: AppState, client: ClientConfig, http: &HttpSettings) -> Router {
     let (router, api) = routes().split_for_parts();
     let router = router
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
-        .merge(static_client(client));
-    windi_shared::runtime::with_http_layers(router)
+        .merge(static_client(client))
+        .merge(windi_shared::metrics::router(http.metrics.clone()));
+    windi_shared::runtime::with_http_settings(router, http)
 }
 
 /// The browser client: plain files compiled into the binary (no build step, no CDN).
@@ -199,16 +237,64 @@ fn static_client(config: ClientConfig) -> Router {
         )
 }
 
-/// Creates the database if it does not exist, then applies pending migrations.
-pub async fn prepare_database(url: &str) -> Result<(), sqlx::Error> {
-    if !Postgres::database_exists(url).await? {
-        tracing::info!("creating the database");
-        Postgres::create_database(url).await?;
-    }
-    let pool = windi_shared::db::connect(url, 1).await?;
+/// Creates the database if it does not exist, then applies pending migrations; returns the
+/// versions and descriptions of the migrations this call applied.
+///
+/// It connects to the target database first and only falls back to the `postgres` maintenance
+/// database to create it when Postgres says it does not exist, so a managed Postgres whose role
+/// may not connect to `postgres` still works when the database is already there.
+pub async fn prepare_database(url: &str) -> Result<Vec<String>, sqlx::Error> {
+    let pool = match windi_shared::db::connect(url, 1).await {
+        Ok(pool) => pool,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            tracing::info!("creating the database");
+            Postgres::create_database(url).await?;
+            windi_shared::db::connect(url, 1).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let applied: std::collections::HashSet<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
     MIGRATOR.run(&pool).await?;
     pool.close().await;
-    Ok(())
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect())
+}
+
+/// A database error at start-up, as one line that says what to do about it.
+pub fn explain_database_error(e: &sqlx::Error, url: &str) -> String {
+    let shown = windi_shared::config::redact_url(url);
+    let hint = match e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01") => {
+                " -- the password was refused: put the right one in DATABASE_URL                  (postgres://USER:PASSWORD@HOST:5432/windi), or unset DATABASE_URL to let windi                  run its own Postgres"
+            }
+            Some("28000") if db.message().contains("role") => {
+                " -- that role does not exist: name an existing one in DATABASE_URL (Debian's                  packages make `postgres`, Homebrew makes one named after your login,                  postgres://$USER@localhost/windi), or unset DATABASE_URL to let windi run its                  own Postgres"
+            }
+            Some("28000") => {
+                " -- pg_hba.conf refuses this connection: allow it there, or connect another                  way (a Unix socket, another user)"
+            }
+            Some("42501") => {
+                " -- the role may not create the database: create it as an administrator                  (createdb windi), or grant CREATEDB"
+            }
+            _ => "",
+        },
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            " -- nothing listens there: start Postgres, or unset DATABASE_URL to let windi run              its own"
+        }
+        sqlx::Error::PoolTimedOut => " -- no answer in time: is the host reachable?",
+        _ => "",
+    };
+    format!("cannot prepare the database at DATABASE_URL ({shown}): {e}{hint}")
 }
 
 /// Liveness: the process answers.

@@ -1,75 +1,92 @@
 //! `windi`: the whole system in one process for development, compose and tests. Creates and
-//! migrates its database, then serves every route on `PORT` (default 8000) and the WebSocket
-//! relay on `RELAY_PORT` (default 8001). Also the data tools: `demo`, `generate`, `check`.
+//! migrates its database (its own embedded Postgres when `DATABASE_URL` is unset), then serves
+//! every route on `PORT` (default 8000) and the WebSocket relay on `RELAY_PORT` (default 8001).
+//! Also the operator's tools: `migrate`, `healthcheck`, `admin`, and the data tools `demo`,
+//! `generate`, `check`. See `windi --help`.
 
-use std::{net::SocketAddr, process::ExitCode, time::Instant};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Instant};
 
+use clap::Parser;
+use windi::{
+    cli::{AdminCommand, Cli, Command, GenerateArgs, HealthcheckArgs},
+    embedded_postgres::EmbeddedPostgres,
+};
 use windi_shared::{
     AppState,
-    config::{Config, redact_url},
-    runtime::{init_tracing, serve},
+    config::{Config, load_dotenv, optional},
+    runtime::{HttpSettings, init_tracing, report_error, serve},
     state::Broker,
 };
 use ws_relay::RelaySettings;
 
-const USAGE: &str = "\
-usage: windi [command]
-
-  serve        (default) the API on PORT and the WebSocket relay on RELAY_PORT
-  demo         create the demo scenario (Alice, Bob, Carol, chats, read marks); idempotent
-  generate     load data at scale with COPY:
-                 --users N (10000) --chats N (5000) --messages N (1000000)
-                 --group-share F (0.3) --min-group N (3) --max-group N (30) --seed N (42)
-  check        verify the data invariants (gap-free seqs, marker ranges, memberships)
-  healthcheck  exit 0 if this host's windi answers GET /ready (for container health checks)
-
-Configuration comes from the environment and .env (see .env.example).";
-
 #[tokio::main]
 async fn main() -> ExitCode {
+    // clap prints --help, --version and usage errors itself (once, exit 0 or 2).
+    let cli = Cli::parse();
+    load_dotenv();
     init_tracing();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map_or("serve", String::as_str);
+    let command = cli.command.unwrap_or(Command::Serve);
+    let name = format!("windi {}", command_name(&command));
     let result = match command {
-        "serve" => serve_all().await,
-        "demo" => demo().await,
-        "generate" => generate(&args[1..]).await,
-        "check" => check().await,
-        "healthcheck" => healthcheck(),
-        "help" | "-h" | "--help" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        Command::Serve => serve_all().await,
+        Command::Demo => demo().await,
+        Command::Generate(args) => generate(args).await,
+        Command::Check => check().await,
+        Command::Migrate => migrate().await,
+        Command::Healthcheck(args) => healthcheck(&args),
+        Command::Admin(admin) => admin_command(admin).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("windi {command}: {e}");
-            eprintln!("windi {command}: {e}");
+            report_error(&name, &e);
             ExitCode::FAILURE
         }
     }
 }
 
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve => "serve",
+        Command::Demo => "demo",
+        Command::Generate(_) => "generate",
+        Command::Check => "check",
+        Command::Migrate => "migrate",
+        Command::Healthcheck(_) => "healthcheck",
+        Command::Admin(_) => "admin",
+    }
+}
+
+/// The configuration, with the database it names, or windi's own Postgres when
+/// `DATABASE_URL` is unset. The embedded server lives as long as the returned guard.
+fn config_and_database() -> Result<(Config, Option<EmbeddedPostgres>), String> {
+    if optional("DATABASE_URL").is_some() {
+        return Ok((Config::from_env().map_err(|e| e.to_string())?, None));
+    }
+    // Everything else is checked before a server is started for it.
+    Config::from_env_with_database(String::new()).map_err(|e| e.to_string())?;
+    let data_dir = PathBuf::from(optional("WINDI_DATA_DIR").unwrap_or_else(|| ".windi".into()));
+    let embedded = EmbeddedPostgres::start(&data_dir)?;
+    let config = Config::from_env_with_database(embedded.url.clone()).map_err(|e| e.to_string())?;
+    Ok((config, Some(embedded)))
+}
+
 /// Loads the configuration and makes sure the database exists and is migrated.
-async fn prepared_config() -> Result<Config, String> {
-    let config = Config::from_env().map_err(|e| e.to_string())?;
+async fn prepared_config() -> Result<(Config, Option<EmbeddedPostgres>), String> {
+    let (config, embedded) = config_and_database()?;
     windi::prepare_database(&config.database_url)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot prepare the database at DATABASE_URL ({}): {e}",
-                redact_url(&config.database_url)
-            )
-        })?;
-    Ok(config)
+        .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
+    Ok((config, embedded))
 }
 
 async fn serve_all() -> Result<(), String> {
-    let config = prepared_config().await?;
     let relay_settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
+    let http = HttpSettings::from_env().map_err(|e| e.to_string())?;
+    let client = windi::ClientConfig::from_env(relay_settings.port).map_err(|e| e.to_string())?;
+    let (config, _embedded) = prepared_config().await?;
     let state = AppState::connect(&config, Broker::LocalFallback, "windi").await?;
+    windi_shared::metrics::watch_pool(&state.db, "api");
     match &config.nats_url {
         Some(url) => tracing::info!(%url, "events go to NATS"),
         None => tracing::info!(
@@ -77,14 +94,14 @@ async fn serve_all() -> Result<(), String> {
              set NATS_URL to run Lambda functions or several relays)"
         ),
     }
+    if http.metrics.is_open() {
+        tracing::info!("GET /metrics is open; set METRICS_TOKEN to require a bearer token");
+    }
 
     // WINDI_RELAY=off leaves the relay to a separate ws-relay service (as compose does); the
-    // browser client is still pointed at RELAY_PORT.
+    // browser client is still pointed at RELAY_PORT (or RELAY_PUBLIC_URL).
     let relay_port = relay_settings.port;
-    let relay = if matches!(
-        windi_shared::config::optional("WINDI_RELAY").as_deref(),
-        Some("off")
-    ) {
+    let relay = if matches!(optional("WINDI_RELAY").as_deref(), Some("off")) {
         tracing::info!("WINDI_RELAY=off: no embedded WebSocket relay");
         None
     } else {
@@ -106,21 +123,37 @@ async fn serve_all() -> Result<(), String> {
 
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
     tracing::info!("Swagger UI at http://localhost:{}/docs", config.port);
-    let client = windi::ClientConfig { relay_port };
-    let served = serve(windi::app_with_client(state, client), addr)
+    let served = serve(windi::app_with(state.clone(), client, &http), addr)
         .await
         .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
     // The API stopped (a signal): close WebSockets with 1012 so clients reconnect and resume.
     if let Some(relay) = relay {
         relay.stop().await;
     }
+    // Close the pool before the embedded Postgres (dropped after this) is stopped.
+    state.db.close().await;
     served
 }
 
+async fn migrate() -> Result<(), String> {
+    let (config, _embedded) = config_and_database()?;
+    let applied = windi::prepare_database(&config.database_url)
+        .await
+        .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
+    if applied.is_empty() {
+        println!("the database is up to date");
+    }
+    for migration in applied {
+        println!("applied {migration}");
+    }
+    Ok(())
+}
+
 async fn demo() -> Result<(), String> {
-    let config = prepared_config().await?;
+    let (config, _embedded) = prepared_config().await?;
     let state = AppState::connect(&config, Broker::LocalFallback, "windi-demo").await?;
-    let outcome = windi::demo::run(windi::app(state)).await?;
+    let outcome = windi::demo::run(windi::app(state.clone())).await?;
+    state.db.close().await;
     println!(
         "demo ready: private chat {}, group \"Project Team\" {} ({} new messages)",
         outcome.private_chat, outcome.group_chat, outcome.new_messages
@@ -135,9 +168,18 @@ async fn demo() -> Result<(), String> {
     Ok(())
 }
 
-async fn generate(args: &[String]) -> Result<(), String> {
-    let options = generate_options(args)?;
-    let config = prepared_config().await?;
+async fn generate(args: GenerateArgs) -> Result<(), String> {
+    let options = windi::generate::Options {
+        users: args.users,
+        chats: args.chats,
+        messages: args.messages,
+        group_share: args.group_share,
+        min_group: args.min_group,
+        max_group: args.max_group,
+        seed: args.seed,
+        ..windi::generate::Options::default()
+    };
+    let (config, _embedded) = prepared_config().await?;
     let pool = windi_shared::db::connect(&config.database_url, 2)
         .await
         .map_err(|e| e.to_string())?;
@@ -146,6 +188,7 @@ async fn generate(args: &[String]) -> Result<(), String> {
         options.users, options.chats, options.messages, options.seed
     );
     let report = windi::generate::run(&pool, &options).await?;
+    pool.close().await;
     println!(
         "generated {} users, {} chats, {} messages in {:.1} s; messages loaded at {:.0}/s",
         report.users,
@@ -163,38 +206,14 @@ async fn generate(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn generate_options(args: &[String]) -> Result<windi::generate::Options, String> {
-    let mut options = windi::generate::Options::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value:?}: {e}");
-        match flag.as_str() {
-            "--users" => options.users = value.parse().map_err(|e| bad(&e))?,
-            "--chats" => options.chats = value.parse().map_err(|e| bad(&e))?,
-            "--messages" => options.messages = value.parse().map_err(|e| bad(&e))?,
-            "--group-share" => options.group_share = value.parse().map_err(|e| bad(&e))?,
-            "--min-group" => options.min_group = value.parse().map_err(|e| bad(&e))?,
-            "--max-group" => options.max_group = value.parse().map_err(|e| bad(&e))?,
-            "--seed" => options.seed = value.parse().map_err(|e| bad(&e))?,
-            other => return Err(format!("unknown option {other}\n\n{USAGE}")),
-        }
-    }
-    if !(0.0..=1.0).contains(&options.group_share) {
-        return Err("--group-share must be between 0 and 1".into());
-    }
-    Ok(options)
-}
-
 async fn check() -> Result<(), String> {
-    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let (config, _embedded) = config_and_database()?;
     let pool = windi_shared::db::connect(&config.database_url, 2)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
     let started = Instant::now();
     let violations = windi::check::run(&pool).await.map_err(|e| e.to_string())?;
+    pool.close().await;
     for invariant in windi::check::invariants() {
         let broken = violations.iter().find(|v| v.invariant == invariant);
         match broken {
@@ -210,19 +229,50 @@ async fn check() -> Result<(), String> {
     }
 }
 
+async fn admin_command(command: AdminCommand) -> Result<(), String> {
+    let (config, _embedded) = config_and_database()?;
+    let pool = windi_shared::db::connect(&config.database_url, 1)
+        .await
+        .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
+    let result = match command {
+        AdminCommand::Users { limit, search } => windi::admin::list_users(&pool, limit, search)
+            .await
+            .map(|users| {
+                println!("{:>8}  {:<24} {:<32} created", "id", "name", "email");
+                for u in users {
+                    println!(
+                        "{:>8}  {:<24} {:<32} {}",
+                        u.id,
+                        u.name,
+                        u.email,
+                        u.created_at.format("%Y-%m-%d %H:%M")
+                    );
+                }
+            }),
+    };
+    pool.close().await;
+    result.map_err(|e| e.to_string())
+}
+
 /// `GET /ready` on 127.0.0.1:PORT with a bare TCP request (the image has no curl).
-fn healthcheck() -> Result<(), String> {
+fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
     use std::io::{Read, Write};
-    let port = windi_shared::config::parsed_or("PORT", 8000u16).map_err(|e| e.to_string())?;
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let port = match args.port {
+        Some(port) => port,
+        None => windi_shared::config::parsed_or("PORT", 8000u16).map_err(|e| e.to_string())?,
+    };
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("nothing answers on 127.0.0.1:{port}: {e}"))?;
     let timeout = Some(std::time::Duration::from_secs(3));
     stream
         .set_read_timeout(timeout)
         .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        args.path
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     if response.starts_with("HTTP/1.1 200") {

@@ -240,7 +240,8 @@ async function connectRelay() {
   clearTimeout(relay.reconnectTimer);
   if (!state.me || relay.socket) return;
   try {
-    // The relay listens on its own port of this host; windi tells us which.
+    // windi tells us where the relay is: its public URL behind a proxy (RELAY_PUBLIC_URL),
+    // else its own port of this host.
     clientConfig ??= await api('GET', '/client-config.json');
   } catch {
     scheduleReconnect();
@@ -250,9 +251,8 @@ async function connectRelay() {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const token = encodeURIComponent(sessionStorage.getItem(TOKEN_KEY) ?? '');
   // Browsers cannot set headers on a WebSocket, so the token goes in the query.
-  const socket = new WebSocket(
-    `${scheme}://${location.hostname}:${clientConfig.relay_port}/ws?token=${token}`,
-  );
+  const base = clientConfig.relay_url ?? `${scheme}://${location.hostname}:${clientConfig.relay_port}/ws`;
+  const socket = new WebSocket(`${base}?token=${token}`);
   relay.socket = socket;
   setConnection('connecting');
   let opened = false;

@@ -51,9 +51,14 @@ fn a_short_jwt_secret_stops_start_up_and_says_how_to_make_one() {
 #[test]
 fn missing_and_malformed_variables_are_named() {
     let secret = "x".repeat(40);
-    let (ok, stderr) = stderr_of(windi().env("JWT_SECRET_KEY", &secret));
+    let (ok, stderr) = stderr_of(windi().env("DATABASE_URL", admin_url()));
     assert!(!ok);
-    assert!(stderr.contains("DATABASE_URL is not set"), "{stderr}");
+    assert!(stderr.contains("JWT_SECRET_KEY is not set"), "{stderr}");
+    assert_eq!(
+        stderr.matches("JWT_SECRET_KEY is not set").count(),
+        1,
+        "the error is printed once: {stderr}"
+    );
 
     let (ok, stderr) = stderr_of(
         windi()
@@ -133,6 +138,140 @@ fn it_creates_and_migrates_its_database_then_serves() {
         relay.starts_with("HTTP/1.1 200"),
         "the relay runs too: {relay}"
     );
+    // Both ports expose the process's metrics, the pool and the relay among them.
+    for port in [port, relay_port] {
+        let metrics = http_get(port, "/metrics").unwrap_or_default();
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(
+            metrics.contains(r#"windi_db_pool_connections{pool="api",state="idle"}"#),
+            "{metrics}"
+        );
+        assert!(metrics.contains("windi_relay_connections 0"), "{metrics}");
+    }
+}
+
+#[test]
+fn every_command_answers_help_and_version() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["demo"],
+        &["generate"],
+        &["check"],
+        &["migrate"],
+        &["healthcheck"],
+        &["admin"],
+        &["admin", "users"],
+    ];
+    for command in commands {
+        let out = windi().args(*command).arg("--help").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command:?} --help: {out:?}");
+        assert!(stdout.contains("Usage: windi"), "{command:?}: {stdout}");
+        let out = windi().args(*command).arg("--version").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command:?} --version: {out:?}");
+        assert!(
+            stdout.starts_with("windi") && stdout.trim_end().ends_with(env!("CARGO_PKG_VERSION")),
+            "{command:?}: {stdout}"
+        );
+    }
+    let out = windi().args(["generate", "--users"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "once: {stderr}");
+}
+
+#[test]
+fn a_refused_password_names_the_fix_once() {
+    // Postgres refuses the role before any password matters; the hint names the fix.
+    let base = admin_url();
+    let (scheme_host, _) = base.rsplit_once('/').unwrap();
+    let url = scheme_host.replacen("postgres@", "no_such_role_windi@", 1) + "/windi";
+    let (ok, stderr) = stderr_of(
+        windi()
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .env("JWT_SECRET_KEY", "z".repeat(40)),
+    );
+    assert!(!ok);
+    assert!(stderr.contains("that role does not exist"), "{stderr}");
+    assert_eq!(stderr.matches("cannot prepare").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_json_log_line_carries_the_request_id_of_the_response() {
+    use std::io::BufRead;
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let port = free_port();
+    let database = format!("windi_json_{}", std::process::id());
+    let url = format!("{}/{database}", admin_url().rsplit_once('/').unwrap().0);
+    let child = windi()
+        .env("DATABASE_URL", &url)
+        .env("JWT_SECRET_KEY", "y".repeat(40))
+        .env("PORT", port.to_string())
+        .env("WINDI_RELAY", "off")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running { child, database };
+    let stderr = running.child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        if let Some(response) = http_get(port, "/chat/list") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "windi did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    let request_id = response
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id header: {response}"))
+        .trim()
+        .to_owned();
+    assert!(
+        response.contains(&format!(r#""request_id":"{request_id}""#)),
+        "the error body carries it: {response}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line with request id {request_id}"));
+        assert!(!line.contains('\u{1b}'), "no ANSI codes: {line}");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            panic!("not a JSON line: {line}");
+        };
+        if json["span"]["request_id"] == request_id.as_str() {
+            assert_eq!(json["level"], "INFO", "request lines are at info: {line}");
+            assert_eq!(json["span"]["uri"], "/chat/list", "{line}");
+            break;
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 GET (the test needs no client library for one request).

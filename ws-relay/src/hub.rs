@@ -735,7 +735,15 @@ async fn poll_loop(hub: Weak<Hub>, interval: Duration) {
     loop {
         tokio::time::sleep(interval * backoff).await;
         let Some(hub) = hub.upgrade() else { break };
-        backoff = if hub.poll_once().await {
+        let started = std::time::Instant::now();
+        let ok = hub.poll_once().await;
+        metrics::histogram!("windi_relay_poll_duration_seconds").record(started.elapsed());
+        backoff = if ok {
+            // time() minus this is how stale the poller's view of Postgres is.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics::gauge!("windi_relay_poll_last_success_timestamp_seconds").set(now);
             1
         } else {
             (backoff * 2).min(MAX_POLL_BACKOFF)

@@ -78,6 +78,8 @@ pub struct RelaySettings {
     /// Buffer of each NATS subscription. The client drops messages when it is full (counted in
     /// the stats; the seq gap-fill recovers them), so it is sized for bursts.
     pub subscription_capacity: usize,
+    /// Who may read the relay's `GET /metrics` (`METRICS_TOKEN`).
+    pub metrics: windi_shared::metrics::MetricsAccess,
 }
 
 impl Default for RelaySettings {
@@ -97,6 +99,7 @@ impl Default for RelaySettings {
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             subscription_capacity: 65_536,
+            metrics: windi_shared::metrics::MetricsAccess::default(),
         }
     }
 }
@@ -137,6 +140,7 @@ impl RelaySettings {
             // Pings well inside the idle timeout, so a live client always answers in time.
             ping_interval: Duration::from_secs((idle / 3).max(1)),
             poll_interval: Duration::from_millis(poll.max(100)),
+            metrics: windi_shared::metrics::MetricsAccess::from_env(),
             ..d
         })
     }
@@ -234,6 +238,7 @@ pub async fn start(
         stats.clone(),
     );
     hub.start(settings.poll_interval);
+    export_metrics(&hub);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let relay = Relay {
         hub: hub.clone(),
@@ -263,11 +268,71 @@ pub async fn start(
 }
 
 fn router(relay: Relay) -> Router {
+    let metrics_access = relay.settings.metrics.clone();
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/health", get(health))
-        .with_state(relay);
+        .with_state(relay)
+        .merge(windi_shared::metrics::router(metrics_access));
     windi_shared::runtime::with_http_layers(app)
+}
+
+/// The hubs of this process, summed into the `windi_relay_*` series at every scrape (one in
+/// production; tests run many).
+static HUBS: std::sync::Mutex<Vec<std::sync::Weak<Hub>>> = std::sync::Mutex::new(Vec::new());
+
+fn export_metrics(hub: &Arc<Hub>) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    if let Ok(mut hubs) = HUBS.lock() {
+        hubs.push(Arc::downgrade(hub));
+    }
+    REGISTERED.call_once(|| {
+        windi_shared::metrics::add_collector(|| {
+            let Ok(mut hubs) = HUBS.lock() else { return };
+            hubs.retain(|h| h.strong_count() > 0);
+            let mut total = [0u64; 10];
+            for hub in hubs.iter().filter_map(std::sync::Weak::upgrade) {
+                let s = hub.snapshot();
+                let values = [
+                    s.connections,
+                    s.delivered,
+                    s.slow_consumers,
+                    s.gaps,
+                    s.backfilled,
+                    s.backfill_failures,
+                    s.nudges,
+                    s.reconciles,
+                    s.poll_failures,
+                    s.broker_dropped,
+                ];
+                for (t, v) in total.iter_mut().zip(values) {
+                    *t += v;
+                }
+            }
+            let [
+                connections,
+                delivered,
+                slow,
+                gaps,
+                backfilled,
+                backfill_failures,
+                nudges,
+                reconciles,
+                poll_failures,
+                dropped,
+            ] = total;
+            metrics::gauge!("windi_relay_connections").set(connections as f64);
+            metrics::counter!("windi_relay_deliveries_total").absolute(delivered);
+            metrics::counter!("windi_relay_slow_consumers_total").absolute(slow);
+            metrics::counter!("windi_relay_gaps_total").absolute(gaps);
+            metrics::counter!("windi_relay_backfilled_changes_total").absolute(backfilled);
+            metrics::counter!("windi_relay_backfill_failures_total").absolute(backfill_failures);
+            metrics::counter!("windi_relay_poller_nudges_total").absolute(nudges);
+            metrics::counter!("windi_relay_reconciles_total").absolute(reconciles);
+            metrics::counter!("windi_relay_poll_failures_total").absolute(poll_failures);
+            metrics::counter!("windi_relay_broker_dropped_total").absolute(dropped);
+        });
+    });
 }
 
 async fn health(State(relay): State<Relay>) -> axum::Json<StatsSnapshot> {

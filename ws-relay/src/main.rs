@@ -17,8 +17,7 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("ws-relay cannot start: {e}");
-            eprintln!("ws-relay: {e}");
+            windi_shared::runtime::report_error("ws-relay", &e);
             ExitCode::FAILURE
         }
     }
@@ -28,6 +27,7 @@ async fn run() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
     let state = AppState::connect(&config, Broker::Required, "ws-relay").await?;
+    windi_shared::metrics::watch_pool(&state.db, "relay");
     let subscriber = ws_relay::subscriber_for(
         &state,
         config.nats_url.as_deref(),
