@@ -178,9 +178,10 @@ async fn a_login_flood_is_answered_503_with_retry_after_instead_of_waiting_witho
     );
     assert_eq!(ok + busy.len(), 300, "{answers:?}");
     let slowest = answers.iter().map(|(_, _, t)| *t).max().unwrap();
-    // Nothing waits past the request deadline (5 s), with a margin for a loaded machine.
+    // Nothing waits much past the request deadline (5 s): the margin is for a loaded CI
+    // machine; without the bound, waits grow with the queue (15 s and more here).
     assert!(
-        slowest < Duration::from_secs(6),
+        slowest < Duration::from_secs(9),
         "a login waited {slowest:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
