@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     db::{
-        chats, members,
+        blocks, chats, members,
         messages::{self, Inserted, NewMessage},
         users,
     },
@@ -92,6 +92,9 @@ pub async fn send_message(
             let chat = chats::for_member(&mut *tx, id, sender)
                 .await?
                 .ok_or(Error::NotFound("chat"))?;
+            if !chat.is_group() && blocks::in_private_chat(&mut *tx, chat.id).await? {
+                return Err(Error::blocked());
+            }
             (chat.id, None)
         }
         Target::Recipient(recipient) => {
@@ -100,6 +103,9 @@ pub async fn send_message(
             }
             if !users::exists(&mut *tx, recipient).await? {
                 return Err(Error::NotFound("recipient"));
+            }
+            if blocks::between(&mut *tx, sender, recipient).await? {
+                return Err(Error::blocked());
             }
             let (id, created) = chats::private_between(&mut tx, sender, recipient).await?;
             if created {
