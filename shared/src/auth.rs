@@ -12,8 +12,11 @@
 //! executor or the machine's memory.
 
 use std::{
-    sync::{Arc, OnceLock},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
@@ -35,17 +38,28 @@ fn argon2() -> Argon2<'static> {
     )
 }
 
-/// Hashes and verifies passwords off the async executor, a bounded number at a time.
+/// Hashes and verifies passwords off the async executor, a bounded number at a time, with a
+/// bounded queue in front: a login flood gets 503s with `Retry-After`, not ever-longer waits.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Hashes running or waiting now.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
+/// How long a hash may wait for its turn before the request is answered 503.
+const HASH_WAIT: Duration = Duration::from_secs(2);
+
 impl Passwords {
-    /// `max_parallel` bounds memory (19 MiB each) and keeps cores free for other requests.
+    /// `max_parallel` bounds memory (19 MiB each) and keeps cores free for other requests; at
+    /// most 16 times as many may wait (about a second of work at ~16 ms a hash).
     pub fn new(max_parallel: usize) -> Self {
+        let max_parallel = max_parallel.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+            permits: Arc::new(Semaphore::new(max_parallel)),
+            queued: Arc::default(),
+            max_queued: max_parallel * 16,
         }
     }
 
@@ -77,14 +91,33 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
+        let busy = || Error::Unavailable("too many logins at once; retry in a few seconds".into());
+        let _place = QueuePlace::take(&self.queued, self.max_queued).ok_or_else(busy)?;
+        let _permit = tokio::time::timeout(HASH_WAIT, self.permits.acquire())
             .await
+            .map_err(|_| busy())?
             .map_err(|_| Error::Internal("password hasher closed".into()))?;
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| Error::Internal(format!("password task: {e}")))?
+    }
+}
+
+/// A place in the hashing queue, given back when dropped.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(queued: &'a AtomicUsize, max: usize) -> Option<Self> {
+        queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(queued))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -180,6 +213,8 @@ impl Tokens {
         let mut validation = Validation::new(config.algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
+        // A token that says it is not valid yet is not.
+        validation.validate_nbf = true;
         // Clock skew between Lambda instances is small; a short leeway keeps expiry meaningful.
         validation.leeway = 5;
         Self {

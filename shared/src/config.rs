@@ -34,6 +34,8 @@ pub struct Config {
     /// Pool size per process. Small on Lambda (one request at a time per instance), larger for
     /// the long-running local server.
     pub db_max_connections: u32,
+    /// Per-user rate limits (`LIMIT_*`).
+    pub limits: crate::limits::LimitSettings,
 }
 
 /// JWT settings; the secret is never printed (see the `Debug` impl).
@@ -53,6 +55,7 @@ impl fmt::Debug for Config {
             .field("nats_prefix", &self.nats_prefix)
             .field("port", &self.port)
             .field("db_max_connections", &self.db_max_connections)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -103,8 +106,33 @@ impl Config {
                 "DB_MAX_CONNECTIONS",
                 if crate::runtime::in_lambda() { 2 } else { 10 },
             )?,
+            limits: limits_from_env()?,
         })
     }
+}
+
+/// `LIMIT_SENDS_PER_SEC`, `LIMIT_SENDS_BURST`, `LIMIT_GROUPS_PER_MIN`, `LIMIT_GROUPS_BURST`,
+/// `LIMIT_TYPING_PER_SEC`, `LIMIT_TYPING_BURST`; each at least 1.
+fn limits_from_env() -> Result<crate::limits::LimitSettings, ConfigError> {
+    let d = crate::limits::LimitSettings::default();
+    let positive = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
+        let value: u32 = parsed_or(var, default)?;
+        if value == 0 {
+            return Err(ConfigError::Invalid {
+                var,
+                reason: "must be at least 1 (raise it instead of turning it off)".into(),
+            });
+        }
+        Ok(value)
+    };
+    Ok(crate::limits::LimitSettings {
+        sends_per_second: positive("LIMIT_SENDS_PER_SEC", d.sends_per_second)?,
+        sends_burst: positive("LIMIT_SENDS_BURST", d.sends_burst)?,
+        groups_per_minute: positive("LIMIT_GROUPS_PER_MIN", d.groups_per_minute)?,
+        groups_burst: positive("LIMIT_GROUPS_BURST", d.groups_burst)?,
+        typing_per_second: positive("LIMIT_TYPING_PER_SEC", d.typing_per_second)?,
+        typing_burst: positive("LIMIT_TYPING_BURST", d.typing_burst)?,
+    })
 }
 
 impl JwtConfig {

@@ -39,10 +39,18 @@ pub enum Error {
         code: &'static str,
         detail: String,
     },
+    /// 429: over a rate limit. With `Retry-After` (whole seconds, at least 1).
+    #[error("{detail}")]
+    TooManyRequests {
+        code: &'static str,
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     /// 422: well-formed, but a value breaks a rule; `detail` names the field.
     #[error("{detail}")]
     Validation { code: &'static str, detail: String },
-    /// 503: a dependency the request needs is unreachable.
+    /// 503: a dependency the request needs is unreachable (Postgres refused, timed out or
+    /// restarting; the pool ran dry). Always with `Retry-After`; the cause goes to the log.
     #[error("{0}")]
     Unavailable(String),
     /// 500: a database failure with no client-side cause. Logged, never shown.
@@ -92,6 +100,7 @@ impl Error {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Rejected { status, .. } => *status,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -102,11 +111,12 @@ impl Error {
             Self::BadRequest { code, .. }
             | Self::Conflict { code, .. }
             | Self::Rejected { code, .. }
+            | Self::TooManyRequests { code, .. }
             | Self::Validation { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) => "unavailable",
             Self::Database(_) | Self::Internal(_) => "internal_error",
         }
     }
@@ -127,6 +137,11 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Self::Unavailable(_) => Some(RETRY_AFTER_SECS),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
@@ -136,11 +151,44 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
 
-/// Constraint violations become client errors by constraint name; the rest are 500s.
+/// What a 503 tells the client to wait before trying again, in seconds: about the time a
+/// restarting Postgres takes to accept connections again.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+/// The answer while the database cannot be reached; the cause is logged, not shown.
+pub fn database_unavailable(cause: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(error = %cause, "database unavailable");
+    Error::Unavailable("the database is unavailable; retry in a few seconds".into())
+}
+
+/// Whether a database error means "cannot reach Postgres now" rather than "this request is
+/// wrong": no connection in time, a refused or broken connection, or a server shutting down,
+/// starting up or out of connection slots (SQLSTATE class 08, 57P01–57P03, 53300).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Constraint violations become client errors by constraint name; an unreachable database is a
+/// 503; the rest are 500s.
 /// This is what lets handlers INSERT and let the database decide, instead of SELECT-then-INSERT.
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
@@ -162,6 +210,9 @@ impl From<sqlx::Error> for Error {
                 }
                 _ => {}
             }
+        }
+        if is_unavailable(&e) {
+            return database_unavailable(&e);
         }
         Self::Database(e)
     }

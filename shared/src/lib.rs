@@ -18,10 +18,12 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod lambda;
+pub mod limits;
 pub mod model;
 pub mod revise;
 pub mod runtime;

@@ -125,6 +125,8 @@ async fn begin(
     user_id: i64,
     allowed: impl Fn(&Subject) -> Result<()>,
 ) -> Result<(Transaction<'static, Postgres>, Subject, i64)> {
+    // Edits, deletions and reactions draw on the same per-user budget as sends.
+    state.limits.sends.check(user_id)?;
     let before = messages::subject(&state.db, message_id, user_id, false)
         .await?
         .ok_or(Error::NotFound("message"))?;
@@ -157,7 +159,7 @@ async fn commit(
     change: &str,
     message: MessageOut,
 ) -> Result<MessageOut> {
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
     state
         .events
         .publish(vec![Event::MessageUpdated {

@@ -84,6 +84,7 @@ pub async fn send_message(
     if let Some(key) = dedup_key {
         validate::dedup_key(key)?;
     }
+    state.limits.sends.check(sender)?;
 
     let mut tx = state.db.begin().await?;
     // The chat, and the other member when this message creates their private chat.
@@ -157,7 +158,7 @@ pub async fn send_message(
         Some(peer) => users::bump_member_revs(&mut *tx, &[sender, peer]).await?,
         None => Vec::new(),
     };
-    tx.commit().await?;
+    crate::deadline::commit(tx).await?;
 
     let (seq, rev) = position;
     let mut events = Vec::with_capacity(4);

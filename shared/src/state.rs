@@ -9,6 +9,7 @@ use crate::{
     config::{Config, JwtConfig},
     db,
     events::{self, Bus, LocalBus},
+    limits::{LimitSettings, Limits},
 };
 
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct AppState {
     pub passwords: Passwords,
     /// Where events go after commit (NATS, or the in-process bus of the local binary).
     pub events: Bus,
+    /// Per-user rate limits (production values unless raised with [`AppState::with_limits`]).
+    pub limits: Limits,
 }
 
 /// What a process does for events when `NATS_URL` is unset.
@@ -39,7 +42,14 @@ impl AppState {
             tokens: Arc::new(Tokens::new(jwt)),
             passwords: Passwords::new(cores * 2),
             events,
+            limits: Limits::default(),
         }
+    }
+
+    /// The same state with other limits (benchmarks and load tests raise them, and say so).
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = Limits::new(limits);
+        self
     }
 
     /// Connects the pool and the broker. The error names what could not be reached.
@@ -69,6 +79,6 @@ impl AppState {
                 );
             }
         };
-        Ok(Self::new(pool, &config.jwt, events))
+        Ok(Self::new(pool, &config.jwt, events).with_limits(config.limits))
     }
 }

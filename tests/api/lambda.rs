@@ -72,12 +72,27 @@ impl Function {
     }
 }
 
-/// One event of `events/`, the function API Gateway routes it to, and the status it must get
-/// (so that two sides agreeing on a wrong answer, e.g. both 401, cannot pass).
+/// One event of `events/`, the function API Gateway routes it to, the status it must get and,
+/// for some, fields of the body (so that two sides agreeing on a wrong answer, e.g. both 401, or
+/// both storing an emoji still percent-encoded, cannot pass).
 struct Step {
     event: &'static str,
     function: Function,
     status: u16,
+    /// `(JSON pointer, JSON)` pairs the answer's body holds, after [`normalise`].
+    body: &'static [(&'static str, &'static str)],
+    publishes: Publishes,
+}
+
+/// What a step must have put in JetStream by the time its handler answers.
+#[derive(Debug, Clone, Copy)]
+enum Publishes {
+    /// Nothing to look for (a read, or an idempotent repeat).
+    Nothing,
+    /// `message.created` of the message answered.
+    Created,
+    /// `message.updated` with this `change`, at the rev of the message answered.
+    Updated(&'static str),
 }
 
 const fn step(event: &'static str, function: Function, status: u16) -> Step {
@@ -85,20 +100,62 @@ const fn step(event: &'static str, function: Function, status: u16) -> Step {
         event,
         function,
         status,
+        body: &[],
+        publishes: Publishes::Nothing,
+    }
+}
+
+impl Step {
+    const fn body(mut self, body: &'static [(&'static str, &'static str)]) -> Self {
+        self.body = body;
+        self
+    }
+
+    const fn publishes(mut self, publishes: Publishes) -> Self {
+        self.publishes = publishes;
+        self
     }
 }
 
 /// The README's "Test as Lambda" walk-through, in its order: each step relies on the ones before
-/// it (user 1 is Alice, chat 1 the private chat, chat 2 the group, message 1 the first message).
+/// it (user 1 is Alice, chat 1 the private chat, chat 2 the group, message 1 the first message,
+/// message 3 the reply to it).
 const WALKTHROUGH: &[Step] = &[
     step("auth-register.json", Function::Auth, 201),
     step("auth-register-bob.json", Function::Auth, 201),
     step("auth-login.json", Function::Auth, 200),
     step("auth-me.json", Function::Auth, 200),
     step("auth-me-rest-v1.json", Function::Auth, 200),
-    step("chat-message.json", Function::Message, 201),
+    step("chat-message.json", Function::Message, 201).publishes(Publishes::Created),
     step("chat-message.json", Function::Message, 200),
-    step("chat-message-base64.json", Function::Message, 201),
+    step("chat-message-base64.json", Function::Message, 201).publishes(Publishes::Created),
+    step("chat-message-reply.json", Function::Message, 201)
+        .body(&[("/id", "3"), ("/reply_to", "1")])
+        .publishes(Publishes::Created),
+    step("chat-message-edit.json", Function::Message, 200)
+        .body(&[
+            ("/text", r#""И ещё одно, в ответ на первое (исправлено)""#),
+            ("/edited_at", r#""<time>""#),
+        ])
+        .publishes(Publishes::Updated("edited")),
+    // The emoji is percent-encoded in the path (%F0%9F%91%8D) and must arrive decoded.
+    step("chat-message-reaction-add.json", Function::Message, 200)
+        .body(&[(
+            "/reactions",
+            r#"[{"emoji": "👍", "count": 1, "user_ids": [1]}]"#,
+        )])
+        .publishes(Publishes::Updated("reaction_added")),
+    // Again: idempotent, the same answer and no new change.
+    step("chat-message-reaction-add.json", Function::Message, 200).body(&[(
+        "/reactions",
+        r#"[{"emoji": "👍", "count": 1, "user_ids": [1]}]"#,
+    )]),
+    step("chat-message-reaction-remove.json", Function::Message, 200)
+        .body(&[("/reactions", "[]")])
+        .publishes(Publishes::Updated("reaction_removed")),
+    step("chat-message-delete.json", Function::Message, 200)
+        .body(&[("/id", "2"), ("/deleted", "true"), ("/text", r#""""#)])
+        .publishes(Publishes::Updated("deleted")),
     step("chat-group.json", Function::Group, 201),
     step("chat-group-members-add.json", Function::Group, 200),
     step("chat-group-members-remove.json", Function::Group, 204),
@@ -106,6 +163,8 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-history-rest-v1.json", Function::History, 200),
     step("chat-list.json", Function::History, 200),
     step("chat-list-stage.json", Function::History, 200),
+    // Each message once, in its latest state, at the rev of its last change: 7 changes, 6 rows.
+    step("chat-changes.json", Function::History, 200).body(&[("/rev", "7"), ("/more", "false")]),
     step("chat-message-read.json", Function::Read, 200),
     step("auth-register.json", Function::Auth, 409),
     // Accounts and sessions (README "Sessions"), in an order where each relies on the last.
@@ -179,6 +238,8 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             nats_prefix: prefix.to_owned(),
             port: 0,
             db_max_connections: 2,
+            // The walkthroughs send ~100 messages as one user: above the limits on purpose.
+            limits: windi_shared::limits::LimitSettings::unlimited(),
         };
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await
@@ -359,7 +420,7 @@ fn normalise(value: &mut Value) {
         Value::Object(map) => {
             for (key, field) in map.iter_mut() {
                 match (key.as_str(), &*field) {
-                    ("timestamp" | "created_at" | "last_used_at", Value::String(time)) => {
+                    ("timestamp" | "created_at" | "edited_at" | "last_used_at", Value::String(time)) => {
                         assert!(
                             chrono::DateTime::parse_from_rfc3339(time).is_ok(),
                             "{key} is not an RFC 3339 time: {time}"
@@ -464,10 +525,20 @@ fn needs_token(event: &Value) -> bool {
     })
 }
 
-/// The `message.created` of a message must already be in JetStream when the handler answers:
-/// Lambda may freeze the process right after the response, so nothing may still be in flight.
-/// (The send's own `message.read` for the sender's marker follows it, so look a few back.)
-async fn assert_published_before_answer(js: &jetstream::Context, prefix: &str, message: &Value) {
+/// A message's event must already be in JetStream when the handler answers: Lambda may freeze
+/// the process right after the response, so nothing may still be in flight. (A send's own
+/// `message.read` for the sender's marker follows its `message.created`, so look a few back.)
+async fn assert_published_before_answer(
+    js: &jetstream::Context,
+    prefix: &str,
+    publishes: Publishes,
+    message: &Value,
+) {
+    let (kind, change) = match publishes {
+        Publishes::Nothing => return,
+        Publishes::Created => ("message.created", None),
+        Publishes::Updated(change) => ("message.updated", Some(change)),
+    };
     let chat_id = message["chat_id"].as_i64().unwrap();
     let mut stream = js.get_stream(stream_name(prefix)).await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
@@ -481,38 +552,96 @@ async fn assert_published_before_answer(js: &jetstream::Context, prefix: &str, m
             continue;
         }
         let event: Value = serde_json::from_slice(&raw.payload).unwrap();
-        if event["type"] == "message.created" && event["message"]["id"] == message["id"] {
+        if event["type"] == kind
+            && event["message"]["id"] == message["id"]
+            && change.is_none_or(|change| event["change"] == change)
+        {
+            assert_eq!(event["rev"], message["rev"], "{kind} at another rev");
             return;
         }
         seen.push(event);
     }
-    panic!("no message.created for {message} when the handler answered; latest: {seen:?}");
+    panic!("no {kind} {change:?} for {message} when the handler answered; latest: {seen:?}");
 }
 
-#[tokio::test]
-async fn every_function_answers_its_events_as_the_local_server_does() {
-    let local = TestApp::spawn().await;
-    let lambda_db = TestDb::new().await;
-    let prefix = unique("lambda");
-    let _stream = windi_tests::StreamGuard {
-        url: nats_url(),
-        prefix: prefix.clone(),
-    };
-    let mut functions = lambda_functions(&lambda_db, &prefix).await;
-    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+/// The two sides compared: the five functions as Lambda runs them, and a local windi, each on a
+/// fresh database of its own, with each side's token once it has logged in.
+struct Sides {
+    functions: BTreeMap<Function, Handler>,
+    js: jetstream::Context,
+    prefix: String,
+    /// (Lambda's, local's), from the answer to `auth-login.json`.
+    tokens: Option<(String, String)>,
+    // Dropped after the functions' pools: the stream, then the databases.
+    _stream: windi_tests::StreamGuard,
+    _lambda_db: TestDb,
+    local: TestApp,
+}
 
-    // Each side's own token once it has logged in; until then the events' placeholder.
-    let mut tokens: Option<(String, String)> = None;
-    for (n, step) in WALKTHROUGH.iter().enumerate() {
-        let what = format!("step {} ({}, {})", n + 1, step.event, step.function.name());
-        let handler = functions.get_mut(&step.function).unwrap();
-        let event = load_event(step.event);
+impl Sides {
+    async fn new() -> Self {
+        let local = TestApp::spawn_unlimited(windi_tests::Mode::Local).await;
+        let lambda_db = TestDb::new().await;
+        let prefix = unique("lambda");
+        let stream = windi_tests::StreamGuard {
+            url: nats_url(),
+            prefix: prefix.clone(),
+        };
+        let functions = lambda_functions(&lambda_db, &prefix).await;
+        let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        Self {
+            functions,
+            js,
+            prefix,
+            tokens: None,
+            _stream: stream,
+            _lambda_db: lambda_db,
+            local,
+        }
+    }
 
-        if needs_token(&event) {
-            // Without a token: the same 401 from both sides.
-            let anonymous = with_token(event.clone(), None);
-            let lambda_answer = invoke(handler, &anonymous).await;
-            let local_answer = send_locally(&local, &anonymous).await;
+    /// Runs `steps` in order, checking each as [`Self::step`] does, plus its body fields and
+    /// what it published.
+    async fn walk(&mut self, steps: &[Step]) {
+        for (n, step) in steps.iter().enumerate() {
+            let what = format!("step {} ({}, {})", n + 1, step.event, step.function.name());
+            let event = load_event(step.event);
+            let answer = self.step(&what, step.function, &event, step.status).await;
+            if step.body.is_empty() && matches!(step.publishes, Publishes::Nothing) {
+                continue;
+            }
+            let mut body: Value = serde_json::from_slice(&answer.body).unwrap();
+            assert_published_before_answer(&self.js, &self.prefix, step.publishes, &body).await;
+            normalise(&mut body);
+            for (pointer, expected) in step.body {
+                let expected: Value = serde_json::from_str(expected).unwrap();
+                assert_eq!(body.pointer(pointer), Some(&expected), "{what}: {pointer}");
+            }
+        }
+    }
+
+    /// One step: `event` without a token first, if it carries one (the same 401 from both
+    /// sides), then with each side's own token; both sides must answer `status` and the same
+    /// status, headers and body. Returns the Lambda side's answer.
+    async fn step(&mut self, what: &str, function: Function, event: &Value, status: u16) -> Answer {
+        self.step_as(what, function, event, event, status).await
+    }
+
+    /// [`Self::step`], with the event the Lambda side gets and the request the local side gets
+    /// given apart, for an event API Gateway builds differently from the request it was sent.
+    async fn step_as(
+        &mut self,
+        what: &str,
+        function: Function,
+        lambda_event: &Value,
+        local_event: &Value,
+        status: u16,
+    ) -> Answer {
+        let handler = self.functions.get_mut(&function).unwrap();
+        if needs_token(lambda_event) {
+            let lambda_answer = invoke(handler, &with_token(lambda_event.clone(), None)).await;
+            let local_answer =
+                send_locally(&self.local, &with_token(local_event.clone(), None)).await;
             assert_eq!(lambda_answer.status, 401, "{what} without a token");
             assert_same(
                 &format!("{what} without a token"),
@@ -521,37 +650,103 @@ async fn every_function_answers_its_events_as_the_local_server_does() {
             );
         }
 
-        let (lambda_event, local_event) = match &tokens {
-            Some((lambda_token, local_token)) if needs_token(&event) => (
-                with_token(event.clone(), Some(lambda_token)),
-                with_token(event, Some(local_token)),
+        let (lambda_event, local_event) = match &self.tokens {
+            Some((lambda_token, local_token)) if needs_token(lambda_event) => (
+                with_token(lambda_event.clone(), Some(lambda_token)),
+                with_token(local_event.clone(), Some(local_token)),
             ),
-            _ => (event.clone(), event),
+            _ => (lambda_event.clone(), local_event.clone()),
         };
         let lambda_answer = invoke(handler, &lambda_event).await;
-        let local_answer = send_locally(&local, &local_event).await;
+        let local_answer = send_locally(&self.local, &local_event).await;
         assert_eq!(
             lambda_answer.status,
-            step.status,
+            status,
             "{what}: {}",
             String::from_utf8_lossy(&lambda_answer.body)
         );
-        assert_same(&what, &lambda_answer, &local_answer);
+        assert_same(what, &lambda_answer, &local_answer);
 
-        if step.event == "auth-login.json" {
+        if lambda_event["routeKey"] == "POST /auth/login" {
             let token = |answer: &Answer| {
                 let body: Value = serde_json::from_slice(&answer.body).unwrap();
                 body["access_token"].as_str().unwrap().to_owned()
             };
-            tokens = Some((token(&lambda_answer), token(&local_answer)));
+            self.tokens = Some((token(&lambda_answer), token(&local_answer)));
         }
-        if step.function == Function::Message && step.status == 201 {
-            let message: Value = serde_json::from_slice(&lambda_answer.body).unwrap();
-            assert_published_before_answer(&js, &prefix, &message).await;
+        lambda_answer
+    }
+}
+
+#[tokio::test]
+async fn every_function_answers_its_events_as_the_local_server_does() {
+    Sides::new().await.walk(WALKTHROUGH).await;
+}
+
+/// A reaction's emoji is percent-encoded in the path by the client (`encodeURIComponent`).
+/// Whether API Gateway hands `rawPath` on as sent or decoded (HTTP APIs decode it, by what live
+/// captures show), the function must see the emoji the local server sees: also one whose
+/// decoded form is URL syntax, as the keycap #️⃣ (`#`, U+FE0F, U+20E3), or holds a `%`.
+#[tokio::test]
+async fn a_percent_encoded_emoji_reaches_the_function_as_it_reaches_the_local_server() {
+    let mut sides = Sides::new().await;
+    // Alice and Bob, Alice's token, and message 1.
+    let sent = WALKTHROUGH
+        .iter()
+        .position(|s| s.event == "chat-message.json")
+        .unwrap();
+    sides.walk(&WALKTHROUGH[..=sent]).await;
+
+    let emoji = [
+        "👍",
+        "❤️",
+        "🇺🇦",
+        "👩🏽‍💻",
+        "#️⃣",
+        "*️⃣",
+        "#",
+        "100%",
+        "%",
+        "+1",
+        "ok!",
+        "a&b=c",
+    ];
+    for emoji in emoji {
+        let encoded_path = format!("/chat/message/1/reactions/{}", percent_encode(emoji));
+        let decoded_path = format!("/chat/message/1/reactions/{emoji}");
+        for (file, reacted) in [
+            ("chat-message-reaction-add.json", true),
+            ("chat-message-reaction-remove.json", false),
+        ] {
+            let sent = reaction_event(file, &encoded_path, emoji);
+            for (form, path) in [("encoded", &encoded_path), ("decoded", &decoded_path)] {
+                let what = format!("{file} for {emoji:?}, rawPath {form}");
+                let event = reaction_event(file, path, emoji);
+                let answer = sides
+                    .step_as(&what, Function::Message, &event, &sent, 200)
+                    .await;
+                let body: Value = serde_json::from_slice(&answer.body).unwrap();
+                let reactions: Vec<&str> = body["reactions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["emoji"].as_str().unwrap())
+                    .collect();
+                let expected: &[&str] = if reacted { &[emoji] } else { &[] };
+                assert_eq!(reactions, expected, "{what}");
+            }
         }
     }
+}
 
-    let _ = js.delete_stream(stream_name(&prefix)).await;
+/// The reaction event `file` of `events/` for `emoji`, with `raw_path` in `rawPath` and
+/// `requestContext.http.path`; `pathParameters` are decoded.
+fn reaction_event(file: &str, raw_path: &str, emoji: &str) -> Value {
+    let mut event = load_event(file);
+    event["rawPath"] = Value::String(raw_path.to_owned());
+    event["requestContext"]["http"]["path"] = Value::String(raw_path.to_owned());
+    event["pathParameters"]["emoji"] = Value::String(emoji.to_owned());
+    event
 }
 
 /// Every (function, "METHOD /path") the function crates serve, from their OpenAPI routes.

@@ -81,7 +81,8 @@ async fn members_receive_every_message_in_order_over_nats() {
 }
 
 async fn a_resumed_client_gets_exactly_what_it_missed_then_live_ones(mode: Mode) {
-    let app = TestApp::spawn_in(mode).await;
+    // 100 messages in a row: above the per-user send limit on purpose.
+    let app = TestApp::spawn_unlimited(mode).await;
     let relay = app.relay(relay_settings()).await;
     let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
     let chat = app.send_to_user(&alice, &bob, "m1").await["chat_id"]
@@ -395,7 +396,8 @@ async fn a_silent_client_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
-    let app = TestApp::spawn().await;
+    // A flood on purpose: above the per-user send limit.
+    let app = TestApp::spawn_unlimited(Mode::Local).await;
     let settings = ws_relay::RelaySettings {
         queue_capacity: 16,
         write_timeout: Duration::from_millis(500),

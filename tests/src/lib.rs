@@ -24,6 +24,7 @@ use windi_shared::{
     config::JwtConfig,
     db::MIGRATOR,
     events::{Bus, LocalBus},
+    limits::LimitSettings,
 };
 use ws_relay::{RelayHandle, RelaySettings};
 
@@ -82,11 +83,18 @@ pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
     name: String,
+    /// The server's maintenance database, where this one is dropped.
+    admin: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let admin = admin_database_url();
+        Self::on(&admin_database_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL of its `postgres` database).
+    pub async fn on(admin: &str) -> Self {
+        let admin = admin.to_owned();
         let name = unique("windi_test");
         let mut conn = PgConnection::connect(&admin).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -97,7 +105,12 @@ impl TestDb {
         let url = with_database(&admin, &name);
         let pool = windi_shared::db::connect(&url, 20).await.unwrap();
         MIGRATOR.run(&pool).await.unwrap();
-        Self { pool, url, name }
+        Self {
+            pool,
+            url,
+            name,
+            admin,
+        }
     }
 }
 
@@ -110,7 +123,7 @@ impl Drop for TestDb {
         }
         // WITH (FORCE) closes the connections the pool still holds.
         block_on_aside(async {
-            if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+            if let Ok(mut conn) = PgConnection::connect(&self.admin).await {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))
@@ -198,17 +211,46 @@ impl TestApp {
 
     /// windi publishing to the NATS at `url` (e.g. a [`PrivateNats`]).
     pub async fn spawn_on_nats(url: &str) -> Self {
+        Self::on_nats(url, LimitSettings::default()).await
+    }
+
+    /// [`TestApp::spawn_on_nats`] with rate limits that never apply (for load on purpose).
+    pub async fn spawn_on_nats_unlimited(url: &str) -> Self {
+        Self::on_nats(url, LimitSettings::unlimited()).await
+    }
+
+    async fn on_nats(url: &str, limits: LimitSettings) -> Self {
         let prefix = unique("t");
         let publisher = windi_shared::events::connect_nats(url, &prefix, "windi-test")
             .await
             .unwrap();
-        let mut app = Self::start(TestDb::new().await, Arc::new(publisher), prefix).await;
+        let mut app =
+            Self::start_with(TestDb::new().await, Arc::new(publisher), prefix, limits).await;
         app.nats_url = Some(url.to_owned());
         app.stream = Some(StreamGuard {
             url: url.to_owned(),
             prefix: app.prefix.clone(),
         });
         app
+    }
+
+    /// windi with rate limits that never apply, for tests that load it on purpose (each says
+    /// so); every other test runs with the production limits.
+    pub async fn spawn_unlimited(mode: Mode) -> Self {
+        let prefix = unique("t");
+        match mode {
+            Mode::Local => {
+                let events: Bus = Arc::new(LocalBus::default());
+                Self::start_with(
+                    TestDb::new().await,
+                    events,
+                    prefix,
+                    LimitSettings::unlimited(),
+                )
+                .await
+            }
+            Mode::Nats => Self::on_nats(&nats_url(), LimitSettings::unlimited()).await,
+        }
     }
 
     /// windi with the in-process bus, or on the shared NATS.
@@ -237,7 +279,18 @@ impl TestApp {
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
     pub async fn start(db: TestDb, events: Bus, prefix: String) -> Self {
-        let (app, listener) = Self::bind(db, events, prefix).await;
+        Self::start_with(db, events, prefix, LimitSettings::default()).await
+    }
+
+    /// [`TestApp::start`] with other rate limits.
+    pub async fn start_with(
+        db: TestDb,
+        events: Bus,
+        prefix: String,
+        limits: LimitSettings,
+    ) -> Self {
+        let (mut app, listener) = Self::bind(db, events, prefix).await;
+        app.state = app.state.with_limits(limits);
         app.serve(listener, windi::ClientConfig::default());
         app
     }
@@ -300,9 +353,29 @@ impl TestApp {
             pool,
             url: self.db.url.clone(),
             name: String::new(),
+            admin: self.db.admin.clone(),
         };
         let events: Bus = Arc::new(LocalBus::default());
         TestApp::start(db, events, unique("silent")).await
+    }
+
+    /// A second windi process on this app's database and NATS subject prefix (a NATS app's
+    /// only): what a deployment with several API processes behind one load balancer has.
+    pub async fn twin_on_nats(&self) -> TestApp {
+        let url = self.nats_url.clone().expect("a NATS app");
+        let pool = windi_shared::db::connect(&self.db.url, 10).await.unwrap();
+        let db = TestDb {
+            pool,
+            url: self.db.url.clone(),
+            name: String::new(),
+            admin: self.db.admin.clone(),
+        };
+        let publisher = windi_shared::events::connect_nats(&url, &self.prefix, "windi-twin")
+            .await
+            .unwrap();
+        let mut twin = TestApp::start(db, Arc::new(publisher), self.prefix.clone()).await;
+        twin.nats_url = Some(url);
+        twin
     }
 
     /// Registers and logs in a new user with a unique email.
@@ -571,4 +644,166 @@ impl Drop for PrivateNats {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
     }
+}
+
+/// A private Postgres cluster on a free port, for tests that crash, pause and restart the
+/// database. Made with the machine's `initdb`/`pg_ctl` (`PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`), run as the `postgres` user when the tests run as root
+/// (Postgres refuses root). Removed on drop; the shared server on 5432 is never touched.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = std::env::var_os("PG_BIN")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|p| p.join("initdb").exists())
+                    .collect();
+                bins.sort();
+                bins.pop()
+            })
+            .expect("no initdb: install postgresql or set PG_BIN");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("windi-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self { port, dir, bin };
+        if Self::as_root() {
+            run(std::process::Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pg.dir));
+        }
+        run(pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(pg.data()));
+        pg.restart().await;
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    /// A command of the cluster's binaries, as the `postgres` user when we are root.
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = self.bin.join(program);
+        let mut command = if Self::as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        };
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the cluster (again) and waits until it accepts connections.
+    pub async fn restart(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        run(self
+            .command("pg_ctl")
+            .args(["-w", "-t", "30", "-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("start"));
+    }
+
+    /// Stops the cluster the hard way: what a crash or an OOM kill leaves behind.
+    pub fn crash(&self) {
+        run(self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop"));
+    }
+
+    /// Freezes every process of the cluster: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(pid);
+        run(std::process::Command::new("kill").arg(signal).args(&pids));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop")
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PrivatePostgres {
+    fn resume_quietly(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            && let Some(pid) = pid.lines().next()
+        {
+            let _ = std::process::Command::new("pkill")
+                .args(["-CONT", "-P", pid.trim()])
+                .status();
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", pid.trim()])
+                .status();
+        }
+    }
+}
+
+/// Runs a command to success, or panics with what it was.
+fn run(command: &mut std::process::Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed: {status}");
 }

@@ -34,7 +34,7 @@ use windi_shared::{
 use crate::{
     RelaySettings,
     cursor::{Cursor, Live},
-    hub::{ConnId, Hub, Item, Signals, Stats},
+    hub::{ConnId, Hub, Item, Signals, Slot, Stats},
     protocol::{ClientFrame, ServerFrame},
 };
 
@@ -116,8 +116,9 @@ impl Drop for Registered {
     }
 }
 
-/// Runs a connection to its end.
+/// Runs a connection to its end; the user's connection slot is given back then.
 pub async fn run(
+    _slot: Slot,
     socket: WebSocket,
     hub: Arc<Hub>,
     state: AppState,
@@ -723,6 +724,10 @@ impl Session {
             .is_some_and(|&last| now.duration_since(last) < TYPING_INTERVAL)
         {
             return Ok(());
+        }
+        if let Err(e) = self.state.limits.typing.check(self.user_id) {
+            let body = e.body();
+            return self.error(&body.detail, &body.code).await;
         }
         self.typing_sent.insert(chat_id, now);
         self.state

@@ -149,6 +149,9 @@ mod tests {
         assert_eq!(cursor.live(1, 6), Live::Duplicate);
         assert_eq!(cursor.live(1, 3), Live::Duplicate);
         assert_eq!(cursor.live(1, 7), Live::Deliver);
+        // Until it is sent, the chat is behind by that one.
+        assert_eq!(cursor.behind(), vec![1]);
+        cursor.delivered(1, 7);
         assert!(cursor.behind().is_empty());
     }
 
@@ -235,5 +238,67 @@ mod tests {
         cursor.caught_up(1, 7);
         assert!(cursor.behind().is_empty());
         assert_eq!(cursor.live(1, 8), Live::Deliver);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! The cursor driven the way a connection drives it, under any arrival order: live changes
+    //! of a chat with `n` committed changes arrive shuffled, repeated and with some lost; a gap
+    //! is filled from "Postgres" (which has every change); finally the poller's nudge comes.
+    //! Whatever happened, the connection sends each rev exactly once, in ascending order.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Plays the connection: what it sends, in order.
+    fn play(n: i64, arrivals: &[i64]) -> Vec<i64> {
+        let mut cursor = Cursor::default();
+        let mut sent = Vec::new();
+        cursor.open(1, 0, 0);
+        let backfill = |cursor: &mut Cursor, sent: &mut Vec<i64>| {
+            while let Some(after) = cursor.backfill_from(1) {
+                // Postgres has all n; a page of at most 3.
+                let page: Vec<i64> = (after + 1..=n).take(3).collect();
+                let more = page.last().is_some_and(|&last| last < n);
+                for &rev in &page {
+                    sent.push(rev);
+                    cursor.delivered(1, rev);
+                }
+                let up_to = page.last().copied().unwrap_or(after);
+                if more {
+                    cursor.covered(1, up_to);
+                } else {
+                    cursor.caught_up(1, n.max(up_to));
+                }
+            }
+        };
+        for &rev in arrivals {
+            match cursor.live(1, rev) {
+                Live::Deliver => {
+                    sent.push(rev);
+                    cursor.delivered(1, rev);
+                }
+                Live::Gap => backfill(&mut cursor, &mut sent),
+                Live::Duplicate | Live::NotHere => {}
+            }
+        }
+        if cursor.known(1, n) {
+            backfill(&mut cursor, &mut sent);
+        }
+        sent
+    }
+
+    proptest! {
+        #[test]
+        fn every_rev_is_sent_once_in_order_whatever_arrives(
+            n in 1i64..40,
+            arrivals in proptest::collection::vec(1i64..40, 0..80),
+        ) {
+            let arrivals: Vec<i64> = arrivals.into_iter().filter(|&r| r <= n).collect();
+            let sent = play(n, &arrivals);
+            prop_assert_eq!(sent, (1..=n).collect::<Vec<i64>>());
+        }
     }
 }

@@ -269,6 +269,28 @@ struct Tables {
     conns: HashMap<ConnId, ConnEntry>,
     chats: HashMap<i64, Route>,
     users: HashMap<i64, Route>,
+    /// Connection slots taken per user (see [`Hub::reserve`]).
+    slots: HashMap<i64, usize>,
+}
+
+/// One of a user's connection slots on this relay, held from the upgrade to the end of the
+/// connection.
+#[derive(Debug)]
+pub struct Slot {
+    hub: Arc<Hub>,
+    user_id: i64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut tables = self.hub.tables();
+        if let Some(n) = tables.slots.get_mut(&self.user_id) {
+            *n -= 1;
+            if *n == 0 {
+                tables.slots.remove(&self.user_id);
+            }
+        }
+    }
 }
 
 /// What a new connection gets from [`Hub::register`].
@@ -352,12 +374,19 @@ impl Hub {
         self.stats.snapshot(self.bus.dropped())
     }
 
-    /// How many connections this user has on this relay.
-    pub fn user_connections(&self, user_id: i64) -> usize {
-        self.tables()
-            .users
-            .get(&user_id)
-            .map_or(0, |route| route.conns.len())
+    /// Takes one of the user's `max` connection slots, if one is free. Counted and taken under
+    /// one lock, so concurrent upgrades cannot all pass a check and then all connect.
+    pub fn reserve(self: &Arc<Self>, user_id: i64, max: usize) -> Option<Slot> {
+        let mut tables = self.tables();
+        let taken = tables.slots.entry(user_id).or_default();
+        if *taken >= max {
+            return None;
+        }
+        *taken += 1;
+        Some(Slot {
+            hub: self.clone(),
+            user_id,
+        })
     }
 
     /// Adds a connection of `user_id`, whose `member_rev` was read just before, subscribed to

@@ -301,7 +301,10 @@ async fn upgrade(
         Err(e) => return Error::from(e).into_response(),
     }
     let (user_id, session_id) = (subject.user_id, subject.session_id);
-    if relay.hub.user_connections(user_id) >= relay.settings.max_connections_per_user {
+    let Some(slot) = relay
+        .hub
+        .reserve(user_id, relay.settings.max_connections_per_user)
+    else {
         return Error::Rejected {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "too_many_connections",
@@ -311,7 +314,7 @@ async fn upgrade(
             ),
         }
         .into_response();
-    }
+    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => {
@@ -327,6 +330,7 @@ async fn upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             connection::run(
+                slot,
                 socket,
                 relay.hub,
                 relay.state,

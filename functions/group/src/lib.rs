@@ -35,6 +35,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     security(("oauth2" = [])),
     request_body = CreateGroup,
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 201, description = "The group", body = GroupOut),
         (status = 404, description = "A participant does not exist; `detail` lists them", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `detail` names it", body = ErrorBody),
@@ -47,6 +48,7 @@ async fn create_group(
 ) -> Result<(StatusCode, axum::Json<GroupOut>)> {
     let name = validate::name("name", &body.name)?;
     let mut ids = member_ids("participant_ids", &body.participant_ids)?;
+    state.limits.groups.check(user.id)?;
     ids.retain(|&id| id != user.id);
     if ids.len() + 1 > MAX_GROUP_MEMBERS {
         return Err(too_many());
@@ -69,7 +71,7 @@ async fn create_group(
     );
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
     let member_revs = users::bump_member_revs(&mut *tx, &participant_ids).await?;
-    tx.commit().await?;
+    windi_shared::deadline::commit(tx).await?;
 
     publish_added(&state, chat.id, &added, &member_revs, false).await;
     Ok((StatusCode::CREATED, group_out(chat, participant_ids)))
@@ -82,6 +84,7 @@ async fn create_group(
     params(("chat_id" = i64, Path, description = "Group chat id")),
     request_body = AddMembers,
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 200, description = "The group with its members", body = GroupOut),
         (status = 403, description = "The caller is not the owner", body = ErrorBody),
         (status = 404, description = "No such group among the caller's, or no such user", body = ErrorBody),
@@ -100,6 +103,7 @@ async fn add_members(
     }
     let chat = group_of_member(&state, chat_id, user.id).await?;
     require_owner(&state.db, chat_id, user.id).await?;
+    state.limits.groups.check(user.id)?;
     check_users_exist(&state, &ids).await?;
     check_not_blocked(&state, user.id, &ids).await?;
 
@@ -114,7 +118,7 @@ async fn add_members(
     }
     let added_ids: Vec<i64> = added.iter().map(|a| a.user_id).collect();
     let member_revs = users::bump_member_revs(&mut *tx, &added_ids).await?;
-    tx.commit().await?;
+    windi_shared::deadline::commit(tx).await?;
 
     publish_added(&state, chat_id, &added, &member_revs, true).await;
     Ok(group_out(chat, participant_ids))
@@ -166,7 +170,7 @@ async fn remove_member(
         .await?
         .first()
         .map_or(0, |&(_, r)| r);
-    tx.commit().await?;
+    windi_shared::deadline::commit(tx).await?;
 
     state
         .events

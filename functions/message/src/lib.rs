@@ -38,6 +38,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         description = "Same as the body's `dedup_key`; if both are given they must be equal")),
     request_body = SendMessage,
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 201, description = "Stored as a new message", body = MessageOut),
         (status = 200, description = "Replay of an earlier send with the same dedup key", body = MessageOut),
         (status = 404, description = "No such recipient, or a chat the caller is not in", body = ErrorBody),
@@ -89,6 +90,7 @@ async fn send(
     params(("id" = i64, Path, description = "Message id")),
     request_body = EditMessage,
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 200, description = "The message with its new text and `edited_at`", body = MessageOut),
         (status = 403, description = "`not_sender`: only the sender edits", body = ErrorBody),
         (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
@@ -114,6 +116,7 @@ async fn edit(
     security(("oauth2" = [])),
     params(("id" = i64, Path, description = "Message id")),
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 200, description = "The tombstone", body = MessageOut),
         (status = 403, description = "`not_allowed`: neither the sender nor the group's owner", body = ErrorBody),
         (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
@@ -137,6 +140,7 @@ async fn delete(
         ("emoji" = String, Path, description = "The reaction, e.g. %F0%9F%91%8D for 👍"),
     ),
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 200, description = "The message with its reactions", body = MessageOut),
         (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
         (status = 409, description = "`deleted`, or `too_many_reactions`: 20 different ones already", body = ErrorBody),
@@ -162,6 +166,7 @@ async fn react(
         ("emoji" = String, Path, description = "The reaction, percent-encoded"),
     ),
     responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
         (status = 200, description = "The message with its reactions", body = MessageOut),
         (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
         (status = 422, description = "Not a valid reaction", body = ErrorBody),

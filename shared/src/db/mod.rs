@@ -15,12 +15,16 @@ use std::time::Duration;
 /// The migrations of `migrations/`, compiled into every binary that may apply them.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// How long a request waits for a pooled connection before it is answered 503.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A pool for the life of the process (never one per request).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        // A request waiting longer than this for a connection is better answered with an error.
-        .acquire_timeout(Duration::from_secs(5))
+        // A request waiting longer than this for a connection (a dry pool, an unreachable
+        // Postgres) is answered 503 `unavailable` instead (see `error::is_unavailable`).
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await
 }

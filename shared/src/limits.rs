@@ -1,0 +1,174 @@
+//! Per-user rate limits: message writes (sends over HTTP and WebSocket alike, edits, deletions,
+//! reactions), group creation and membership changes, and typing. On by default; each answers
+//! 429 `rate_limited` with `Retry-After` before anything is written.
+//!
+//! The limiter is `governor`'s GCRA, keyed by user id: `per_second` sustained with bursts of
+//! `burst`. The state lives in the process, so with several API processes (or Lambda
+//! instances) each enforces the limit on its own: a user spread over N processes gets up to N
+//! times the rate. The deployment's real ceiling is API Gateway's throttling in front
+//! (`template.yaml`), which this complements per user.
+
+use std::{
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+
+use crate::error::{Error, Result};
+
+/// Checks between two sweeps of idle users' state (which would otherwise grow with every
+/// user ever limited).
+const SWEEP_EVERY: u64 = 10_000;
+
+/// One limit: a quota per user.
+pub struct Limit {
+    what: &'static str,
+    limiter: DefaultKeyedRateLimiter<i64>,
+    checks: AtomicU64,
+}
+
+impl std::fmt::Debug for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limit").field("what", &self.what).finish()
+    }
+}
+
+impl Limit {
+    /// `count` per `period` sustained, `burst` at once.
+    pub fn new(what: &'static str, count: u32, period: Duration, burst: u32) -> Self {
+        let count = NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(count);
+        let quota = Quota::with_period(period / count.get())
+            .unwrap_or_else(|| Quota::per_second(count))
+            .allow_burst(burst);
+        Self {
+            what,
+            limiter: RateLimiter::keyed(quota),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one unit of `user_id`'s quota, or answers 429 with how long to wait.
+    pub fn check(&self, user_id: i64) -> Result<()> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&user_id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
+            Error::TooManyRequests {
+                code: "rate_limited",
+                detail: format!(
+                    "too many {}; retry in {:.1} s",
+                    self.what,
+                    wait.as_secs_f64()
+                ),
+                retry_after: wait,
+            }
+        })
+    }
+}
+
+/// How much each user may do; from `LIMIT_*` variables (see `.env.example`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub sends_per_second: u32,
+    pub sends_burst: u32,
+    pub groups_per_minute: u32,
+    pub groups_burst: u32,
+    pub typing_per_second: u32,
+    pub typing_burst: u32,
+}
+
+impl Default for LimitSettings {
+    /// Far above what a person types, far below what a script floods: 20 messages a second
+    /// with bursts of 60 (a client flushing its outbox after a reconnect), 10 group changes a
+    /// minute with bursts of 20, typing 5 a second with bursts of 10.
+    fn default() -> Self {
+        Self {
+            sends_per_second: 20,
+            sends_burst: 60,
+            groups_per_minute: 10,
+            groups_burst: 20,
+            typing_per_second: 5,
+            typing_burst: 10,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Limits high enough never to apply (for benchmarks and load tests, which say so).
+    pub fn unlimited() -> Self {
+        let many = 1_000_000_000;
+        Self {
+            sends_per_second: many,
+            sends_burst: many,
+            groups_per_minute: many,
+            groups_burst: many,
+            typing_per_second: many,
+            typing_burst: many,
+        }
+    }
+}
+
+/// Every limit of a process, shared by its handlers and its relay.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub sends: Arc<Limit>,
+    pub groups: Arc<Limit>,
+    pub typing: Arc<Limit>,
+}
+
+impl Limits {
+    pub fn new(s: LimitSettings) -> Self {
+        let second = Duration::from_secs(1);
+        Self {
+            sends: Arc::new(Limit::new(
+                "messages",
+                s.sends_per_second,
+                second,
+                s.sends_burst,
+            )),
+            groups: Arc::new(Limit::new(
+                "group changes",
+                s.groups_per_minute,
+                Duration::from_secs(60),
+                s.groups_burst,
+            )),
+            typing: Arc::new(Limit::new(
+                "typing notices",
+                s.typing_per_second,
+                second,
+                s.typing_burst,
+            )),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::new(LimitSettings::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_and_the_next_one_waits() {
+        let limit = Limit::new("messages", 20, Duration::from_secs(1), 5);
+        for _ in 0..5 {
+            assert!(limit.check(1).is_ok());
+        }
+        let Err(Error::TooManyRequests { retry_after, .. }) = limit.check(1) else {
+            panic!("the sixth passed");
+        };
+        assert!(retry_after <= Duration::from_millis(50), "{retry_after:?}");
+        assert!(limit.check(2).is_ok(), "another user has a quota of their own");
+    }
+}
