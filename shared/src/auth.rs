@@ -109,7 +109,9 @@ struct QueuePlace<'a>(&'a AtomicUsize);
 impl<'a> QueuePlace<'a> {
     fn take(queued: &'a AtomicUsize, max: usize) -> Option<Self> {
         queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Self(queued))
     }

@@ -35,7 +35,9 @@ tokio::task_local! {
 /// then rolls back, so "unavailable" never hides a write. Outside an HTTP request (the relay's
 /// `send` frame) it simply commits.
 pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<()> {
-    let late = DEADLINE.try_with(|&at| Instant::now() >= at).unwrap_or(false);
+    let late = DEADLINE
+        .try_with(|&at| Instant::now() >= at)
+        .unwrap_or(false);
     if late {
         tx.rollback().await?;
         return Err(Error::Unavailable(

@@ -169,6 +169,9 @@ mod tests {
             panic!("the sixth passed");
         };
         assert!(retry_after <= Duration::from_millis(50), "{retry_after:?}");
-        assert!(limit.check(2).is_ok(), "another user has a quota of their own");
+        assert!(
+            limit.check(2).is_ok(),
+            "another user has a quota of their own"
+        );
     }
 }

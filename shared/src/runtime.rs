@@ -35,7 +35,9 @@ pub fn with_http_layers(router: Router) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(crate::deadline::run_to_completion))
+        .layer(axum::middleware::from_fn(
+            crate::deadline::run_to_completion,
+        ))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 Error::Internal("handler panicked".into()).into_response()

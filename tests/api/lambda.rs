@@ -420,7 +420,10 @@ fn normalise(value: &mut Value) {
         Value::Object(map) => {
             for (key, field) in map.iter_mut() {
                 match (key.as_str(), &*field) {
-                    ("timestamp" | "created_at" | "edited_at" | "last_used_at", Value::String(time)) => {
+                    (
+                        "timestamp" | "created_at" | "edited_at" | "last_used_at",
+                        Value::String(time),
+                    ) => {
                         assert!(
                             chrono::DateTime::parse_from_rfc3339(time).is_ok(),
                             "{key} is not an RFC 3339 time: {time}"
