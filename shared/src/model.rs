@@ -145,9 +145,16 @@ pub struct ChangesQuery {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterUser {
-    #[schema(example = "Alice", min_length = 1, max_length = 100)]
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        example = "Alice",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
-    #[schema(example = "alice@example.com", max_length = 254)]
+    /// An address with one `@` and a dot in its domain, at most 254 characters.
+    #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// At least 8 characters, at most 1 KiB.
     #[schema(example = "correct horse battery", min_length = 8, max_length = 1024)]
@@ -257,7 +264,13 @@ pub struct PersonOut {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateGroup {
-    #[schema(example = "Project Team", min_length = 1, max_length = 100)]
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        example = "Project Team",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// Members besides the creator, who is always included.
     #[schema(example = json!([2, 3]), max_items = 1000)]

@@ -87,17 +87,12 @@ pub async fn send_message(
     state.limits.sends.check(sender)?;
 
     let mut tx = state.db.begin().await?;
-    // The chat, and the other member when this message creates their private chat.
+    // The chat, and the other member when this message creates their private chat. A chat
+    // named by id is not looked up here: the insert checks membership itself, under the
+    // chat's lock, and only a failed send pays for finding out why (one round trip saved on
+    // every send).
     let (chat_id, new_peer) = match target {
-        Target::Chat(id) => {
-            let chat = chats::for_member(&mut *tx, id, sender)
-                .await?
-                .ok_or(Error::NotFound("chat"))?;
-            if !chat.is_group() && blocks::in_private_chat(&mut *tx, chat.id).await? {
-                return Err(Error::blocked());
-            }
-            (chat.id, None)
-        }
+        Target::Chat(id) => (id, None),
         Target::Recipient(recipient) => {
             if recipient == sender {
                 return Err(Error::invalid("recipient_id", "cannot be yourself"));
@@ -115,14 +110,6 @@ pub async fn send_message(
             (id, created.then_some(recipient))
         }
     };
-    if let Some(reply_to) = reply_to
-        && !messages::in_chat(&mut *tx, reply_to, chat_id).await?
-    {
-        return Err(Error::invalid(
-            "reply_to",
-            format!("no message {reply_to} in this chat"),
-        ));
-    }
     let hash = content_hash(chat_id, text, reply_to);
 
     if let Some(key) = dedup_key
@@ -132,7 +119,9 @@ pub async fn send_message(
         return replay(existing, chat_id, &hash);
     }
 
-    let position = messages::take_seq(&mut *tx, chat_id).await?;
+    let Some(position) = messages::take_seq(&mut *tx, chat_id).await? else {
+        return Err(Error::NotFound("chat"));
+    };
     let new = NewMessage {
         chat_id,
         sender_id: sender,
@@ -143,16 +132,12 @@ pub async fn send_message(
     };
     let Some(Inserted { message, marker }) = messages::insert(&mut *tx, &new, position).await?
     else {
-        // A concurrent send with this key committed first, or the sender was removed while
-        // this send waited for the chat: either way ours must not take a seq or a rev.
+        // Not a member (or no longer: removed while this send waited for the chat), a private
+        // chat closed by a block, a reply to a message of another chat, or a concurrent send
+        // with this key that committed first.
+        // Ours must not take a seq or a rev, and the answer says which it was.
         tx.rollback().await?;
-        return match dedup_key {
-            Some(key) => match messages::by_dedup_key(&state.db, sender, key).await? {
-                Some(existing) => replay(existing, chat_id, &hash),
-                None => Err(Error::NotFound("chat")),
-            },
-            None => Err(Error::NotFound("chat")),
-        };
+        return Err(why_not_sent(state, sender, chat_id, dedup_key, reply_to, &hash).await);
     };
     let member_revs = match new_peer {
         Some(peer) => users::bump_member_revs(&mut *tx, &[sender, peer]).await?,
@@ -191,6 +176,43 @@ pub async fn send_message(
         message,
         created: true,
     })
+}
+
+/// Why an insert stored nothing, found after its rollback (the rare path).
+async fn why_not_sent(
+    state: &AppState,
+    sender: i64,
+    chat_id: i64,
+    dedup_key: Option<&str>,
+    reply_to: Option<i64>,
+    hash: &[u8],
+) -> Error {
+    let found = async {
+        if let Some(key) = dedup_key
+            && let Some(existing) = messages::by_dedup_key(&state.db, sender, key).await?
+        {
+            return Ok(match replay(existing, chat_id, hash) {
+                Ok(_) => Error::Internal("replay found after a failed insert".into()),
+                Err(conflict) => conflict,
+            });
+        }
+        if chats::for_member(&state.db, chat_id, sender)
+            .await?
+            .is_none()
+        {
+            return Ok(Error::NotFound("chat"));
+        }
+        if blocks::in_private_chat(&state.db, chat_id).await? {
+            return Ok(Error::blocked());
+        }
+        Ok::<_, Error>(match reply_to {
+            Some(reply_to) => {
+                Error::invalid("reply_to", format!("no message {reply_to} in this chat"))
+            }
+            None => Error::Internal("insert stored nothing for a member".into()),
+        })
+    };
+    found.await.unwrap_or_else(|e| e)
 }
 
 /// A stored message found under the same key: the original if the content matches, else 409.

@@ -208,3 +208,86 @@ async fn bad_paths_and_unknown_routes_answer_json() {
         .await;
     assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "password");
 }
+
+/// Found by `scripts/fuzz.sh`: the contract said any string was a name or an email, so clients
+/// generated from `/openapi.json` could send what windi then refused. It now states the rules
+/// windi enforces (an email format; a name pattern that excludes blank names and control
+/// characters), and what the pattern excludes is refused for users and groups alike.
+#[tokio::test]
+async fn the_contract_states_the_name_and_email_rules_that_registration_and_groups_enforce() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["RegisterUser"]["properties"]["email"]["format"],
+        "email"
+    );
+    let pattern = &schemas["RegisterUser"]["properties"]["name"]["pattern"];
+    assert!(
+        pattern.as_str().is_some_and(|p| p.contains(r"\s")),
+        "no name pattern: {pattern}"
+    );
+    assert_eq!(
+        &schemas["CreateGroup"]["properties"]["name"]["pattern"],
+        pattern
+    );
+
+    let alice = app.user("Alice").await;
+    for (i, name) in ["   ", "\u{a0}\u{3000}", "Al\u{1}ce", "B\u{85}ob", "\u{7f}"]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/auth/register",
+                None,
+                Some(
+                    json!({"name": name, "email": format!("n{i}@b.co"), "password": "long enough"}),
+                ),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "name");
+        let (status, body) = app
+            .post(
+                "/chat/group",
+                &alice,
+                json!({"name": name, "participant_ids": []}),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "name");
+    }
+    for (body, field) in [
+        (
+            json!({"name": "A", "email": "no-at-sign", "password": "long enough"}),
+            "email",
+        ),
+        (
+            json!({"name": "A", "email": "a@nodot", "password": "long enough"}),
+            "email",
+        ),
+    ] {
+        let (status, response) = app
+            .call(Method::POST, "/auth/register", None, Some(body))
+            .await;
+        assert_error(status, &response, StatusCode::UNPROCESSABLE_ENTITY, field);
+    }
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/auth/register",
+            None,
+            Some(json!({"name": " Анна  Мария ", "email": "anna@b.co", "password": "long enough"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "Анна  Мария");
+}

@@ -63,7 +63,7 @@ async fn the_demo_builds_the_seed_scenario_and_a_rerun_changes_nothing() {
 async fn generated_data_passes_the_invariant_checks_and_serves_like_live_data() {
     let app = TestApp::spawn().await;
     // Live data first: generation must coexist with it, never replace it.
-    windi::demo::run(windi::app(app.state.clone()))
+    let demo = windi::demo::run(windi::app(app.state.clone()))
         .await
         .unwrap();
     let options = Options {
@@ -132,7 +132,54 @@ async fn generated_data_passes_the_invariant_checks_and_serves_like_live_data() 
         .await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     assert_eq!(sent["seq"], last_seq + 1);
+    assert_eq!(
+        sent["rev"],
+        last_seq + 1,
+        "a generated chat's rev is its last_seq"
+    );
     assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+
+    // Live changes of every other kind keep the invariants too, each one: the message is edited,
+    // reacted to and deleted; Alice adds the generated user to her group, then removes them.
+    let message = format!("/chat/message/{}", sent["id"]);
+    let reaction = format!("{message}/reactions/%F0%9F%91%8D");
+    let user0: i64 = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(&report.first_user_email)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let alice = app
+        .login(demo.logins[0].email, demo.logins[0].password)
+        .await;
+    let members = format!("/chat/group/{}/members", demo.group_chat);
+    let changes = [
+        (
+            &token,
+            reqwest::Method::PATCH,
+            message.clone(),
+            Some(json!({"text": "edited"})),
+        ),
+        (&token, reqwest::Method::PUT, reaction, None),
+        (&token, reqwest::Method::DELETE, message, None),
+        (
+            &alice,
+            reqwest::Method::POST,
+            members.clone(),
+            Some(json!({"user_ids": [user0]})),
+        ),
+        (
+            &alice,
+            reqwest::Method::DELETE,
+            format!("{members}/{user0}"),
+            None,
+        ),
+    ];
+    for (who, method, path, body) in changes {
+        let (status, answer) = app.call(method.clone(), &path, Some(who), body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {answer}");
+        let broken = windi::check::run(&app.db.pool).await.unwrap();
+        assert_eq!(broken, vec![], "after {method} {path}");
+    }
 }
 
 #[tokio::test]
@@ -160,6 +207,87 @@ async fn check_reports_a_gap_and_an_out_of_range_marker() {
         vec![
             "per-chat seq is 1..last_seq with no gap",
             "read markers lie within 0..last_seq"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn check_reports_each_broken_revision_invariant_in_its_chat() {
+    let app = TestApp::spawn().await;
+    let options = Options {
+        users: 40,
+        chats: 30,
+        messages: 3_000,
+        progress: false,
+        ..Options::default()
+    };
+    windi::generate::run(&app.db.pool, &options).await.unwrap();
+    assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+
+    // Six chats with messages, one broken invariant each.
+    let chats: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM chats WHERE last_seq >= 2 ORDER BY id LIMIT 6")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(chats.len(), 6);
+    let breaks = [
+        // A rev taken without its change row.
+        "UPDATE chats SET rev = rev + 1 WHERE id = $1",
+        // A message changed at a rev its chat never reached.
+        "UPDATE messages SET rev = c.rev + 1 FROM chats c
+         WHERE c.id = $1 AND messages.chat_id = c.id AND messages.seq = 1",
+        // The creation of message 1 recorded as something else.
+        "UPDATE chat_changes SET kind = 'edited' WHERE chat_id = $1 AND rev = 1",
+        // The last sender's marker below their own message.
+        "UPDATE chat_members SET last_read_seq = c.last_seq - 1 FROM chats c, messages m
+         WHERE c.id = $1 AND m.chat_id = c.id AND m.seq = c.last_seq
+           AND chat_members.chat_id = c.id AND chat_members.user_id = m.sender_id",
+        // A tombstone that kept its text.
+        "UPDATE messages SET deleted_at = now() WHERE chat_id = $1 AND seq = 2",
+        // A join at a rev the chat has not reached.
+        "UPDATE chat_members SET joined_rev = c.rev + 1 FROM chats c
+         WHERE c.id = $1 AND chat_members.chat_id = c.id",
+    ];
+    for (sql, chat) in breaks.iter().zip(&chats) {
+        let done = sqlx::query(*sql)
+            .bind(chat)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        assert!(done.rows_affected() > 0, "{sql}");
+    }
+
+    let broken: Vec<(&str, Vec<i64>)> = windi::check::run(&app.db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.invariant, v.examples))
+        .collect();
+    assert_eq!(
+        broken,
+        vec![
+            (
+                "per-chat rev is 1..rev in the change log with no gap",
+                vec![chats[0]]
+            ),
+            (
+                "a message's rev lies within created_rev..the chat's rev",
+                vec![chats[1]]
+            ),
+            (
+                "each message has its 'message' change at created_rev, and each such change its message",
+                vec![chats[2]]
+            ),
+            (
+                "no member has a message of their own above their read marker",
+                vec![chats[3]]
+            ),
+            ("a deleted message's text is empty", vec![chats[4]]),
+            (
+                "a member joined with the chat (rev 0) or by their own 'member_joined' change",
+                vec![chats[5]]
+            ),
         ]
     );
 }

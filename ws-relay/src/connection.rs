@@ -25,6 +25,7 @@ use tokio::{
 use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
+    auth::TokenSubject,
     db::{changes, chats, messages, users},
     events::Event,
     model::Change,
@@ -123,10 +124,13 @@ pub async fn run(
     hub: Arc<Hub>,
     state: AppState,
     settings: Arc<RelaySettings>,
-    user_id: i64,
-    session_id: i64,
+    subject: TokenSubject,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let TokenSubject {
+        user_id,
+        session_id,
+    } = subject;
     let (mut sink, stream) = socket.split();
     // The user's member_rev before subscribing: a join or leave after this read is either
     // published after the subscription exists or found by the poller.
@@ -159,7 +163,13 @@ pub async fn run(
     let last_heard = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let (frames_tx, mut frames) = mpsc::channel(16);
-    let reader = tokio::spawn(read_frames(stream, frames_tx, last_heard.clone(), started));
+    let reader = tokio::spawn(read_frames(
+        stream,
+        frames_tx,
+        last_heard.clone(),
+        started,
+        settings.max_frame_bytes,
+    ));
 
     if session.start().await.is_err() {
         reader.abort();
@@ -225,16 +235,32 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Reads client frames until the socket ends, noting when the client was last heard from.
+/// A frame over `max_frame_bytes` ends the connection.
 async fn read_frames(
     mut stream: futures::stream::SplitStream<WebSocket>,
     frames: mpsc::Sender<Incoming>,
     last_heard: Arc<AtomicU64>,
     started: Instant,
+    max_frame_bytes: usize,
 ) {
     while let Some(received) = stream.next().await {
         let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         last_heard.store(elapsed, Ordering::Relaxed);
         let incoming = match received {
+            Ok(Message::Text(text)) if text.len() > max_frame_bytes => Incoming::Failed {
+                reason: format!(
+                    "frame of {} bytes; the limit is {max_frame_bytes}",
+                    text.len()
+                ),
+                too_big: true,
+            },
+            Ok(Message::Binary(data)) if data.len() > max_frame_bytes => Incoming::Failed {
+                reason: format!(
+                    "frame of {} bytes; the limit is {max_frame_bytes}",
+                    data.len()
+                ),
+                too_big: true,
+            },
             Ok(Message::Text(text)) => Incoming::Text(text),
             Ok(Message::Binary(_)) => Incoming::Binary,
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,

@@ -64,6 +64,10 @@ pub struct RelaySettings {
     pub queue_capacity: usize,
     /// Largest client frame; bigger ones close the connection with 1009.
     pub max_frame_bytes: usize,
+    /// What each socket reads into at once. tungstenite allocates 128 KiB per socket by
+    /// default, which is most of an idle connection's memory; client frames are small (a send
+    /// is at most 16 KiB of text), and a bigger one just takes more reads.
+    pub read_buffer_bytes: usize,
     pub ping_interval: Duration,
     /// A client not heard from (not even a pong) for this long is closed.
     pub idle_timeout: Duration,
@@ -88,6 +92,7 @@ impl Default for RelaySettings {
             max_connections_per_user: 8,
             queue_capacity: 512,
             max_frame_bytes: 32 * 1024,
+            read_buffer_bytes: 4 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
@@ -300,7 +305,7 @@ async fn upgrade(
         Ok(false) => return Error::Unauthorized("session ended; log in again").into_response(),
         Err(e) => return Error::from(e).into_response(),
     }
-    let (user_id, session_id) = (subject.user_id, subject.session_id);
+    let user_id = subject.user_id;
     let Some(slot) = relay
         .hub
         .reserve(user_id, relay.settings.max_connections_per_user)
@@ -325,9 +330,17 @@ async fn upgrade(
             .into_response();
         }
     };
-    let limit = relay.settings.max_frame_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    // tungstenite refuses frames over 4x the limit as it reads their header (and the socket
+    // is reset under the unread rest); frames between the two are read whole and refused by
+    // the connection with a proper 1009. The small read buffer grows only for such a frame.
+    let hard_limit = relay.settings.max_frame_bytes * 4;
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .read_buffer_size(relay.settings.read_buffer_bytes)
+        // Each frame is flushed as it is sent, so the write buffer holds about one frame; the
+        // cap bounds what a client that stopped reading can make the relay hold.
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * 1024 * 1024)
         .on_upgrade(move |socket| {
             connection::run(
                 slot,
@@ -335,8 +348,7 @@ async fn upgrade(
                 relay.hub,
                 relay.state,
                 relay.settings,
-                user_id,
-                session_id,
+                subject,
                 relay.shutdown,
             )
         })

@@ -41,23 +41,26 @@ pub struct Inserted {
 /// The chat's next seq and rev for a new message. The row lock this UPDATE takes is held to
 /// commit, so every change of the chat queues here and seq and rev both follow commit order; a
 /// rollback hands the numbers back.
-pub async fn take_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<(i64, i64)> {
+/// `None` if there is no such chat.
+pub async fn take_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Option<(i64, i64)>> {
     sqlx::query_as(
         "UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1 WHERE id = $1
          RETURNING last_seq, rev",
     )
     .bind(chat_id)
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }
 
 /// The rest of a send's write, in one statement, after [`take_seq`]: the message, its change,
 /// and the sender's marker (sending is reading).
 ///
-/// Answers `None` when the sender is no longer a member (checked here, after the chat's lock
-/// was granted, so a removal that committed meanwhile is seen), or already used this dedup key
-/// — also in a concurrent transaction, which the INSERT waits for. The caller must then roll
-/// back, which hands the seq and rev back.
+/// Answers `None` when the sender is not a member (checked here, after the chat's lock was
+/// granted, so a removal that committed meanwhile is seen), when `reply_to` is not a message of
+/// this chat, when the chat is private and one of its two blocked the other, or when the
+/// sender already used this dedup key — also in a concurrent
+/// transaction, which the INSERT waits for. The caller must then roll back, which hands the
+/// seq and rev back.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     new: &NewMessage<'_>,
@@ -69,6 +72,13 @@ pub async fn insert(
                  (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to)
              SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6
              WHERE EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
+               AND NOT EXISTS (
+                   SELECT 1 FROM chats c JOIN blocks b
+                       ON (b.blocker_id = c.private_low AND b.blocked_id = c.private_high)
+                       OR (b.blocker_id = c.private_high AND b.blocked_id = c.private_low)
+                   WHERE c.id = $1)
+               AND ($6::bigint IS NULL
+                    OR EXISTS (SELECT 1 FROM messages r WHERE r.id = $6 AND r.chat_id = $1))
              ON CONFLICT (sender_id, dedup_key) DO NOTHING
              RETURNING *),
          ch AS (
@@ -135,15 +145,6 @@ pub async fn for_member(
     .bind(user_id)
     .fetch_optional(db)
     .await
-}
-
-/// Whether `message_id` is a message of `chat_id` (what a reply may point at).
-pub async fn in_chat(db: impl PgExecutor<'_>, message_id: i64, chat_id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1 AND chat_id = $2)")
-        .bind(message_id)
-        .bind(chat_id)
-        .fetch_one(db)
-        .await
 }
 
 /// A message as a change to it sees it: who may change it, and how it stands.
