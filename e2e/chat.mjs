@@ -11,7 +11,7 @@
 // desktop-sized window, Bob on a phone-sized one. Through the UI only, except for a batch of
 // group messages posted over the API to have history worth scrolling back through, and Bob's
 // removal from the group (the client has no button for it):
-//   1. both register; Alice starts a private chat with Bob's id and writes;
+//   1. both register; Alice finds Bob by name ("New chat"), starts a private chat and writes;
 //   2. Bob sees the chat appear with an unread badge, live; opens it; Alice sees "read";
 //   3. Bob types: Alice sees "Bob is typing…"; Bob's reply arrives live and is read;
 //   4. Alice creates a group with Bob: it appears on Bob's side live; 60 messages later Bob
@@ -27,7 +27,13 @@
 //  11. Bob replies in the group to its first note; Alice reloads, so the note is older than
 //      anything loaded: the quote says "message #id" until she clicks it and it pages back;
 //  12. Bob's connection drops; meanwhile Alice edits, deletes, reacts, and removes Bob from the
-//      group; after the reconnect, `resume` with Bob's revs brings all four.
+//      group; after the reconnect, `resume` with Bob's revs brings all four;
+//  13. Bob renames himself in the account panel: Alice's chat list shows the new name, live;
+//  14. silent refresh: Alice's access token is about to expire and the client exchanges its
+//      refresh token before then; a refused (expired) access token is refreshed and the
+//      request retried, with no login;
+//  15. Bob changes his password (a wrong current one is refused);
+//  16. Alice logs out everywhere: she is at the login form and her old token is refused.
 // Every wait is on a condition with a timeout; nothing sleeps. Exit code 0 means it all held.
 
 import { mkdir } from 'node:fs/promises';
@@ -240,7 +246,7 @@ async function main() {
     }
     const bobRelay = await relayControl(bob);
 
-    // 1. Register both; Alice writes to Bob by id.
+    // 1. Register both; Alice finds Bob by name and writes to him.
     const tag = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
     await bob.goto(BASE_URL);
     await visible(bob.locator('#auth-form'), 'bob: the login form');
@@ -250,8 +256,10 @@ async function main() {
     log(`registered Alice #${aliceId} and Bob #${bobId}`);
 
     await alice.click('#show-new-chat');
-    await alice.fill('#new-chat-user', String(bobId));
-    await alice.click('#new-chat-form button[type=submit]');
+    await alice.fill('#new-chat-user', 'bo');
+    const found = alice.locator('#people-results .person', { hasText: `#${bobId}` });
+    await visible(found, 'alice: Bob found by the start of his name');
+    await found.click();
     const hello = 'Hi Bob! Are you there?';
     await send(alice, hello);
     await visible(ownMessage(alice, hello).locator('.status[data-status="sent"]'),
@@ -532,6 +540,59 @@ async function main() {
 
     await shot(alice, 'desktop-chat');
     await shot(bob, 'phone-chat');
+
+    // 13. Bob renames himself; Alice sees it in her list, live.
+    if (await bob.locator('#back').isVisible()) await bob.click('#back');
+    await bob.click('#show-account');
+    await bob.fill('#profile-name', 'Bobby Tables');
+    await bob.click('#profile-form button[type=submit]');
+    await visible(bob.locator('#me-name', { hasText: 'Bobby Tables' }), 'bob: his new name');
+    await visible(alice.locator('.chat-item', { hasText: 'Bobby Tables' }),
+      'alice: Bob\'s new name in her chat list, live');
+    log('a new name reached the other side live');
+
+    // 14. Silent refresh, ahead of expiry and after a refused access token.
+    const firstRefresh = await alice.evaluate(() => sessionStorage.getItem('windi.refresh'));
+    await alice.evaluate(() => sessionStorage.setItem('windi.expires', String(Date.now() + 61000)));
+    await alice.reload();
+    await until(alice, 'alice: the refresh token exchanged before the access token expired',
+      (old) => {
+        const now = sessionStorage.getItem('windi.refresh');
+        return now && now !== old;
+      }, firstRefresh);
+    await visible(alice.locator('#main-view'), 'alice: still signed in after the refresh');
+    const secondRefresh = await alice.evaluate(() => sessionStorage.getItem('windi.refresh'));
+    await alice.evaluate(() => sessionStorage.setItem('windi.token', 'expired.access.token'));
+    await alice.click('#show-new-chat');
+    await alice.fill('#new-chat-user', 'bobby');
+    await visible(alice.locator('#people-results .person', { hasText: 'Bobby Tables' }),
+      'alice: a search that met a refused token, refreshed and retried');
+    await until(alice, 'alice: a new access token', (old) =>
+      sessionStorage.getItem('windi.token') !== 'expired.access.token'
+        && sessionStorage.getItem('windi.refresh') !== old, secondRefresh);
+    log('the client refreshed its tokens silently, twice');
+
+    // 15. Bob changes his password.
+    await bob.fill('#password-current', 'not my password');
+    await bob.fill('#password-new', 'an even better password');
+    await bob.click('#password-form button[type=submit]');
+    await visible(bob.locator('#account-status', { hasText: 'wrong' }), 'bob: a wrong current password refused');
+    await bob.fill('#password-current', PASSWORD);
+    await bob.fill('#password-new', 'an even better password');
+    await bob.click('#password-form button[type=submit]');
+    await visible(bob.locator('#account-status', { hasText: 'Password changed' }), 'bob: password changed');
+    await visible(bob.locator('#main-view'), 'bob: still signed in after his password change');
+
+    // 16. Alice logs out everywhere.
+    const aliceToken = await alice.evaluate(() => sessionStorage.getItem('windi.token'));
+    await alice.click('#show-account');
+    await alice.click('#logout-all');
+    await visible(alice.locator('#auth-form'), 'alice: the login form after logging out everywhere');
+    const status = await alice.evaluate(async (token) => (await fetch('/auth/me', {
+      headers: { Authorization: `Bearer ${token}` },
+    })).status, aliceToken);
+    if (status !== 401) throw new Error(`alice's old token answered ${status} after logout-all`);
+    log('logged out everywhere; the old token is refused');
     console.log(`e2e passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   } catch (error) {
     for (const [who, page] of pages) {

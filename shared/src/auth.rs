@@ -1,4 +1,11 @@
-//! Authentication primitives: argon2id password hashes and HS-family JWT access tokens.
+//! Authentication primitives: argon2id password hashes, HS-family JWT access tokens that name
+//! their session, and opaque refresh tokens.
+//!
+//! An access token alone proves nothing any more: it names a session (`sid`), and the
+//! `AuthUser` extractor and the relay check that session is live (one primary-key lookup), so
+//! ending a session refuses its access tokens at once. A refresh token is 32 random bytes; only
+//! its sha256 is stored (a database leak gives no usable token, and sha256 is enough for a
+//! 256-bit random secret: there is nothing to brute-force, unlike a password).
 //!
 //! Hashing is CPU- and memory-heavy by design (~16 ms and 19 MiB per hash), so it runs on the
 //! blocking pool and at most a few at a time: a burst of logins must not starve the async
@@ -127,12 +134,52 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// The claims of an access token. `sub` is the user id as a string (RFC 7519 says StringOrURI).
+/// The claims of an access token. `sub` is the user id as a string (RFC 7519 says StringOrURI);
+/// `sid` the session the token belongs to (required: a token without one is refused).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    pub sid: i64,
     pub exp: u64,
     pub iat: u64,
+}
+
+/// Who a valid access token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSubject {
+    pub user_id: i64,
+    pub session_id: i64,
+}
+
+/// How long a refresh token stays usable without being used. Each refresh issues a new one with
+/// a fresh lifetime, so a session used at least monthly lives on; one left alone dies.
+pub const REFRESH_TOKEN_TTL_DAYS: i64 = 30;
+
+/// Bytes of randomness in a refresh token (256 bits: unguessable, not worth brute-forcing).
+const REFRESH_TOKEN_BYTES: usize = 32;
+
+/// A new refresh token: what the client gets, and the hash that is stored.
+#[derive(Debug)]
+pub struct RefreshToken {
+    pub token: String,
+    pub hash: Vec<u8>,
+}
+
+impl RefreshToken {
+    pub fn generate() -> Result<Self> {
+        let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("getrandom: {e}")))?;
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let hash = hash_refresh_token(&token);
+        Ok(Self { token, hash })
+    }
+}
+
+/// What is stored for (and looked up by) a refresh token.
+pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// Signs and checks access tokens with one pinned algorithm.
@@ -181,10 +228,11 @@ impl Tokens {
         }
     }
 
-    pub fn issue(&self, user_id: i64) -> Result<IssuedToken> {
+    pub fn issue(&self, user_id: i64, session_id: i64) -> Result<IssuedToken> {
         let now = unix_now();
         let claims = Claims {
             sub: user_id.to_string(),
+            sid: session_id,
             iat: now,
             exp: now + self.ttl_secs,
         };
@@ -196,14 +244,21 @@ impl Tokens {
         })
     }
 
-    /// The user id of a valid token; 401 for anything else (bad signature, expired, malformed).
-    pub fn verify(&self, token: &str) -> Result<i64> {
+    /// The user and session of a well-signed, unexpired token; 401 for anything else (bad
+    /// signature, expired, malformed, no session). Whether the session is still live is for
+    /// the caller to check ([`crate::db::sessions::check`]).
+    pub fn verify(&self, token: &str) -> Result<TokenSubject> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| Error::Unauthorized("invalid or expired token"))?;
-        data.claims
+        let user_id = data
+            .claims
             .sub
             .parse()
-            .map_err(|_| Error::Unauthorized("invalid or expired token"))
+            .map_err(|_| Error::Unauthorized("invalid or expired token"))?;
+        Ok(TokenSubject {
+            user_id,
+            session_id: data.claims.sid,
+        })
     }
 }
 

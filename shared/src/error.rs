@@ -78,6 +78,16 @@ pub struct ErrorBody {
 }
 
 impl Error {
+    /// 403 `blocked`: one side of a private chat blocked the other, or the user being added to
+    /// a group blocked the one adding. Nothing more is said (not who, not since when).
+    pub fn blocked() -> Self {
+        Self::Rejected {
+            status: StatusCode::FORBIDDEN,
+            code: "blocked",
+            detail: "blocked".into(),
+        }
+    }
+
     /// A 422 naming the field: `Error::invalid("text", "must not be empty")`.
     pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
         Self::Validation {
@@ -202,7 +212,9 @@ impl From<sqlx::Error> for Error {
                     };
                 }
                 // A participant deleted between the check and the insert.
-                Some("chat_members_user_id_fkey") => return Self::NotFound("user"),
+                Some("chat_members_user_id_fkey") | Some("blocks_blocked_id_fkey") => {
+                    return Self::NotFound("user");
+                }
                 // A valid token whose user is gone (e.g. the database was reset).
                 Some("messages_sender_id_fkey") | Some("chats_creator_id_fkey") => {
                     return Self::Unauthorized("the token's user no longer exists");

@@ -104,6 +104,21 @@ pub enum Event {
     /// On `<prefix>.typing.<chat_id>`, outside the stream: ephemeral, never stored.
     #[serde(rename = "typing")]
     Typing { chat_id: i64, user_id: i64 },
+    /// On `<prefix>.typing.<chat_id>`, once per chat of the user: a member changed their name.
+    /// Not a change of the chat (no rev): the name lives on the user, and every read of a chat
+    /// (list, members) shows the current one, so a lost event costs only a stale label until
+    /// the next read.
+    #[serde(rename = "user.updated")]
+    UserUpdated {
+        chat_id: i64,
+        user_id: i64,
+        name: String,
+    },
+    /// On `<prefix>.user.<user_id>`: these sessions ended (logout, logout-all, a password
+    /// change, a reused refresh token, account deletion); relays close their sockets. The
+    /// relay's poller finds an ended session whose event was lost.
+    #[serde(rename = "sessions.ended")]
+    SessionsEnded { user_id: i64, session_ids: Vec<i64> },
 }
 
 /// Where an event goes: a chat's subject or a user's.
@@ -133,10 +148,12 @@ impl Event {
             | Self::MessageRead { chat_id, .. }
             | Self::MemberJoined { chat_id, .. }
             | Self::MemberLeft { chat_id, .. } => Topic::Chat(*chat_id),
-            Self::ChatAdded { user_id, .. } | Self::ChatRemoved { user_id, .. } => {
-                Topic::User(*user_id)
+            Self::ChatAdded { user_id, .. }
+            | Self::ChatRemoved { user_id, .. }
+            | Self::SessionsEnded { user_id, .. } => Topic::User(*user_id),
+            Self::Typing { chat_id, .. } | Self::UserUpdated { chat_id, .. } => {
+                Topic::Typing(*chat_id)
             }
-            Self::Typing { chat_id, .. } => Topic::Typing(*chat_id),
         }
     }
 
@@ -180,6 +197,18 @@ impl Event {
                 ..
             } => format!("removed.{chat_id}.{user_id}.{rev}"),
             Self::Typing { chat_id, user_id } => format!("typing.{chat_id}.{user_id}"),
+            Self::UserUpdated {
+                chat_id, user_id, ..
+            } => format!("user.{chat_id}.{user_id}"),
+            // Session ids are never reused, so the first and the count name the fact.
+            Self::SessionsEnded {
+                user_id,
+                session_ids,
+            } => format!(
+                "ended.{user_id}.{}.{}",
+                session_ids.first().copied().unwrap_or(0),
+                session_ids.len()
+            ),
         }
     }
 }

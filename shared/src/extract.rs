@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{error::Error, state::AppState};
+use crate::{db::sessions, error::Error, state::AppState};
 
 /// `axum::Json` with our rejection.
 #[derive(Debug, FromRequest)]
@@ -54,11 +54,18 @@ where
     }
 }
 
-/// The caller, proven by a valid `Authorization: Bearer <token>`. A handler that takes this
-/// argument cannot run without one.
+/// The caller, proven by a valid `Authorization: Bearer <token>` of a live session. A handler
+/// that takes this argument cannot run without one.
+///
+/// Besides the signature and expiry, the token's session is looked up on every request (one
+/// primary-key read, see [`sessions::check`]): that is what makes logout and the other ways a
+/// session ends take effect at once, on every route and every Lambda instance, with no cache
+/// that could let an ended session through for a while.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub id: i64,
+    /// The session the token names.
+    pub session_id: i64,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -70,8 +77,13 @@ impl FromRequestParts<AppState> for AuthUser {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts.headers.get(header::AUTHORIZATION))
             .ok_or(Error::Unauthorized("missing bearer token"))?;
+        let subject = state.tokens.verify(token)?;
+        if !sessions::check(&state.db, subject.session_id, subject.user_id).await? {
+            return Err(Error::Unauthorized("session ended; log in again"));
+        }
         Ok(Self {
-            id: state.tokens.verify(token)?,
+            id: subject.user_id,
+            session_id: subject.session_id,
         })
     }
 }

@@ -16,6 +16,11 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 /// enough that long inputs cannot be used to burn CPU.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Search: shortest and longest `q`, default and largest page.
+pub const MIN_SEARCH_CHARS: usize = 2;
+pub const MAX_SEARCH_CHARS: usize = 100;
+pub const DEFAULT_SEARCH_LIMIT: i64 = 20;
+pub const MAX_SEARCH_LIMIT: i64 = 50;
 /// Longest idempotency key.
 pub const MAX_DEDUP_KEY_CHARS: usize = 128;
 /// Largest group, creator included.
@@ -183,13 +188,78 @@ pub struct LoginForm {
     pub password: String,
 }
 
+/// What a login or a refresh answers.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenOut {
     pub access_token: String,
     /// Always `bearer`.
     pub token_type: String,
-    /// Seconds until the token expires.
+    /// Seconds until the access token expires; refresh before then.
     pub expires_in: u64,
+    /// Opaque and single-use: `POST /auth/refresh` exchanges it for a new pair. Presenting one
+    /// that was already used ends the session (it was copied).
+    pub refresh_token: String,
+}
+
+/// `POST /auth/refresh`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshIn {
+    pub refresh_token: String,
+}
+
+/// One live session of the caller, as `GET /auth/sessions` lists it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionOut {
+    pub id: i64,
+    /// When the login happened.
+    pub created_at: DateTime<Utc>,
+    /// The last refresh or request (kept to the minute).
+    pub last_used_at: DateTime<Utc>,
+    /// What the client said it was at login.
+    pub user_agent: Option<String>,
+    /// True for the session of the token that asked.
+    pub current: bool,
+}
+
+/// `PATCH /auth/me`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateMe {
+    #[schema(example = "Alice Smith", min_length = 1, max_length = 100)]
+    pub name: String,
+}
+
+/// `POST /auth/password`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePassword {
+    pub current_password: String,
+    /// At least 8 characters, at most 1 KiB.
+    #[schema(min_length = 8, max_length = 1024)]
+    pub new_password: String,
+}
+
+/// `DELETE /auth/me`: the password again, so a stolen token alone cannot delete an account.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteMe {
+    pub password: String,
+}
+
+/// Query of `GET /users/search`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// 2–100 characters: the start of any word of a name (case-insensitive), or an exact email.
+    #[param(min_length = 2, max_length = 100)]
+    pub q: String,
+    /// Page size, 1–50 (default 20).
+    #[param(minimum = 1, maximum = 50)]
+    pub limit: Option<i64>,
+}
+
+/// Someone found by search or listed as blocked: never their email.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct PersonOut {
+    pub id: i64,
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

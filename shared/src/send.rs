@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     db::{
-        chats, members,
+        blocks, chats, members,
         messages::{self, Inserted, NewMessage},
         users,
     },
@@ -100,6 +100,9 @@ pub async fn send_message(
             if !users::exists(&mut *tx, recipient).await? {
                 return Err(Error::NotFound("recipient"));
             }
+            if blocks::between(&mut *tx, sender, recipient).await? {
+                return Err(Error::blocked());
+            }
             let (id, created) = chats::private_between(&mut tx, sender, recipient).await?;
             if created {
                 members::add(&mut *tx, id, &[sender, recipient], "member", false).await?;
@@ -129,8 +132,9 @@ pub async fn send_message(
     };
     let Some(Inserted { message, marker }) = messages::insert(&mut *tx, &new, position).await?
     else {
-        // Not a member (or no longer: removed while this send waited for the chat), a reply to
-        // a message of another chat, or a concurrent send with this key that committed first.
+        // Not a member (or no longer: removed while this send waited for the chat), a private
+        // chat closed by a block, a reply to a message of another chat, or a concurrent send
+        // with this key that committed first.
         // Ours must not take a seq or a rev, and the answer says which it was.
         tx.rollback().await?;
         return Err(why_not_sent(state, sender, chat_id, dedup_key, reply_to, &hash).await);
@@ -198,6 +202,9 @@ async fn why_not_sent(
             .is_none()
         {
             return Ok(Error::NotFound("chat"));
+        }
+        if blocks::in_private_chat(&state.db, chat_id).await? {
+            return Ok(Error::blocked());
         }
         Ok::<_, Error>(match reply_to {
             Some(reply_to) => {

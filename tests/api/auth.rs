@@ -133,9 +133,10 @@ async fn passwords_are_stored_as_argon2id_at_owasp_parameters() {
     assert!(!hash.contains(PASSWORD));
 }
 
-fn forge(secret: &[u8], sub: &str, exp: u64) -> String {
+fn forge(secret: &[u8], sub: &str, sid: i64, exp: u64) -> String {
     let claims = Claims {
         sub: sub.into(),
+        sid,
         exp,
         iat: unix_now(),
     };
@@ -166,17 +167,42 @@ fn b64url(data: &[u8]) -> String {
 async fn bad_tokens_are_refused_with_401() {
     let app = TestApp::spawn().await;
     let user = app.user("Frank").await;
+    let other = app.user("Frida").await;
     let sub = user.id.to_string();
     let later = unix_now() + 600;
+    let session_of = |id: i64| {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT max(id) FROM sessions WHERE user_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let sid = session_of(user.id).await;
 
-    let good = forge(TEST_SECRET, &sub, later);
+    let good = forge(TEST_SECRET, &sub, sid, later);
     let (status, _) = app.call(Method::GET, "/auth/me", Some(&good), None).await;
     assert_eq!(status, StatusCode::OK, "the forging itself must be right");
 
     let payload = b64url(format!(r#"{{"sub":"{sub}","exp":{later}}}"#).as_bytes());
     let alg_none = format!("{}.{payload}.", b64url(br#"{"alg":"none","typ":"JWT"}"#));
-    let wrong_signature = forge(b"another-secret-0123456789abcdefghijklmnop", &sub, later);
-    let expired = forge(TEST_SECRET, &sub, unix_now() - 120);
+    let wrong_signature = forge(
+        b"another-secret-0123456789abcdefghijklmnop",
+        &sub,
+        sid,
+        later,
+    );
+    let expired = forge(TEST_SECRET, &sub, sid, unix_now() - 120);
+    let no_session = encode(
+        &Header::default(),
+        &json!({"sub": sub, "exp": later}),
+        &EncodingKey::from_secret(TEST_SECRET),
+    )
+    .unwrap();
+    let unknown_session = forge(TEST_SECRET, &sub, sid + 1000, later);
+    let someone_elses_session = forge(TEST_SECRET, &sub, session_of(other.id).await, later);
     let no_exp = encode(
         &Header::default(),
         &json!({"sub": sub}),
@@ -188,6 +214,9 @@ async fn bad_tokens_are_refused_with_401() {
         ("wrong signature", &wrong_signature),
         ("expired", &expired),
         ("no exp", &no_exp),
+        ("no session", &no_session),
+        ("unknown session", &unknown_session),
+        ("someone else's session", &someone_elses_session),
         ("garbage", "not-a-token"),
     ] {
         let (status, body) = app.call(Method::GET, "/auth/me", Some(token), None).await;

@@ -167,6 +167,28 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-changes.json", Function::History, 200).body(&[("/rev", "7"), ("/more", "false")]),
     step("chat-message-read.json", Function::Read, 200),
     step("auth-register.json", Function::Auth, 409),
+    // Accounts and sessions (README "Sessions"), in an order where each relies on the last.
+    step("auth-me-patch.json", Function::Auth, 200),
+    step("auth-sessions.json", Function::Auth, 200),
+    step("auth-sessions-delete.json", Function::Auth, 404),
+    step("users-search.json", Function::Auth, 200),
+    step("users-block.json", Function::Auth, 204),
+    step("users-blocked.json", Function::Auth, 200),
+    step("users-unblock.json", Function::Auth, 204),
+    step("auth-password.json", Function::Auth, 204),
+    // The event's placeholder is no refresh token: refused alike (rotation is tested over HTTP).
+    step("auth-refresh.json", Function::Auth, 401),
+    step("auth-logout.json", Function::Auth, 204),
+    // The logged-out session's token, refused by the function as by the local server.
+    step("auth-me.json", Function::Auth, 401),
+    step("chat-list.json", Function::History, 401),
+    step("auth-login.json", Function::Auth, 200),
+    step("auth-logout-all.json", Function::Auth, 204),
+    step("auth-me.json", Function::Auth, 401),
+    step("auth-login.json", Function::Auth, 200),
+    step("auth-me-delete.json", Function::Auth, 204),
+    // The deleted account's email registers again.
+    step("auth-register.json", Function::Auth, 201),
 ];
 
 /// Headers the HTTP server adds locally and API Gateway adds in AWS.
@@ -398,7 +420,10 @@ fn normalise(value: &mut Value) {
         Value::Object(map) => {
             for (key, field) in map.iter_mut() {
                 match (key.as_str(), &*field) {
-                    ("timestamp" | "created_at" | "edited_at", Value::String(time)) => {
+                    (
+                        "timestamp" | "created_at" | "edited_at" | "last_used_at",
+                        Value::String(time),
+                    ) => {
                         assert!(
                             chrono::DateTime::parse_from_rfc3339(time).is_ok(),
                             "{key} is not an RFC 3339 time: {time}"
@@ -409,6 +434,10 @@ fn normalise(value: &mut Value) {
                     ("request_id", Value::String(id)) => {
                         assert!(!id.is_empty(), "an empty request id");
                         *field = Value::String("<request id>".into());
+                    }
+                    ("refresh_token", Value::String(token)) => {
+                        assert!(token.len() >= 43, "refresh_token too short: {token}");
+                        *field = Value::String("<refresh token>".into());
                     }
                     ("access_token", Value::String(token)) => {
                         let claims = jsonwebtoken::decode::<Claims>(

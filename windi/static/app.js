@@ -55,6 +55,16 @@ const QUICK_EMOJI = ['👍', '❤️', '😂'];
 const QUOTE_CHARS = 80;
 
 const TOKEN_KEY = 'windi.token';
+/** The session's refresh token (single-use: each refresh stores the next one). */
+const REFRESH_KEY = 'windi.refresh';
+/** When (ms since the epoch) the access token expires. */
+const EXPIRES_KEY = 'windi.expires';
+/** Refresh this long before the access token expires, so a request never carries a dead one. */
+const REFRESH_AHEAD_MS = 60_000;
+/** The relay's close code for an ended session (logout elsewhere, password change, …). */
+const SESSION_ENDED = 4001;
+/** Wait this long after the last keystroke before searching people. */
+const SEARCH_DEBOUNCE_MS = 250;
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -186,9 +196,24 @@ class ApiError extends Error {
   }
 }
 
-/** One JSON request to the API with our token. Errors are `{detail, code}` JSON; a 401 on a
- * signed-in call means the token expired, so we sign out. */
-async function api(method, path, body) {
+/** One JSON request to the API with our token. Errors are `{detail, code}` JSON. A 401 on a
+ * signed-in call may be an access token that just expired: one silent refresh and a retry;
+ * if the session itself has ended, the refresh fails and we sign out. */
+async function api(method, path, body, retried = false) {
+  try {
+    return await request(method, path, body);
+  } catch (error) {
+    if (error.status === 401 && state.me && !retried && await refreshSession()) {
+      return api(method, path, body, true);
+    }
+    if (error.status === 401 && state.me) {
+      signOut('Your session has ended. Please log in again.');
+    }
+    throw error;
+  }
+}
+
+async function request(method, path, body) {
   const headers = { Accept: 'application/json' };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -207,12 +232,53 @@ async function api(method, path, body) {
     data = { detail: text };
   }
   if (!response.ok) {
-    if (response.status === 401 && token && state.me) {
-      signOut('Your session has ended. Please log in again.');
-    }
     throw new ApiError(response.status, data?.detail ?? response.statusText, data?.code);
   }
   return data;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session: an access token refreshed silently before it expires
+
+let refreshTimer = null;
+let sessionRefresh = null;
+
+/** Keeps a login's or a refresh's tokens and plans the next refresh. */
+function storeTokens({ access_token: access, refresh_token: refresh, expires_in: expiresIn }) {
+  sessionStorage.setItem(TOKEN_KEY, access);
+  if (refresh) sessionStorage.setItem(REFRESH_KEY, refresh);
+  sessionStorage.setItem(EXPIRES_KEY, String(Date.now() + expiresIn * 1000));
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  const expires = Number(sessionStorage.getItem(EXPIRES_KEY) ?? 0);
+  if (!expires || !sessionStorage.getItem(REFRESH_KEY)) return;
+  const wait = Math.max(1_000, expires - Date.now() - REFRESH_AHEAD_MS);
+  refreshTimer = setTimeout(() => { refreshSession(); }, wait);
+}
+
+/** Exchanges the refresh token for new tokens; true if it worked. One at a time: a refresh
+ * token is single-use, and presenting it twice would end the session as stolen. */
+function refreshSession() {
+  sessionRefresh ??= (async () => {
+    const token = sessionStorage.getItem(REFRESH_KEY);
+    if (!token) return false;
+    try {
+      storeTokens(await request('POST', '/auth/refresh', { refresh_token: token }));
+      return true;
+    } catch (error) {
+      if (error.status === 401 && state.me) {
+        signOut('Your session has ended. Please log in again.');
+      }
+      if (error.status !== 401) scheduleRefresh();
+      return false;
+    } finally {
+      sessionRefresh = null;
+    }
+  })();
+  return sessionRefresh;
 }
 
 /** A random dedup key: made once per message and reused for every retry of it. */
@@ -275,6 +341,10 @@ async function connectRelay() {
     relay.ready = false;
     setConnection('offline');
     if (!state.me) return;
+    if (event.code === SESSION_ENDED) {
+      signOut('This session was ended (logged out elsewhere, or the password changed).');
+      return;
+    }
     // A refused upgrade (bad or expired token: 401) looks like any failed connection here;
     // asking /auth/me tells, and signs out on a 401.
     if (!opened) api('GET', '/auth/me').catch(() => {});
@@ -312,6 +382,7 @@ function onFrame(frame) {
     case 'chat_removed': return onChatRemoved(frame.chat_id);
     case 'member': return onMember(frame);
     case 'typing': return onTyping(frame);
+    case 'user_updated': return onUserUpdated(frame);
     case 'ack': return onAck(frame);
     case 'error': return onRelayError(frame);
     default: return undefined; // Frames added later are ignored by older clients.
@@ -513,6 +584,19 @@ function onMember({ chat_id: chatId, user_id: userId, change, rev }) {
   // The frame has no name; the chat list has, and until it answers the newcomer shows as #id.
   if (change === 'joined') refreshChats();
   if (chatId === state.openChatId) renderHeader();
+}
+
+/** A member renamed themself: the name shows everywhere from now on. */
+function onUserUpdated({ chat_id: chatId, user_id: userId, name }) {
+  const chat = state.chats.get(chatId);
+  if (!chat) return;
+  chat.names.set(userId, name);
+  if (chat.kind === 'private' && userId !== state.me?.id) chat.name = name;
+  renderChatList();
+  if (state.openChatId === chatId) {
+    renderHeader();
+    renderMessages();
+  }
 }
 
 function onTyping({ chat_id: chatId, user_id: userId }) {
@@ -1137,8 +1221,7 @@ async function onAuthSubmit(event) {
       await api('POST', '/auth/register', { name: $('auth-name').value.trim(), email, password });
     }
     // The login route takes the OAuth2 form (username = email) or, as here, JSON.
-    const { access_token: token } = await api('POST', '/auth/login', { email, password });
-    sessionStorage.setItem(TOKEN_KEY, token);
+    storeTokens(await api('POST', '/auth/login', { email, password }));
     $('auth-password').value = '';
     await start();
   } catch (error) {
@@ -1153,10 +1236,11 @@ async function start() {
   try {
     state.me = await api('GET', '/auth/me');
   } catch {
-    sessionStorage.removeItem(TOKEN_KEY);
+    forgetTokens();
     showAuth(null);
     return;
   }
+  scheduleRefresh();
   $('me-name').textContent = state.me.name;
   $('me-id').textContent = String(state.me.id);
   $('auth-view').hidden = true;
@@ -1167,8 +1251,23 @@ async function start() {
   connectRelay();
 }
 
+function forgetTokens() {
+  clearTimeout(refreshTimer);
+  for (const key of [TOKEN_KEY, REFRESH_KEY, EXPIRES_KEY]) sessionStorage.removeItem(key);
+}
+
+/** Ends the session on the server (`everywhere`: every session of ours), then here. */
+async function logOut(everywhere) {
+  try {
+    await request('POST', everywhere ? '/auth/logout-all' : '/auth/logout');
+  } catch (error) {
+    console.warn('logout:', error.message);
+  }
+  signOut(null);
+}
+
 function signOut(message) {
-  sessionStorage.removeItem(TOKEN_KEY);
+  forgetTokens();
   state.me = null;
   for (const item of state.outbox.values()) clearTimeout(item.timer);
   for (const chat of state.chats.values()) for (const t of chat.typing.values()) clearTimeout(t);
@@ -1184,6 +1283,7 @@ function signOut(message) {
   Object.assign(relay, { socket: null, ready: false, failures: 0 });
   socket?.close(1000, 'signed out');
   $('chat-list').replaceChildren();
+  $('account-panel').hidden = true;
   document.title = 'windi';
   showAuth(message);
 }
@@ -1335,13 +1435,88 @@ function togglePanel(show, hide) {
   if (!$(show).hidden) $(show).querySelector('input').focus();
 }
 
+/** "New chat": a user id opens the chat at once; anything else picks the first person found. */
 async function onNewChat(event) {
   event.preventDefault();
-  const userId = Number($('new-chat-user').value);
-  if (!Number.isSafeInteger(userId) || userId < 1) return;
+  const query = $('new-chat-user').value.trim();
+  const asId = Number(query);
+  if (/^[0-9]+$/.test(query) && Number.isSafeInteger(asId) && asId > 0) {
+    startChatWith(asId);
+    return;
+  }
+  const found = await searchPeople(query);
+  if (found.length) startChatWith(found[0].id);
+}
+
+function startChatWith(userId) {
   $('new-chat-form').hidden = true;
   $('new-chat-user').value = '';
+  $('people-results').replaceChildren();
   openPrivateChat(userId);
+}
+
+let searchTimer = null;
+let searchSeq = 0;
+function onPeopleInput() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => { searchPeople($('new-chat-user').value.trim()); },
+    SEARCH_DEBOUNCE_MS);
+}
+
+/** Lists the people matching `query` under the search field; answers them. */
+async function searchPeople(query) {
+  const seq = ++searchSeq;
+  showError('sidebar-error', null);
+  if (query.length < 2) {
+    $('people-results').replaceChildren();
+    return [];
+  }
+  try {
+    const found = await api('GET', `/users/search?q=${encodeURIComponent(query)}&limit=10`);
+    if (seq !== searchSeq) return found;
+    $('people-results').replaceChildren(...found.map((person) => el('li', {},
+      el('button', {
+        type: 'button', class: 'person', onclick: () => startChatWith(person.id),
+      }, person.name, el('span', { class: 'muted' }, ` #${person.id}`)))));
+    if (!found.length) showError('sidebar-error', 'Nobody found.');
+    return found;
+  } catch (error) {
+    showError('sidebar-error', error.message);
+    return [];
+  }
+}
+
+function showAccount() {
+  $('account-panel').hidden = !$('account-panel').hidden;
+  $('profile-name').value = state.me?.name ?? '';
+  showError('account-status', null);
+}
+
+async function onProfileSubmit(event) {
+  event.preventDefault();
+  try {
+    state.me = await api('PATCH', '/auth/me', { name: $('profile-name').value.trim() });
+    $('me-name').textContent = state.me.name;
+    $('profile-name').value = state.me.name;
+    showError('account-status', 'Name saved.');
+  } catch (error) {
+    showError('account-status', error.message);
+  }
+}
+
+async function onPasswordSubmit(event) {
+  event.preventDefault();
+  try {
+    await request('POST', '/auth/password', {
+      current_password: $('password-current').value,
+      new_password: $('password-new').value,
+    });
+    $('password-form').reset();
+    showError('account-status', 'Password changed; your other devices are logged out.');
+  } catch (error) {
+    // 401 here is the wrong current password, not an ended session.
+    showError('account-status', error.status === 401 ? 'The current password is wrong.' : error.message);
+  }
 }
 
 async function onNewGroup(event) {
@@ -1370,7 +1545,12 @@ function init() {
   $('tab-login').addEventListener('click', () => setAuthMode(false));
   $('tab-register').addEventListener('click', () => setAuthMode(true));
   $('auth-form').addEventListener('submit', onAuthSubmit);
-  $('logout').addEventListener('click', () => signOut(null));
+  $('logout').addEventListener('click', () => logOut(false));
+  $('logout-all').addEventListener('click', () => logOut(true));
+  $('show-account').addEventListener('click', showAccount);
+  $('profile-form').addEventListener('submit', onProfileSubmit);
+  $('password-form').addEventListener('submit', onPasswordSubmit);
+  $('new-chat-user').addEventListener('input', onPeopleInput);
   $('show-new-chat').addEventListener('click', () => togglePanel('new-chat-form', 'new-group-form'));
   $('show-new-group').addEventListener('click', () => togglePanel('new-group-form', 'new-chat-form'));
   $('new-chat-form').addEventListener('submit', onNewChat);

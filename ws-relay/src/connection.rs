@@ -25,6 +25,7 @@ use tokio::{
 use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
+    auth::TokenSubject,
     db::{changes, chats, messages, users},
     events::Event,
     model::Change,
@@ -46,6 +47,9 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const RESTART: u16 = 1012;
+    /// windi's own (4000–4999 are for applications): the session ended. Reconnecting with the
+    /// same token is pointless; refresh (which fails if the session is gone) or log in.
+    pub const SESSION_ENDED: u16 = 4001;
 }
 
 /// Changes read from Postgres per query when backfilling.
@@ -120,9 +124,13 @@ pub async fn run(
     hub: Arc<Hub>,
     state: AppState,
     settings: Arc<RelaySettings>,
-    user_id: i64,
+    subject: TokenSubject,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let TokenSubject {
+        user_id,
+        session_id,
+    } = subject;
     let (mut sink, stream) = socket.split();
     // The user's member_rev before subscribing: a join or leave after this read is either
     // published after the subscription exists or found by the poller.
@@ -134,7 +142,7 @@ pub async fn run(
             return;
         }
     };
-    let registration = hub.register(user_id, member_rev).await;
+    let registration = hub.register(user_id, session_id, member_rev).await;
     let _registered = Registered {
         hub: hub.clone(),
         conn: registration.conn,
@@ -176,6 +184,10 @@ pub async fn run(
             biased;
             _ = shutdown.changed() => {
                 let _ = session.close(close_code::RESTART, "relay restarting; reconnect and resume").await;
+                break;
+            }
+            () = signals.ended.notified() => {
+                let _ = session.close(close_code::SESSION_ENDED, "session ended").await;
                 break;
             }
             () = signals.kill.notified() => {
@@ -361,6 +373,22 @@ impl Session {
                     None => Ok(()),
                 }
             }
+            Event::UserUpdated {
+                chat_id,
+                user_id,
+                name,
+            } => match self.cursor.position(*chat_id) {
+                Some(rev) => {
+                    self.frame(&ServerFrame::UserUpdated {
+                        chat_id: *chat_id,
+                        user_id: *user_id,
+                        name,
+                        rev,
+                    })
+                    .await
+                }
+                None => Ok(()),
+            },
             // The user joined or left a chat: which one the chat list says.
             Event::ChatAdded { .. } | Event::ChatRemoved { .. } => self.reconcile().await,
             _ => Ok(()),

@@ -34,7 +34,7 @@ use tokio::{
     task::AbortHandle,
 };
 use windi_shared::{
-    db::{chats, users},
+    db::{chats, sessions, users},
     events::{Bus, Event, EventStream, Topic},
 };
 
@@ -144,6 +144,8 @@ pub struct Signals {
     pub wake: Notify,
     /// The connection fell behind its queue and must close.
     pub kill: Notify,
+    /// The connection's session ended (logout, password change, …): it must close.
+    pub ended: Notify,
 }
 
 impl Signals {
@@ -255,6 +257,8 @@ struct Route {
 #[derive(Debug)]
 struct ConnEntry {
     user_id: i64,
+    /// The session whose token opened the connection; it closes when the session ends.
+    session_id: i64,
     tx: mpsc::Sender<Item>,
     signals: Arc<Signals>,
     chats: HashSet<i64>,
@@ -387,7 +391,12 @@ impl Hub {
 
     /// Adds a connection of `user_id`, whose `member_rev` was read just before, subscribed to
     /// the user's own topic once this returns.
-    pub async fn register(self: &Arc<Self>, user_id: i64, member_rev: i64) -> Registration {
+    pub async fn register(
+        self: &Arc<Self>,
+        user_id: i64,
+        session_id: i64,
+        member_rev: i64,
+    ) -> Registration {
         let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, items) = mpsc::channel(self.queue_capacity);
         let signals = Arc::new(Signals::default());
@@ -397,6 +406,7 @@ impl Hub {
                 conn,
                 ConnEntry {
                     user_id,
+                    session_id,
                     tx,
                     signals: signals.clone(),
                     chats: HashSet::new(),
@@ -606,6 +616,23 @@ impl Hub {
                 deliver(targets, &live);
             }
             Topic::User(user_id) => {
+                if let Event::SessionsEnded { session_ids, .. } = &*event {
+                    let signals: Vec<Arc<Signals>> = {
+                        let tables = self.tables();
+                        let Some(route) = tables.users.get(&user_id) else {
+                            return;
+                        };
+                        route
+                            .conns
+                            .iter()
+                            .filter_map(|c| tables.conns.get(c))
+                            .filter(|e| session_ids.contains(&e.session_id))
+                            .map(|e| e.signals.clone())
+                            .collect()
+                    };
+                    signals.iter().for_each(|s| s.ended.notify_one());
+                    return;
+                }
                 let member_rev = match &*event {
                     Event::ChatAdded { member_rev, .. } | Event::ChatRemoved { member_rev, .. } => {
                         *member_rev
@@ -626,10 +653,39 @@ impl Hub {
         }
     }
 
+    /// Tells the connections of these sessions to close (the poller's path; an event names
+    /// its user, and only that user's connections are looked at).
+    fn end_sessions(&self, session_ids: &[i64]) {
+        let signals: Vec<Arc<Signals>> = self
+            .tables()
+            .conns
+            .values()
+            .filter(|e| session_ids.contains(&e.session_id))
+            .map(|e| e.signals.clone())
+            .collect();
+        signals.iter().for_each(|s| s.ended.notify_one());
+    }
+
     /// Compares Postgres with what was seen and nudges the connections of whatever is behind.
     /// Answers whether every query succeeded.
     async fn poll_once(&self) -> bool {
         let mut ok = true;
+        // Sessions that ended without their event reaching this relay.
+        let mut session_ids: Vec<i64> =
+            self.tables().conns.values().map(|e| e.session_id).collect();
+        session_ids.sort_unstable();
+        session_ids.dedup();
+        for chunk in session_ids.chunks(POLL_CHUNK) {
+            match sessions::ended_among(&self.db, chunk).await {
+                Ok(ended) if !ended.is_empty() => self.end_sessions(&ended),
+                Ok(_) => {}
+                Err(e) => {
+                    Stats::add(&self.stats.poll_failures, 1);
+                    tracing::warn!(error = %e, "poll failed; retrying with backoff");
+                    ok = false;
+                }
+            }
+        }
         let chat_ids: Vec<i64> = self.tables().chats.keys().copied().collect();
         for chunk in chat_ids.chunks(POLL_CHUNK) {
             match chats::revs(&self.db, chunk).await {

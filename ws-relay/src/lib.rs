@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use windi_shared::{
     AppState, Error,
     config::{ConfigError, optional, parsed_or},
+    db::sessions,
     events::{Bus, NatsBus},
     extract::bearer_token,
 };
@@ -360,10 +361,16 @@ async fn upgrade(
         return Error::Unauthorized("missing token: send Authorization: Bearer or ?token=")
             .into_response();
     };
-    let user_id = match relay.state.tokens.verify(token) {
-        Ok(id) => id,
+    let subject = match relay.state.tokens.verify(token) {
+        Ok(subject) => subject,
         Err(e) => return e.into_response(),
     };
+    match sessions::check(&relay.state.db, subject.session_id, subject.user_id).await {
+        Ok(true) => {}
+        Ok(false) => return Error::Unauthorized("session ended; log in again").into_response(),
+        Err(e) => return Error::from(e).into_response(),
+    }
+    let user_id = subject.user_id;
     let Some(slot) = relay
         .hub
         .reserve(user_id, relay.settings.max_connections_per_user)
@@ -406,7 +413,7 @@ async fn upgrade(
                 relay.hub,
                 relay.state,
                 relay.settings,
-                user_id,
+                subject,
                 relay.shutdown,
             )
         })

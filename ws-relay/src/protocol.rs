@@ -75,6 +75,14 @@ pub enum ServerFrame<'a> {
         change: &'a str,
         rev: i64,
     },
+    /// A member of this chat changed their name (not a change of the chat: `rev` is where
+    /// the chat is, as for typing). Sent once per chat you share with them.
+    UserUpdated {
+        chat_id: i64,
+        user_id: i64,
+        name: &'a str,
+        rev: i64,
+    },
     /// Another member is typing.
     Typing {
         chat_id: i64,

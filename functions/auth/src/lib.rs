@@ -1,17 +1,37 @@
-//! Sign-up, login and the caller's profile: `POST /auth/register`, `POST /auth/login`,
-//! `GET /auth/me`.
+//! Accounts and sessions: `POST /auth/register`, `/auth/login`, `/auth/refresh`, `/auth/logout`,
+//! `/auth/logout-all`, `/auth/password`; `GET`/`PATCH`/`DELETE /auth/me`; `GET /auth/sessions`,
+//! `DELETE /auth/sessions/{id}`; and finding and blocking people ([`people`]: `/users/...`).
 //!
 //! Login answers unknown emails and wrong passwords identically, in the same time (a dummy
 //! hash is verified when the email is unknown), so the route cannot be used to find accounts.
+//!
+//! A login starts a session (see `windi_shared::auth` and README "Sessions"): a short-lived
+//! access token that names it and a single-use refresh token, stored only as its hash. Every
+//! way a session ends publishes `sessions.ended` after commit, so relays close its sockets at
+//! once (their poller catches a lost event within a poll interval).
 
-use axum::{extract::State, http::StatusCode};
+pub mod people;
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::users,
+    auth::{RefreshToken, hash_refresh_token},
+    db::{
+        chats, members,
+        sessions::{self, Rotation},
+        users,
+    },
     error::ErrorBody,
-    extract::{AuthUser, Json, JsonOrForm},
-    model::{LoginForm, Me, RegisterUser, TokenOut, UserOut},
+    events::Event,
+    extract::{AuthUser, Json, JsonOrForm, Path},
+    model::{
+        ChangePassword, DeleteMe, LoginForm, MAX_PASSWORD_BYTES, Me, RefreshIn, RegisterUser,
+        SessionOut, TokenOut, UpdateMe, UserOut,
+    },
     validate,
 };
 
@@ -20,8 +40,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
-        .routes(routes!(me))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(me, update_me, delete_me))
+        .routes(routes!(change_password))
+        .routes(routes!(list_sessions))
+        .routes(routes!(end_session))
+        .merge(people::routes())
 }
+
+/// Longest user agent kept for the session list.
+const MAX_USER_AGENT_CHARS: usize = 256;
 
 /// Create an account.
 #[utoipa::path(
@@ -45,7 +75,7 @@ async fn register(
     Ok((StatusCode::CREATED, axum::Json(user)))
 }
 
-/// Log in with email and password (OAuth2 password form; JSON accepted too).
+/// Log in with email and password (OAuth2 password form; JSON accepted too). Starts a session.
 #[utoipa::path(
     post, path = "/auth/login", tag = "auth",
     request_body(
@@ -55,17 +85,17 @@ async fn register(
         )
     ),
     responses(
-        (status = 200, description = "An access token", body = TokenOut),
+        (status = 200, description = "An access token and a refresh token", body = TokenOut),
         (status = 401, description = "Incorrect email or password", body = ErrorBody),
     )
 )]
 async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<LoginForm>,
 ) -> Result<axum::Json<TokenOut>> {
     let bad_credentials = Error::Unauthorized("incorrect email or password");
-    if form.password.len() > windi_shared::model::MAX_PASSWORD_BYTES || form.username.contains('\0')
-    {
+    if form.password.len() > MAX_PASSWORD_BYTES || form.username.contains('\0') {
         return Err(bad_credentials);
     }
     let found = users::credentials(&state.db, form.username.trim()).await?;
@@ -75,12 +105,134 @@ async fn login(
     };
     let valid = state.passwords.verify(form.password, hash).await?;
     let user_id = user_id.filter(|_| valid).ok_or(bad_credentials)?;
-    let issued = state.tokens.issue(user_id)?;
-    Ok(axum::Json(TokenOut {
-        access_token: issued.token,
-        token_type: "bearer".into(),
-        expires_in: issued.expires_in,
-    }))
+
+    let refresh = RefreshToken::generate()?;
+    let agent = user_agent(&headers);
+    let session_id = sessions::insert(&state.db, user_id, agent.as_deref(), &refresh.hash).await?;
+    tokens(&state, user_id, session_id, refresh)
+}
+
+/// Exchange a refresh token for a new access token and a new refresh token.
+#[utoipa::path(
+    post, path = "/auth/refresh", tag = "auth",
+    request_body = RefreshIn,
+    responses(
+        (status = 200, description = "A new pair; the presented refresh token is used up", body = TokenOut),
+        (status = 401, description = "Unknown, expired or already used refresh token (a used one ends its session)", body = ErrorBody),
+    )
+)]
+async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshIn>,
+) -> Result<axum::Json<TokenOut>> {
+    let old_hash = hash_refresh_token(&body.refresh_token);
+    let new = RefreshToken::generate()?;
+    let mut tx = state.db.begin().await?;
+    match sessions::rotate(&mut tx, &old_hash, &new.hash).await? {
+        Rotation::Rotated {
+            session_id,
+            user_id,
+        } => {
+            tx.commit().await?;
+            tokens(&state, user_id, session_id, new)
+        }
+        Rotation::Reused {
+            session_id,
+            user_id,
+        } => {
+            // Two parties hold this session's tokens; nobody can tell which is the owner, so
+            // it ends for both (RFC 6819 §5.2.2.3, OAuth 2.0 Security BCP §4.14).
+            let ended = sessions::end(&mut *tx, user_id, &[session_id]).await?;
+            tx.commit().await?;
+            tracing::warn!(user_id, session_id, "refresh token reused; session ended");
+            announce_ended(&state, user_id, ended).await;
+            Err(Error::Unauthorized(
+                "refresh token already used; the session has ended",
+            ))
+        }
+        Rotation::Invalid => Err(Error::Unauthorized("invalid or expired refresh token")),
+    }
+}
+
+/// End this session: its access and refresh tokens stop working everywhere.
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "auth",
+    security(("oauth2" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Missing, invalid or expired token, or an ended session", body = ErrorBody),
+    )
+)]
+async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
+    let ended = sessions::end(&state.db, user.id, &[user.session_id]).await?;
+    announce_ended(&state, user.id, ended).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// End every session of the caller, this one included.
+#[utoipa::path(
+    post, path = "/auth/logout-all", tag = "auth",
+    security(("oauth2" = [])),
+    responses(
+        (status = 204, description = "Every session ended"),
+        (status = 401, description = "Missing, invalid or expired token, or an ended session", body = ErrorBody),
+    )
+)]
+async fn logout_all(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
+    let ended = sessions::end_all(&state.db, user.id, None).await?;
+    announce_ended(&state, user.id, ended).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's live sessions, most recently used first.
+#[utoipa::path(
+    get, path = "/auth/sessions", tag = "auth",
+    security(("oauth2" = [])),
+    responses(
+        (status = 200, description = "Live sessions", body = [SessionOut]),
+        (status = 401, description = "Missing, invalid or expired token, or an ended session", body = ErrorBody),
+    )
+)]
+async fn list_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<Vec<SessionOut>>> {
+    let rows = sessions::live(&state.db, user.id).await?;
+    Ok(axum::Json(
+        rows.into_iter()
+            .map(|s| SessionOut {
+                current: s.id == user.session_id,
+                id: s.id,
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+                user_agent: s.user_agent,
+            })
+            .collect(),
+    ))
+}
+
+/// End one of the caller's sessions (e.g. a lost phone's).
+#[utoipa::path(
+    delete, path = "/auth/sessions/{id}", tag = "auth",
+    security(("oauth2" = [])),
+    params(("id" = i64, Path, description = "A session id from `GET /auth/sessions`")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "Missing, invalid or expired token, or an ended session", body = ErrorBody),
+        (status = 404, description = "No live session of the caller has this id", body = ErrorBody),
+    )
+)]
+async fn end_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    let ended = sessions::end(&state.db, user.id, &[id]).await?;
+    if ended.is_empty() {
+        return Err(Error::NotFound("session"));
+    }
+    announce_ended(&state, user.id, ended).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The caller's profile.
@@ -97,4 +249,191 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<
         .await?
         .ok_or(Error::Unauthorized("the token's user no longer exists"))?;
     Ok(axum::Json(me))
+}
+
+/// Change the caller's name. Members of their chats see it live (`user` frames on the relay)
+/// and in every chat list and member list from now on.
+#[utoipa::path(
+    patch, path = "/auth/me", tag = "auth",
+    security(("oauth2" = [])),
+    request_body = UpdateMe,
+    responses(
+        (status = 200, description = "The profile as it is now", body = Me),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule; `detail` names it", body = ErrorBody),
+    )
+)]
+async fn update_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<UpdateMe>,
+) -> Result<axum::Json<Me>> {
+    let name = validate::name("name", &body.name)?;
+    let me = users::rename(&state.db, user.id, &name)
+        .await?
+        .ok_or(Error::Unauthorized("the token's user no longer exists"))?;
+    // Not a change of any chat (no rev): every read shows the current name anyway, so this
+    // news is ephemeral, one event per chat the user is in.
+    for chat_id in users::chat_ids(&state.db, user.id).await? {
+        state
+            .events
+            .publish_ephemeral(Event::UserUpdated {
+                chat_id,
+                user_id: user.id,
+                name: me.name.clone(),
+            })
+            .await;
+    }
+    Ok(axum::Json(me))
+}
+
+/// Change the caller's password. This session goes on; every other one ends.
+#[utoipa::path(
+    post, path = "/auth/password", tag = "auth",
+    security(("oauth2" = [])),
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Changed; the caller's other sessions have ended"),
+        (status = 401, description = "Wrong current password, or a bad token", body = ErrorBody),
+        (status = 422, description = "The new password breaks a rule", body = ErrorBody),
+    )
+)]
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<ChangePassword>,
+) -> Result<StatusCode> {
+    reauthenticate(
+        &state,
+        user.id,
+        body.current_password,
+        "current password is wrong",
+    )
+    .await?;
+    validate::password(&body.new_password)?;
+    let hash = state.passwords.hash(body.new_password).await?;
+    let mut tx = state.db.begin().await?;
+    users::set_password_hash(&mut *tx, user.id, &hash).await?;
+    let ended = sessions::end_all(&mut *tx, user.id, Some(user.session_id)).await?;
+    tx.commit().await?;
+    announce_ended(&state, user.id, ended).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete the caller's account. Every session ends, the email is free to register again, and
+/// the user shows as "Deleted user". Their messages stay in the chats of the others; they
+/// leave every group, and a group they owned passes to its longest-standing member.
+#[utoipa::path(
+    delete, path = "/auth/me", tag = "auth",
+    security(("oauth2" = [])),
+    request_body = DeleteMe,
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Wrong password, or a bad token", body = ErrorBody),
+    )
+)]
+async fn delete_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<DeleteMe>,
+) -> Result<StatusCode> {
+    reauthenticate(&state, user.id, body.password, "password is wrong").await?;
+    let mut tx = state.db.begin().await?;
+    let mut events = Vec::new();
+    let mut left = Vec::new();
+    // Chats in id order: each membership change locks its chat, and every writer that locks
+    // several takes them in this order, so two deletions cannot deadlock.
+    for chat_id in users::chat_ids(&mut *tx, user.id).await? {
+        let chat = chats::for_member(&mut *tx, chat_id, user.id).await?;
+        if !chat.is_some_and(|c| c.is_group()) {
+            // A private chat keeps both members: the other side keeps the history, with the
+            // deleted user's name shown as "Deleted user".
+            continue;
+        }
+        let rev = chats::take_revs(&mut *tx, chat_id, 1).await?;
+        let role = members::role(&mut *tx, chat_id, user.id).await?;
+        members::remove(&mut *tx, chat_id, user.id, rev).await?;
+        if role.as_deref() == Some("owner") {
+            members::promote_eldest(&mut *tx, chat_id).await?;
+        }
+        events.push(Event::MemberLeft {
+            chat_id,
+            rev,
+            user_id: user.id,
+        });
+        left.push((chat_id, rev));
+    }
+    let member_rev = match left.is_empty() {
+        true => 0,
+        false => users::bump_member_revs(&mut *tx, &[user.id])
+            .await?
+            .first()
+            .map_or(0, |&(_, r)| r),
+    };
+    let ended = sessions::end_all(&mut *tx, user.id, None).await?;
+    users::tombstone(&mut *tx, user.id).await?;
+    tx.commit().await?;
+
+    events.extend(left.into_iter().map(|(chat_id, rev)| Event::ChatRemoved {
+        user_id: user.id,
+        chat_id,
+        rev,
+        member_rev,
+    }));
+    state.events.publish(events).await;
+    announce_ended(&state, user.id, ended).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new access token for the session, with its refresh token.
+fn tokens(
+    state: &AppState,
+    user_id: i64,
+    session_id: i64,
+    refresh: RefreshToken,
+) -> Result<axum::Json<TokenOut>> {
+    let issued = state.tokens.issue(user_id, session_id)?;
+    Ok(axum::Json(TokenOut {
+        access_token: issued.token,
+        token_type: "bearer".into(),
+        expires_in: issued.expires_in,
+        refresh_token: refresh.token,
+    }))
+}
+
+/// 401 unless `password` is the user's (the full argon2 work either way).
+async fn reauthenticate(
+    state: &AppState,
+    user_id: i64,
+    password: String,
+    wrong: &'static str,
+) -> Result<()> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::Unauthorized(wrong));
+    }
+    let hash = users::password_hash(&state.db, user_id).await?;
+    if state.passwords.verify(password, hash).await? {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized(wrong))
+    }
+}
+
+/// Tells relays these sessions ended (after commit; their poller covers a lost event).
+async fn announce_ended(state: &AppState, user_id: i64, session_ids: Vec<i64>) {
+    if session_ids.is_empty() {
+        return;
+    }
+    state
+        .events
+        .publish(vec![Event::SessionsEnded {
+            user_id,
+            session_ids,
+        }])
+        .await;
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?.trim();
+    (!agent.is_empty()).then(|| agent.chars().take(MAX_USER_AGENT_CHARS).collect())
 }

@@ -14,7 +14,7 @@ use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::{chats, members, users},
+    db::{blocks, chats, members, users},
     error::ErrorBody,
     events::Event,
     extract::{AuthUser, Json, Path},
@@ -54,6 +54,7 @@ async fn create_group(
         return Err(too_many());
     }
     check_users_exist(&state, &ids).await?;
+    check_not_blocked(&state, user.id, &ids).await?;
 
     let mut tx = state.db.begin().await?;
     let chat = chats::insert_group(&mut *tx, &name, user.id).await?;
@@ -104,6 +105,7 @@ async fn add_members(
     require_owner(&state.db, chat_id, user.id).await?;
     state.limits.groups.check(user.id)?;
     check_users_exist(&state, &ids).await?;
+    check_not_blocked(&state, user.id, &ids).await?;
 
     let mut tx = state.db.begin().await?;
     chats::lock(&mut *tx, chat_id).await?;
@@ -230,6 +232,15 @@ async fn check_users_exist(state: &AppState, ids: &[i64]) -> Result<()> {
             code: "unknown_user",
             detail: format!("no user with id {missing:?}"),
         })
+    }
+}
+
+/// 403 `blocked` if any of `ids` blocked the adder (without saying which).
+async fn check_not_blocked(state: &AppState, adder: i64, ids: &[i64]) -> Result<()> {
+    if blocks::who_blocked(&state.db, adder, ids).await?.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::blocked())
     }
 }
 

@@ -57,7 +57,8 @@ pub async fn take_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Opt
 ///
 /// Answers `None` when the sender is not a member (checked here, after the chat's lock was
 /// granted, so a removal that committed meanwhile is seen), when `reply_to` is not a message of
-/// this chat, or when the sender already used this dedup key — also in a concurrent
+/// this chat, when the chat is private and one of its two blocked the other, or when the
+/// sender already used this dedup key — also in a concurrent
 /// transaction, which the INSERT waits for. The caller must then roll back, which hands the
 /// seq and rev back.
 pub async fn insert(
@@ -71,6 +72,11 @@ pub async fn insert(
                  (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to)
              SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6
              WHERE EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
+               AND NOT EXISTS (
+                   SELECT 1 FROM chats c JOIN blocks b
+                       ON (b.blocker_id = c.private_low AND b.blocked_id = c.private_high)
+                       OR (b.blocker_id = c.private_high AND b.blocked_id = c.private_low)
+                   WHERE c.id = $1)
                AND ($6::bigint IS NULL
                     OR EXISTS (SELECT 1 FROM messages r WHERE r.id = $6 AND r.chat_id = $1))
              ON CONFLICT (sender_id, dedup_key) DO NOTHING

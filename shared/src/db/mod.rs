@@ -1,10 +1,12 @@
 //! Small query functions, one module per table. Each takes an executor (a pool or a
 //! transaction), so the handler decides where the transaction begins and ends.
 
+pub mod blocks;
 pub mod changes;
 pub mod chats;
 pub mod members;
 pub mod messages;
+pub mod sessions;
 pub mod users;
 
 use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};

@@ -1,0 +1,130 @@
+//! Finding and blocking people: `GET /users/search`, `PUT`/`DELETE /users/{id}/block`,
+//! `GET /users/blocked`. Nothing here ever answers an email: search finds a user by their exact
+//! email, but answers only id and name, so it confirms an address only to someone who has it.
+
+use axum::{extract::State, http::StatusCode};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use windi_shared::{
+    AppState, Error, Result,
+    db::{blocks, users},
+    error::ErrorBody,
+    extract::{AuthUser, Path, Query},
+    model::{
+        DEFAULT_SEARCH_LIMIT, MAX_SEARCH_CHARS, MAX_SEARCH_LIMIT, MIN_SEARCH_CHARS, PersonOut,
+        SearchQuery,
+    },
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(blocked))
+        .routes(routes!(block, unblock))
+}
+
+/// Find people to talk to: users with a word of their name starting with `q`
+/// (case-insensitive), or the one user whose email is exactly `q`.
+#[utoipa::path(
+    get, path = "/users/search", tag = "users",
+    security(("oauth2" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "Matches, an exact email first, then by name", body = [PersonOut]),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 422, description = "`q` shorter than 2 or longer than 100 characters, or a bad `limit`", body = ErrorBody),
+    )
+)]
+async fn search(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    Query(query): Query<SearchQuery>,
+) -> Result<axum::Json<Vec<PersonOut>>> {
+    let q = query.q.trim();
+    let chars = q.chars().count();
+    if chars < MIN_SEARCH_CHARS {
+        return Err(Error::invalid(
+            "q",
+            format!("must be at least {MIN_SEARCH_CHARS} characters"),
+        ));
+    }
+    if chars > MAX_SEARCH_CHARS {
+        return Err(Error::invalid(
+            "q",
+            format!("must be at most {MAX_SEARCH_CHARS} characters"),
+        ));
+    }
+    if q.chars().any(char::is_control) {
+        return Err(Error::invalid("q", "must not contain control characters"));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
+    if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
+        ));
+    }
+    Ok(axum::Json(users::search(&state.db, q, limit).await?))
+}
+
+/// The users the caller blocked, most recent first.
+#[utoipa::path(
+    get, path = "/users/blocked", tag = "users",
+    security(("oauth2" = [])),
+    responses(
+        (status = 200, description = "Blocked users", body = [PersonOut]),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+    )
+)]
+async fn blocked(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<Vec<PersonOut>>> {
+    Ok(axum::Json(blocks::list(&state.db, user.id).await?))
+}
+
+/// Block a user: they can no longer start or continue a private chat with the caller (nor the
+/// caller with them), nor add the caller to a group. They are told only `403 blocked`.
+#[utoipa::path(
+    put, path = "/users/{id}/block", tag = "users",
+    security(("oauth2" = [])),
+    params(("id" = i64, Path, description = "The user to block")),
+    responses(
+        (status = 204, description = "Blocked (blocking twice is one block)"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 422, description = "Cannot block yourself", body = ErrorBody),
+    )
+)]
+async fn block(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    if id == user.id {
+        return Err(Error::invalid("id", "cannot block yourself"));
+    }
+    if !users::exists(&state.db, id).await? {
+        return Err(Error::NotFound("user"));
+    }
+    blocks::add(&state.db, user.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Unblock a user.
+#[utoipa::path(
+    delete, path = "/users/{id}/block", tag = "users",
+    security(("oauth2" = [])),
+    params(("id" = i64, Path, description = "The user to unblock")),
+    responses(
+        (status = 204, description = "Not blocked (any more)"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+    )
+)]
+async fn unblock(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    blocks::remove(&state.db, user.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
