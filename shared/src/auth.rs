@@ -144,11 +144,18 @@ pub struct Claims {
     pub iat: u64,
 }
 
+/// The one answer to every refused access token — missing, malformed, forged, expired, or of
+/// an ended session: a caller learns nothing about which check failed.
+pub const TOKEN_REFUSED: &str = "missing, invalid or expired token; log in again";
+
 /// Who a valid access token speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSubject {
     pub user_id: i64,
     pub session_id: i64,
+    /// When the token stops being valid (seconds since the Unix epoch): a WebSocket opened
+    /// with it is closed then.
+    pub expires_at: u64,
 }
 
 /// How long a refresh token stays usable without being used. Each refresh issues a new one with
@@ -249,15 +256,16 @@ impl Tokens {
     /// the caller to check ([`crate::db::sessions::check`]).
     pub fn verify(&self, token: &str) -> Result<TokenSubject> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| Error::Unauthorized("invalid or expired token"))?;
+            .map_err(|_| Error::Unauthorized(TOKEN_REFUSED))?;
         let user_id = data
             .claims
             .sub
             .parse()
-            .map_err(|_| Error::Unauthorized("invalid or expired token"))?;
+            .map_err(|_| Error::Unauthorized(TOKEN_REFUSED))?;
         Ok(TokenSubject {
             user_id,
             session_id: data.claims.sid,
+            expires_at: data.claims.exp,
         })
     }
 }

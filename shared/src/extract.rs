@@ -76,10 +76,10 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts.headers.get(header::AUTHORIZATION))
-            .ok_or(Error::Unauthorized("missing bearer token"))?;
+            .ok_or(Error::Unauthorized(crate::auth::TOKEN_REFUSED))?;
         let subject = state.tokens.verify(token)?;
         if !sessions::check(&state.db, subject.session_id, subject.user_id).await? {
-            return Err(Error::Unauthorized("session ended; log in again"));
+            return Err(Error::Unauthorized(crate::auth::TOKEN_REFUSED));
         }
         Ok(Self {
             id: subject.user_id,

@@ -225,7 +225,7 @@ async fn bad_tokens_are_refused_with_401() {
     }
     let (status, body) = app.call(Method::GET, "/chat/list", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(body["detail"], "missing bearer token");
+    assert_eq!(body["detail"], windi_shared::auth::TOKEN_REFUSED);
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ mod races;
 mod read_marks;
 mod revisions;
 mod sessions;
+mod tokens;
 mod ws;
 mod ws_faults;
 mod ws_revisions;

@@ -63,6 +63,8 @@ const EXPIRES_KEY = 'windi.expires';
 const REFRESH_AHEAD_MS = 60_000;
 /** The relay's close code for an ended session (logout elsewhere, password change, …). */
 const SESSION_ENDED = 4001;
+/** The relay's close code when the token a socket was opened with expires. */
+const TOKEN_EXPIRED = 4002;
 /** Wait this long after the last keystroke before searching people. */
 const SEARCH_DEBOUNCE_MS = 250;
 
@@ -343,6 +345,13 @@ async function connectRelay() {
     if (!state.me) return;
     if (event.code === SESSION_ENDED) {
       signOut('This session was ended (logged out elsewhere, or the password changed).');
+      return;
+    }
+    if (event.code === TOKEN_EXPIRED) {
+      // The socket's token ran out. The stored one is usually newer already (refreshed ahead
+      // of expiry); if not, refresh now. Then reconnect at once and resume.
+      const fresh = Number(sessionStorage.getItem(EXPIRES_KEY) ?? 0) - Date.now() > 5_000;
+      (fresh ? Promise.resolve(true) : refreshSession()).then((ok) => { if (ok) scheduleReconnect(0); });
       return;
     }
     // A refused upgrade (bad or expired token: 401) looks like any failed connection here;

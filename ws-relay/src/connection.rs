@@ -50,6 +50,8 @@ pub mod close_code {
     /// windi's own (4000–4999 are for applications): the session ended. Reconnecting with the
     /// same token is pointless; refresh (which fails if the session is gone) or log in.
     pub const SESSION_ENDED: u16 = 4001;
+    /// The access token the socket was opened with expired: reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4002;
 }
 
 /// Changes read from Postgres per query when backfilling.
@@ -130,7 +132,13 @@ pub async fn run(
     let TokenSubject {
         user_id,
         session_id,
+        expires_at,
     } = subject;
+    // The token's expiry as a point on this process's clock.
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token_expires = Instant::now() + Duration::from_secs(expires_at.saturating_sub(unix_now));
     let (mut sink, stream) = socket.split();
     // The user's member_rev before subscribing: a join or leave after this read is either
     // published after the subscription exists or found by the poller.
@@ -188,6 +196,14 @@ pub async fn run(
             }
             () = signals.ended.notified() => {
                 let _ = session.close(close_code::SESSION_ENDED, "session ended").await;
+                break;
+            }
+            () = tokio::time::sleep_until(token_expires) => {
+                // The client reconnects with a fresh token (after a refresh) and resumes.
+                let _ = session
+                    .error("your token expired; reconnect with a fresh one", "token_expired")
+                    .await;
+                let _ = session.close(close_code::TOKEN_EXPIRED, "token expired").await;
                 break;
             }
             () = signals.kill.notified() => {

@@ -367,7 +367,7 @@ async fn upgrade(
     };
     match sessions::check(&relay.state.db, subject.session_id, subject.user_id).await {
         Ok(true) => {}
-        Ok(false) => return Error::Unauthorized("session ended; log in again").into_response(),
+        Ok(false) => return Error::Unauthorized(windi_shared::auth::TOKEN_REFUSED).into_response(),
         Err(e) => return Error::from(e).into_response(),
     }
     let user_id = subject.user_id;
