@@ -95,3 +95,29 @@ pub fn bearer_token(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
+
+/// Where a request came from, for the per-address login limit: the TCP peer when windi serves
+/// the request itself; without one (Lambda) the last `X-Forwarded-For` hop, which is the
+/// address API Gateway saw (hops before it are the client's to write, so they are not trusted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::ConnectInfo;
+        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>()
+        {
+            return Ok(Self(peer.ip().to_string()));
+        }
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(|hop| hop.trim().to_owned())
+            .filter(|hop| !hop.is_empty());
+        Ok(Self(forwarded.unwrap_or_else(|| "unknown".into())))
+    }
+}

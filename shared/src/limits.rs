@@ -175,3 +175,129 @@ mod tests {
         );
     }
 }
+
+/// Failed logins an account may have within [`LOGIN_WINDOW`] before its logins are refused.
+pub const ACCOUNT_FAILURES: u32 = 5;
+/// Failed logins one client address may have within [`LOGIN_WINDOW`], over all accounts: high
+/// enough for a NAT full of people mistyping, low enough to stop a spray over many accounts.
+pub const ADDRESS_FAILURES: u32 = 100;
+/// The window failures are counted in, and how long the first lockout lasts.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The longest lockout: each lockout of the same key within a day doubles the last.
+const MAX_LOCKOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Guards logins against guessing: failures are counted per account (the email, as typed,
+/// lowercased: unknown emails count like known ones, so the answer reveals nothing) and per
+/// client address. After [`ACCOUNT_FAILURES`] failures of an account within [`LOGIN_WINDOW`],
+/// its logins answer 429 `too_many_attempts`, even with the right password, for the window;
+/// a repeat lockout lasts twice as long. An address is locked the same way after
+/// [`ADDRESS_FAILURES`]; other accounts from it are unaffected until then.
+///
+/// The counting is `governor`'s GCRA (one failure's cell comes back every window / limit); it
+/// has no way to look at a key's budget without spending it, and a lockout must be looked at
+/// before every attempt, right password or not — so a lockout, once the limiter refuses a
+/// failure, is kept here, in a map that holds only locked keys. Per process, like the other
+/// limits.
+pub struct LoginGuard {
+    accounts: DefaultKeyedRateLimiter<String>,
+    addresses: DefaultKeyedRateLimiter<String>,
+    locks: std::sync::Mutex<std::collections::HashMap<String, Lockout>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lockout {
+    until: std::time::Instant,
+    /// The length of the last lockout, doubled by the next.
+    length: Duration,
+}
+
+impl std::fmt::Debug for LoginGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginGuard").finish_non_exhaustive()
+    }
+}
+
+impl Default for LoginGuard {
+    fn default() -> Self {
+        // `limit - 1` cells: the limit-th failure is the one the limiter refuses.
+        let quota = |limit: u32| {
+            let cells = NonZeroU32::new(limit.saturating_sub(1).max(1)).unwrap_or(NonZeroU32::MIN);
+            Quota::with_period(LOGIN_WINDOW / limit.max(1))
+                .unwrap_or_else(|| Quota::per_minute(cells))
+                .allow_burst(cells)
+        };
+        Self {
+            accounts: RateLimiter::keyed(quota(ACCOUNT_FAILURES)),
+            addresses: RateLimiter::keyed(quota(ADDRESS_FAILURES)),
+            locks: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl LoginGuard {
+    fn locks(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lockout>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before an attempt: 429 if the account or the address is locked out.
+    pub fn check(&self, account: &str, address: &str) -> Result<()> {
+        let now = std::time::Instant::now();
+        let locks = self.locks();
+        let wait = [account_key(account), address_key(address)]
+            .iter()
+            .filter_map(|key| locks.get(key))
+            .filter(|lock| lock.until > now)
+            .map(|lock| lock.until - now)
+            .max();
+        match wait {
+            Some(wait) => Err(Error::TooManyRequests {
+                code: "too_many_attempts",
+                detail: format!(
+                    "too many failed logins; try again in {} minutes",
+                    wait.as_secs().div_ceil(60)
+                ),
+                retry_after: wait,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed attempt: counts it, and locks what passed its limit.
+    pub fn failed(&self, account: &str, address: &str) {
+        let account = account_key(account);
+        let address = address_key(address);
+        let over: Vec<&String> = [(&account, &self.accounts), (&address, &self.addresses)]
+            .into_iter()
+            .filter(|(key, limiter)| limiter.check_key(key).is_err())
+            .map(|(key, _)| key)
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut locks = self.locks();
+        // Forget lockouts over a day old (their doubling with them).
+        locks.retain(|_, lock| lock.until + MAX_LOCKOUT > now);
+        for key in over {
+            let length = match locks.get(key) {
+                Some(last) => (last.length * 2).min(MAX_LOCKOUT),
+                None => LOGIN_WINDOW,
+            };
+            locks.insert(
+                key.clone(),
+                Lockout {
+                    until: now + length,
+                    length,
+                },
+            );
+        }
+    }
+}
+
+fn account_key(email: &str) -> String {
+    format!("account:{}", email.trim().to_lowercase())
+}
+
+fn address_key(address: &str) -> String {
+    format!("address:{address}")
+}

@@ -9,7 +9,7 @@ use crate::{
     config::{Config, JwtConfig},
     db,
     events::{self, Bus, LocalBus},
-    limits::{LimitSettings, Limits},
+    limits::{LimitSettings, Limits, LoginGuard},
 };
 
 #[derive(Debug, Clone)]
@@ -21,6 +21,8 @@ pub struct AppState {
     pub events: Bus,
     /// Per-user rate limits (production values unless raised with [`AppState::with_limits`]).
     pub limits: Limits,
+    /// Failed-login lockouts per account and client address.
+    pub logins: Arc<LoginGuard>,
 }
 
 /// What a process does for events when `NATS_URL` is unset.
@@ -43,6 +45,7 @@ impl AppState {
             passwords: Passwords::new(cores * 2),
             events,
             limits: Limits::default(),
+            logins: Arc::default(),
         }
     }
 

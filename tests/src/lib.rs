@@ -342,7 +342,13 @@ impl TestApp {
 
     fn serve(&self, listener: tokio::net::TcpListener, client: windi::ClientConfig) {
         let router = windi::app_with_client(self.state.clone(), client);
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
     }
 
     /// A second windi on this app's database whose events reach no relay: an in-process bus

@@ -27,7 +27,7 @@ use windi_shared::{
     },
     error::ErrorBody,
     events::Event,
-    extract::{AuthUser, Json, JsonOrForm, Path},
+    extract::{AuthUser, ClientAddress, Json, JsonOrForm, Path},
     model::{
         ChangePassword, DeleteMe, LoginForm, MAX_PASSWORD_BYTES, Me, RefreshIn, RegisterUser,
         SessionOut, TokenOut, UpdateMe, UserOut,
@@ -87,24 +87,34 @@ async fn register(
     responses(
         (status = 200, description = "An access token and a refresh token", body = TokenOut),
         (status = 401, description = "Incorrect email or password", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: 5 failed logins of this account (or 100 from this address) within 15 minutes; wait `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "`unavailable`: too many logins at once; wait `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ClientAddress(address): ClientAddress,
     JsonOrForm(form): JsonOrForm<LoginForm>,
 ) -> Result<axum::Json<TokenOut>> {
     let bad_credentials = Error::Unauthorized("incorrect email or password");
+    let account = form.username.trim();
+    // Before anything else, and whatever the password: a locked account stays locked.
+    state.logins.check(account, &address)?;
     if form.password.len() > MAX_PASSWORD_BYTES || form.username.contains('\0') {
+        state.logins.failed(account, &address);
         return Err(bad_credentials);
     }
-    let found = users::credentials(&state.db, form.username.trim()).await?;
+    let found = users::credentials(&state.db, account).await?;
     let (user_id, hash) = match found {
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
     };
     let valid = state.passwords.verify(form.password, hash).await?;
-    let user_id = user_id.filter(|_| valid).ok_or(bad_credentials)?;
+    let Some(user_id) = user_id.filter(|_| valid) else {
+        state.logins.failed(account, &address);
+        return Err(bad_credentials);
+    };
 
     let refresh = RefreshToken::generate()?;
     let agent = user_agent(&headers);
