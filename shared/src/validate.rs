@@ -193,3 +193,60 @@ mod tests {
         assert!(page(Some(5), Some(-1)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The input rules against any string: they never panic, and what they accept is exactly
+    //! what the rule says (checked against a plain restatement of it).
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn message_text_accepts_exactly_the_rule(text in "\\PC{0,8}|[ \\t\\n\\x00a-z]{0,8}|.{4090,4100}") {
+            let expected = !text.trim().is_empty()
+                && text.chars().count() <= MAX_TEXT_CHARS
+                && !text.contains('\0');
+            prop_assert_eq!(message_text(&text).is_ok(), expected);
+        }
+
+        #[test]
+        fn emoji_accepts_exactly_the_rule(emoji in "\\PC{0,12}|[ \\t\\x07👍❤️]{0,6}") {
+            let expected = !emoji.is_empty()
+                && emoji.len() <= MAX_EMOJI_BYTES
+                && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+            prop_assert_eq!(self::emoji(&emoji).is_ok(), expected);
+        }
+
+        #[test]
+        fn names_are_trimmed_bounded_and_printable(raw in "\\PC{0,120}|[ \\t\\x01x]{0,5}") {
+            match name("name", &raw) {
+                Ok(name) => {
+                    prop_assert_eq!(name.as_str(), raw.trim());
+                    prop_assert!(!name.is_empty() && name.chars().count() <= MAX_NAME_CHARS);
+                    prop_assert!(!name.chars().any(char::is_control));
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("name:"), "{}", e),
+            }
+        }
+
+        #[test]
+        fn emails_that_pass_have_one_at_and_a_dotted_domain(raw in "\\PC{0,40}|[a-z@.]{0,12}") {
+            if let Ok(email) = email(&raw) {
+                let (local, domain) = email.split_once('@').unwrap_or_default();
+                prop_assert!(!local.is_empty() && domain.contains('.') && !domain.contains('@'));
+                prop_assert!(!email.chars().any(char::is_whitespace));
+            }
+        }
+
+        #[test]
+        fn pages_are_within_bounds_or_refused(limit in proptest::option::of(-5i64..300), offset in proptest::option::of(-5i64..10)) {
+            match page(limit, offset) {
+                Ok((l, o)) => prop_assert!((1..=MAX_PAGE).contains(&l) && o >= 0),
+                Err(e) => prop_assert!(e.to_string().starts_with("limit") || e.to_string().starts_with("offset")),
+            }
+        }
+    }
+}
