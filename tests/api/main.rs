@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod authorization;
 mod bad_input;
 mod browser;
 mod data;
