@@ -88,6 +88,15 @@ pub enum AdminCommand {
         #[arg(long)]
         search: Option<String>,
     },
+    /// End every session of a user (they must log in again).
+    EndSessions {
+        /// The user's id (see `windi admin users`).
+        user_id: i64,
+    },
+    /// Disable a user: no more logins, every session ended. Undo with `enable`.
+    Disable { user_id: i64 },
+    /// Let a disabled user log in again.
+    Enable { user_id: i64 },
 }
 
 #[cfg(test)]

@@ -248,10 +248,31 @@ async fn admin_command(command: AdminCommand) -> Result<(), String> {
                         u.created_at.format("%Y-%m-%d %H:%M")
                     );
                 }
-            }),
+            })
+            .map_err(|e| e.to_string()),
+        AdminCommand::EndSessions { user_id } => windi::admin::end_sessions(&pool, user_id)
+            .await
+            .map(|n| println!("ended {n} session(s) of user {user_id}"))
+            .map_err(|e| e.to_string()),
+        AdminCommand::Disable { user_id } => match windi::admin::disable(&pool, user_id).await {
+            Ok(true) => {
+                println!("user {user_id} is disabled; their sessions have ended");
+                Ok(())
+            }
+            Ok(false) => Err(format!("no user {user_id}")),
+            Err(e) => Err(e.to_string()),
+        },
+        AdminCommand::Enable { user_id } => match windi::admin::enable(&pool, user_id).await {
+            Ok(true) => {
+                println!("user {user_id} can log in again");
+                Ok(())
+            }
+            Ok(false) => Err(format!("no user {user_id}")),
+            Err(e) => Err(e.to_string()),
+        },
     };
     pool.close().await;
-    result.map_err(|e| e.to_string())
+    result
 }
 
 /// `GET /ready` on 127.0.0.1:PORT with a bare TCP request (the image has no curl).

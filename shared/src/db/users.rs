@@ -29,7 +29,8 @@ pub async fn credentials(
     email: &str,
 ) -> sqlx::Result<Option<(i64, String)>> {
     sqlx::query_as(
-        "SELECT id, password_hash FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL",
+        "SELECT id, password_hash FROM users
+         WHERE lower(email) = lower($1) AND deleted_at IS NULL AND disabled_at IS NULL",
     )
     .bind(email)
     .fetch_optional(db)
