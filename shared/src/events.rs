@@ -30,6 +30,9 @@ use crate::model::MessageOut;
 /// not spawned; this bounds what a NATS outage can add to a request.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long start-up waits for the JetStream stream before going on without it.
+const STREAM_WAIT: Duration = Duration::from_secs(5);
+
 /// JetStream's duplicate window: a publish retried within it, with the same `Nats-Msg-Id`, is
 /// dropped by the server.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -369,13 +372,17 @@ impl NatsBus {
         options: async_nats::ConnectOptions,
         dropped: Arc<AtomicU64>,
     ) -> Result<Self, String> {
+        // A NATS that is not up yet (compose starting everything at once, a broker restart)
+        // does not stop the process: the client keeps connecting in the background, events
+        // published meanwhile are lost (the relay catches up by rev), and `/ready` says so.
         let client = options
             .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
             .connect(url)
             .await
             .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(jetstream::stream::Config {
+        let config = jetstream::stream::Config {
             name: stream_name(prefix),
             // Chat and user events only: `<prefix>.typing.*` stays outside, never stored.
             subjects: vec![format!("{prefix}.chat.*"), format!("{prefix}.user.*")],
@@ -383,14 +390,33 @@ impl NatsBus {
             // The stream is a short-lived log of news, not the record: Postgres is.
             max_age: Duration::from_secs(24 * 3600),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot create JetStream stream {}: {e}",
-                stream_name(prefix)
-            )
-        })?;
+        };
+        match tokio::time::timeout(STREAM_WAIT, js.get_or_create_stream(config.clone())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if client.connection_state() == async_nats::connection::State::Connected => {
+                // Connected, and the server refused: a real misconfiguration.
+                return Err(format!(
+                    "cannot create JetStream stream {}: {e}",
+                    stream_name(prefix)
+                ));
+            }
+            _ => {
+                tracing::warn!(
+                    %url,
+                    "NATS is not reachable yet; connecting and creating the stream in the background"
+                );
+                let js = js.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        if js.get_or_create_stream(config.clone()).await.is_ok() {
+                            tracing::info!("NATS reached; the JetStream stream is in place");
+                            break;
+                        }
+                    }
+                });
+            }
+        }
         Ok(Self {
             client,
             js,

@@ -228,3 +228,43 @@ async fn a_dead_broker_never_fails_a_request_that_committed() {
     let (status, ready) = app.call(Method::GET, "/ready", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
 }
+
+#[tokio::test]
+async fn windi_starts_before_nats_and_publishes_once_it_is_up() {
+    let mut nats = PrivateNats::not_started();
+    let prefix = windi_tests::unique("t");
+    let started = std::time::Instant::now();
+    let publisher = connect_nats(&nats.url, &prefix, "windi-test")
+        .await
+        .expect("start-up does not wait for NATS");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let app = TestApp::start(TestDb::new().await, Arc::new(publisher), prefix.clone()).await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    // Sends work while NATS is not there at all.
+    app.send_to_user(&alice, &bob, "before NATS").await;
+    let (status, _) = app.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    nats.restart().await;
+    windi_tests::eventually(Duration::from_secs(20), "ready once NATS is up", || async {
+        app.call(Method::GET, "/ready", None, None).await.0 == StatusCode::OK
+    })
+    .await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = jetstream::new(client);
+    // The stream is made in the background once NATS answers; then events land in it.
+    windi_tests::eventually(Duration::from_secs(20), "the stream exists", || async {
+        js.get_stream(stream_name(&prefix)).await.is_ok()
+    })
+    .await;
+    app.send_to_user(&alice, &bob, "after NATS").await;
+    windi_tests::eventually(
+        Duration::from_secs(10),
+        "the event is in the stream",
+        || async {
+            let mut stream = js.get_stream(stream_name(&prefix)).await.unwrap();
+            stream.info().await.is_ok_and(|i| i.state.messages > 0)
+        },
+    )
+    .await;
+}

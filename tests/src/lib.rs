@@ -598,20 +598,25 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub async fn start() -> Self {
+        let mut nats = Self::not_started();
+        nats.restart().await;
+        nats
+    }
+
+    /// A free port where a server will run once [`PrivateNats::restart`] is called.
+    pub fn not_started() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let store = std::env::temp_dir().join(unique("windi-nats"));
-        let mut nats = Self {
+        Self {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             child: None,
             store,
-        };
-        nats.restart().await;
-        nats
+        }
     }
 
     /// Starts the server (again, on the same port and store) and waits until it accepts.
