@@ -212,7 +212,7 @@ async fn bad_paths_and_unknown_routes_answer_json() {
             None,
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "");
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "Cannot parse `abc`");
     let (status, body) = app
         .call(
             Method::POST,
