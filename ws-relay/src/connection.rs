@@ -319,9 +319,10 @@ impl Session {
             self.cursor.open(p.chat_id, p.rev, p.rev);
         }
         // Chats joined between the two reads are routed too.
+        let routed: HashSet<i64> = routes.iter().map(|&(id, _)| id).collect();
         let late: Vec<(i64, i64)> = now
             .iter()
-            .filter(|p| !routes.iter().any(|&(id, _)| id == p.chat_id))
+            .filter(|p| !routed.contains(&p.chat_id))
             .map(|p| (p.chat_id, p.rev))
             .collect();
         if !late.is_empty() {
@@ -521,8 +522,10 @@ impl Session {
                     return Ok(());
                 }
             };
+            let joined: HashMap<i64, chats::Position> =
+                joined.iter().map(|p| (p.chat_id, *p)).collect();
             for chat in &summaries {
-                let Some(p) = joined.iter().find(|p| p.chat_id == chat.id) else {
+                let Some(p) = joined.get(&chat.id) else {
                     continue;
                 };
                 self.cursor.open(p.chat_id, p.joined_rev, p.rev);
@@ -615,6 +618,8 @@ impl Session {
                 return self.error("resume failed; try again", "unavailable").await;
             }
         };
+        let by_chat: HashMap<i64, chats::Position> =
+            positions.iter().map(|p| (p.chat_id, *p)).collect();
         let mut listed = HashSet::with_capacity(revs.len());
         for (key, rev) in revs {
             let Ok(chat_id) = key.parse::<i64>() else {
@@ -623,7 +628,7 @@ impl Session {
                 continue;
             };
             listed.insert(chat_id);
-            match positions.iter().find(|p| p.chat_id == chat_id) {
+            match by_chat.get(&chat_id) {
                 Some(p) => {
                     if !self.cursor.contains(chat_id) {
                         self.hub.join(self.conn, &[(chat_id, p.rev)]).await;

@@ -286,12 +286,8 @@ async fn publish_added(
             user_id: a.user_id,
         }));
     }
-    let member_rev = |user: i64| {
-        member_revs
-            .iter()
-            .find(|&&(id, _)| id == user)
-            .map_or(0, |&(_, r)| r)
-    };
+    let member_revs: std::collections::HashMap<i64, i64> = member_revs.iter().copied().collect();
+    let member_rev = |user: i64| member_revs.get(&user).copied().unwrap_or(0);
     events.extend(added.iter().map(|a| Event::ChatAdded {
         user_id: a.user_id,
         chat_id,

@@ -169,18 +169,16 @@ pub async fn subject(
     user_id: i64,
     lock: bool,
 ) -> sqlx::Result<Option<Subject>> {
+    const SUBJECT: &str =
+        "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
+                c.kind = 'group' AS is_group, me.role
+         FROM messages m JOIN chats c ON c.id = m.chat_id
+         JOIN chat_members me ON me.chat_id = m.chat_id AND me.user_id = $2
+         WHERE m.id = $1";
     let query = if lock {
-        "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
-                c.kind = 'group' AS is_group, me.role
-         FROM messages m JOIN chats c ON c.id = m.chat_id
-         JOIN chat_members me ON me.chat_id = m.chat_id AND me.user_id = $2
-         WHERE m.id = $1 FOR UPDATE OF m"
+        sqlx::AssertSqlSafe(format!("{SUBJECT} FOR UPDATE OF m"))
     } else {
-        "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
-                c.kind = 'group' AS is_group, me.role
-         FROM messages m JOIN chats c ON c.id = m.chat_id
-         JOIN chat_members me ON me.chat_id = m.chat_id AND me.user_id = $2
-         WHERE m.id = $1"
+        sqlx::AssertSqlSafe(SUBJECT.to_owned())
     };
     sqlx::query_as(query)
         .bind(message_id)
