@@ -8,6 +8,7 @@ use axum::{
     http::{header, request::Parts},
 };
 use serde::de::DeserializeOwned;
+use std::time::Instant;
 
 use crate::{db::sessions, error::Error, state::AppState};
 
@@ -57,10 +58,10 @@ where
 /// The caller, proven by a valid `Authorization: Bearer <token>` of a live session. A handler
 /// that takes this argument cannot run without one.
 ///
-/// Besides the signature and expiry, the token's session is looked up on every request (one
-/// primary-key read, see [`sessions::check`]): that is what makes logout and the other ways a
-/// session ends take effect at once, on every route and every Lambda instance, with no cache
-/// that could let an ended session through for a while.
+/// Besides the signature and expiry, the token's session must be live: one primary-key read
+/// ([`sessions::check`]), skipped for a session this process checked in the last minute while
+/// its cache is in sync ([`crate::session_cache`]: an ending here takes effect at once, one
+/// elsewhere within about a second; a Lambda instance reads on every request).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub id: i64,
@@ -78,13 +79,25 @@ impl FromRequestParts<AppState> for AuthUser {
         let token = bearer_token(parts.headers.get(header::AUTHORIZATION))
             .ok_or(Error::Unauthorized(crate::auth::TOKEN_REFUSED))?;
         let subject = state.tokens.verify(token)?;
-        if !sessions::check(&state.db, subject.session_id, subject.user_id).await? {
-            return Err(Error::Unauthorized(crate::auth::TOKEN_REFUSED));
-        }
-        Ok(Self {
+        let user = Self {
             id: subject.user_id,
             session_id: subject.session_id,
-        })
+        };
+        let Err(ticket) = state
+            .sessions
+            .lookup(user.session_id, user.id, Instant::now())
+        else {
+            metrics::counter!("windi_session_checks_total", "source" => "cache").increment(1);
+            return Ok(user);
+        };
+        metrics::counter!("windi_session_checks_total", "source" => "postgres").increment(1);
+        if !sessions::check(&state.db, user.session_id, user.id).await? {
+            return Err(Error::Unauthorized(crate::auth::TOKEN_REFUSED));
+        }
+        state
+            .sessions
+            .remember(ticket, user.session_id, user.id, Instant::now());
+        Ok(user)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod request_id;
 pub mod revise;
 pub mod runtime;
 pub mod send;
+pub mod session_cache;
 pub mod state;
 pub mod validate;
 

@@ -287,13 +287,14 @@ pub async fn run_function(name: &str, routes: OpenApiRouter<AppState>) -> ExitCo
         Ok(state) => state,
         Err(e) => return fail(name, &e),
     };
-    let app = function_app_with(routes, state, &settings);
+    let app = function_app_with(routes, state.clone(), &settings);
     if in_lambda() {
         match crate::lambda::run(app).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(name, &e),
         }
     } else {
+        state.sync_sessions();
         let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
         match serve(app, addr).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use crate::{
     db,
     events::{self, Bus, LocalBus},
     limits::{LimitSettings, Limits, LoginGuard},
+    session_cache::{self, SessionCache},
 };
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Failed-login lockouts per account and client address.
     pub logins: Arc<LoginGuard>,
+    /// Sessions recently found live; answers only while [`AppState::sync_sessions`] runs.
+    pub sessions: Arc<SessionCache>,
 }
 
 /// What a process does for events when `NATS_URL` is unset.
@@ -46,7 +49,21 @@ impl AppState {
             events,
             limits: Limits::default(),
             logins: Arc::default(),
+            sessions: Arc::default(),
         }
+    }
+
+    /// Lets authenticated requests skip the per-request session read for sessions checked in
+    /// the last minute, by starting the poller that forgets sessions ended by other processes
+    /// (see [`crate::session_cache`]). For long-running servers; a Lambda instance, frozen
+    /// between invocations, does not call it and checks Postgres on every request.
+    pub fn sync_sessions(&self) {
+        session_cache::spawn_sync(&self.sessions, self.db.clone());
+    }
+
+    /// After commit: these sessions ended here; no cached check may let them through.
+    pub fn sessions_ended(&self, session_ids: &[i64]) {
+        self.sessions.forget(session_ids);
     }
 
     /// The same state with other limits (benchmarks and load tests raise them, and say so).

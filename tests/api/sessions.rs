@@ -378,3 +378,74 @@ async fn the_relay_closes_an_ended_session_whose_event_was_lost_within_its_poll_
     );
     relay.stop().await;
 }
+
+/// Waits until this process answers `user`'s token from its session cache (the sync's first
+/// poll has run and a request has been checked in Postgres once).
+async fn until_cached(app: &TestApp, token: &str) -> (i64, i64) {
+    let subject = app.state.tokens.verify(token).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_eq!(me_status(app, token).await, StatusCode::OK);
+        let cached = app.state.sessions.lookup(
+            subject.session_id,
+            subject.user_id,
+            std::time::Instant::now(),
+        );
+        if cached.is_ok() {
+            return (subject.user_id, subject.session_id);
+        }
+        assert!(Instant::now() < deadline, "the session was never cached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cached_session_ends_at_once_in_the_process_that_ends_it() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("Alice").await;
+    until_cached(&app, &alice.token).await;
+
+    let (status, _) = app
+        .call(Method::POST, "/auth/logout", Some(&alice.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        me_status(&app, &alice.token).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_cached_session_ended_by_another_process_is_refused_within_about_a_second() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("Alice").await;
+    let (user_id, session_id) = until_cached(&app, &alice.token).await;
+
+    // `windi admin end-sessions` runs in a process of its own: it writes to Postgres only.
+    assert_eq!(
+        windi::admin::end_sessions(&app.db.pool, user_id)
+            .await
+            .unwrap(),
+        1
+    );
+    let started = Instant::now();
+    while me_status(&app, &alice.token).await == StatusCode::OK {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the ended session still works"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The sync polls once a second.
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        app.state
+            .sessions
+            .lookup(session_id, user_id, std::time::Instant::now())
+            .is_err()
+    );
+}

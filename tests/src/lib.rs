@@ -341,6 +341,8 @@ impl TestApp {
     }
 
     fn serve(&self, listener: tokio::net::TcpListener, client: windi::ClientConfig) {
+        // As `windi serve` does: sessions checked lately are trusted while the sync runs.
+        self.state.sync_sessions();
         let router = windi::app_with_client(self.state.clone(), client);
         tokio::spawn(async move {
             axum::serve(

@@ -434,6 +434,7 @@ async fn announce_ended(state: &AppState, user_id: i64, session_ids: Vec<i64>) {
     if session_ids.is_empty() {
         return;
     }
+    state.sessions_ended(&session_ids);
     state
         .events
         .publish(vec![Event::SessionsEnded {

@@ -158,6 +158,22 @@ pub async fn live(db: impl PgExecutor<'_>, user_id: i64) -> sqlx::Result<Vec<Ses
     .await
 }
 
+/// Postgres's clock now, and the sessions ended at or after `since` (all that ended in the
+/// last minute when `None`): what the API's session cache forgets
+/// ([`crate::session_cache`]). A range of the partial index on `ended_at`.
+pub async fn ended_since(
+    db: impl PgExecutor<'_>,
+    since: Option<DateTime<Utc>>,
+) -> sqlx::Result<(DateTime<Utc>, Vec<i64>)> {
+    sqlx::query_as(
+        "SELECT now(), ARRAY(SELECT id FROM sessions
+                             WHERE ended_at >= coalesce($1, now() - interval '1 minute'))",
+    )
+    .bind(since)
+    .fetch_one(db)
+    .await
+}
+
 /// Which of these sessions have ended (for the relay's poller).
 pub async fn ended_among(db: impl PgExecutor<'_>, session_ids: &[i64]) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT id FROM sessions WHERE id = ANY($1) AND ended_at IS NOT NULL")
