@@ -226,9 +226,11 @@ impl Tokens {
         validation.validate_nbf = true;
         // Clock skew between Lambda instances is small; a short leeway keeps expiry meaningful.
         validation.leeway = 5;
+        crate::jwt_crypto::install();
+        // The secret was checked when the configuration was read (at least 32 bytes).
         Self {
-            encoding: EncodingKey::from_secret(&config.secret),
-            decoding: DecodingKey::from_secret(&config.secret),
+            encoding: EncodingKey::from_secret(&config.secret).expect("a non-empty secret"),
+            decoding: DecodingKey::from_secret(&config.secret).expect("a non-empty secret"),
             validation,
             header: Header::new(config.algorithm),
             ttl_secs: config.ttl.as_secs(),

@@ -23,6 +23,7 @@ pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod jwt_crypto;
 pub mod lambda;
 pub mod limits;
 pub mod metrics;

@@ -140,10 +140,11 @@ fn forge(secret: &[u8], sub: &str, sid: i64, exp: u64) -> String {
         exp,
         iat: unix_now(),
     };
+    windi_shared::jwt_crypto::install();
     encode(
         &Header::default(),
         &claims,
-        &EncodingKey::from_secret(secret),
+        &EncodingKey::from_secret(secret).unwrap(),
     )
     .unwrap()
 }
@@ -195,18 +196,20 @@ async fn bad_tokens_are_refused_with_401() {
         later,
     );
     let expired = forge(TEST_SECRET, &sub, sid, unix_now() - 120);
+    windi_shared::jwt_crypto::install();
     let no_session = encode(
         &Header::default(),
         &json!({"sub": sub, "exp": later}),
-        &EncodingKey::from_secret(TEST_SECRET),
+        &EncodingKey::from_secret(TEST_SECRET).unwrap(),
     )
     .unwrap();
     let unknown_session = forge(TEST_SECRET, &sub, sid + 1000, later);
     let someone_elses_session = forge(TEST_SECRET, &sub, session_of(other.id).await, later);
+    windi_shared::jwt_crypto::install();
     let no_exp = encode(
         &Header::default(),
         &json!({"sub": sub}),
-        &EncodingKey::from_secret(TEST_SECRET),
+        &EncodingKey::from_secret(TEST_SECRET).unwrap(),
     )
     .unwrap();
     for (what, token) in [

@@ -31,10 +31,11 @@ fn expired(token: &str) -> String {
         .unwrap()
         .as_secs();
     claims["exp"] = json!(now - 60);
+    windi_shared::jwt_crypto::install();
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(TEST_SECRET),
+        &EncodingKey::from_secret(TEST_SECRET).unwrap(),
     )
     .unwrap()
 }

@@ -440,9 +440,10 @@ fn normalise(value: &mut Value) {
                         *field = Value::String("<refresh token>".into());
                     }
                     ("access_token", Value::String(token)) => {
+                        windi_shared::jwt_crypto::install();
                         let claims = jsonwebtoken::decode::<Claims>(
                             token,
-                            &DecodingKey::from_secret(TEST_SECRET),
+                            &DecodingKey::from_secret(TEST_SECRET).unwrap(),
                             &Validation::new(Algorithm::HS256),
                         )
                         .unwrap_or_else(|e| panic!("access_token does not verify: {e}"));

@@ -17,7 +17,13 @@ fn now() -> u64 {
 }
 
 fn sign(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
-    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+    windi_shared::jwt_crypto::install();
+    encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(secret).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A token with this header and payload and no valid signature.
