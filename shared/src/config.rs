@@ -36,6 +36,10 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Per-user rate limits (`LIMIT_*`).
     pub limits: crate::limits::LimitSettings,
+    /// `SESSION_CACHE` (`on` by default; `off` reads the session on every request even in a
+    /// long-running server, for those who would rather pay that than wait up to a second for
+    /// an ending in another process; see [`crate::session_cache`]).
+    pub session_cache: bool,
 }
 
 /// JWT settings; the secret is never printed (see the `Debug` impl).
@@ -56,6 +60,7 @@ impl fmt::Debug for Config {
             .field("port", &self.port)
             .field("db_max_connections", &self.db_max_connections)
             .field("limits", &self.limits)
+            .field("session_cache", &self.session_cache)
             .finish()
     }
 }
@@ -114,6 +119,16 @@ impl Config {
                 if crate::runtime::in_lambda() { 2 } else { 10 },
             )?,
             limits: limits_from_env()?,
+            session_cache: match optional("SESSION_CACHE").as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "SESSION_CACHE",
+                        reason: format!("{other:?} is neither on nor off"),
+                    });
+                }
+            },
         })
     }
 }

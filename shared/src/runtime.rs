@@ -294,7 +294,9 @@ pub async fn run_function(name: &str, routes: OpenApiRouter<AppState>) -> ExitCo
             Err(e) => fail(name, &e),
         }
     } else {
-        state.sync_sessions();
+        if config.session_cache {
+            state.sync_sessions();
+        }
         let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
         match serve(app, addr).await {
             Ok(()) => ExitCode::SUCCESS,

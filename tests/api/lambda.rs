@@ -240,6 +240,8 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             db_max_connections: 2,
             // The walkthroughs send ~100 messages as one user: above the limits on purpose.
             limits: windi_shared::limits::LimitSettings::unlimited(),
+            // Lambda runs no session sync (run_function does not start it there).
+            session_cache: true,
         };
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await

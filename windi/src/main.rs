@@ -86,7 +86,9 @@ async fn serve_all() -> Result<(), String> {
     let client = windi::ClientConfig::from_env(relay_settings.port).map_err(|e| e.to_string())?;
     let (config, _embedded) = prepared_config().await?;
     let state = AppState::connect(&config, Broker::LocalFallback, "windi").await?;
-    state.sync_sessions();
+    if config.session_cache {
+        state.sync_sessions();
+    }
     windi_shared::metrics::watch_pool(&state.db, "api");
     match &config.nats_url {
         Some(url) => tracing::info!(%url, "events go to NATS"),
