@@ -80,6 +80,9 @@ async fn metrics_count_requests_sends_and_replays_after_traffic() {
     );
     assert!(grew("windi_messages_sent_total", &[]) >= 1.0, "{after}");
     assert!(grew("windi_dedup_replays_total", &[]) >= 1.0, "{after}");
+    let checks = grew("windi_session_checks_total", &[r#"source="cache""#])
+        + grew("windi_session_checks_total", &[r#"source="postgres""#]);
+    assert!(checks >= 2.0, "both sends count: {after}");
     assert!(
         grew(
             "http_requests_total",
