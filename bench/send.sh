@@ -3,6 +3,7 @@
 # straight on Postgres — the floor any implementation of the send path has on this machine.
 #
 #   bench/send.sh [seconds] [connections] [repetitions]      (defaults 20, 16 and 3; needs wrk and pgbench)
+#   PROFILE=1 bench/send.sh …       also samples the machine with perf during the first windi run
 #
 # Both sides send into the same 64 group chats as one user, with the same concurrency, in the
 # same run and database, each request with a dedup key of its own: windi does auth, JSON,
@@ -104,9 +105,15 @@ SQL
 
 windi_rates=() pg_rates=() ratios=()
 for rep in $(seq "$reps"); do
+  # PROFILE=1: the whole machine is sampled (perf, call graphs) during the first windi run, so
+  # the report splits the time between windi, Postgres and the load generator.
+  if [ "${PROFILE:-0}" = 1 ] && [ "$rep" = 1 ]; then
+    perf record -a -g -F 499 -o target/perf-send.data -- sleep "$seconds" 2>/dev/null & perf=$!
+  fi
   wrk -t2 -c"$conns" -d"${seconds}s" -s "$workdir/send.lua" "$api" -- "$rep" > "$workdir/wrk.$rep.out"
   non2xx=$(awk '/Non-2xx/ { print $NF }' "$workdir/wrk.$rep.out")
   [ -z "$non2xx" ] || { cat "$workdir/wrk.$rep.out"; echo "windi answered $non2xx non-2xx"; exit 1; }
+  [ -n "${perf:-}" ] && { wait "$perf"; unset perf; }
   windi_rates+=("$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$workdir/wrk.$rep.out")")
 
   psql "$DATABASE_URL" -qc CHECKPOINT
@@ -131,3 +138,8 @@ echo "$conns connections, ${seconds}s × $reps interleaved; median (min–max):"
 echo "windi POST /chat/message: $(printf '%s\n' "${windi_rates[@]}" | stats 0)/s ($sent messages stored, all 2xx)"
 echo "pgbench same transaction: $(printf '%s\n' "${pg_rates[@]}" | stats 0)/s"
 echo "ratio:                    $(printf '%s\n' "${ratios[@]}" | stats 2) of raw Postgres"
+if [ "${PROFILE:-0}" = 1 ]; then
+  echo; echo "CPU by process during the first windi run (perf report --sort comm):"
+  perf report -i target/perf-send.data --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+  echo "windi's own hottest symbols: perf report -i target/perf-send.data --comm windi --no-children --stdio"
+fi

@@ -361,27 +361,36 @@ pub async fn page(
     chat_id: i64,
     range: SeqRange,
 ) -> sqlx::Result<Vec<MessageOut>> {
+    // Seqs are gap-free (1..last_seq, each allocated in the transaction that inserts its row)
+    // and every seq keeps its row (a deleted message stays, as a tombstone), so skipping
+    // `offset` rows after `after` is `seq > after + offset` (from the newest: below
+    // `before - offset`): an index seek, where OFFSET would walk and build every skipped row
+    // (1.5 s for the newest page of a 1M chat; `windi check` verifies the invariant).
+    let (after, before) = if range.from_newest {
+        (range.after, range.before.saturating_sub(range.offset))
+    } else {
+        (range.after.saturating_add(range.offset), range.before)
+    };
     let query = if range.from_newest {
         concat!(
             "SELECT * FROM (SELECT ",
             message_columns!(),
             " FROM messages m WHERE m.chat_id = $1 AND m.seq > $2 AND m.seq < $3
-              ORDER BY m.seq DESC LIMIT $4 OFFSET $5) AS p ORDER BY seq"
+              ORDER BY m.seq DESC LIMIT $4) AS p ORDER BY seq"
         )
     } else {
         concat!(
             "SELECT ",
             message_columns!(),
             " FROM messages m WHERE m.chat_id = $1 AND m.seq > $2 AND m.seq < $3
-              ORDER BY m.seq LIMIT $4 OFFSET $5"
+              ORDER BY m.seq LIMIT $4"
         )
     };
     sqlx::query_as(query)
         .bind(chat_id)
-        .bind(range.after)
-        .bind(range.before)
+        .bind(after)
+        .bind(before)
         .bind(range.limit)
-        .bind(range.offset)
         .fetch_all(db)
         .await
 }
