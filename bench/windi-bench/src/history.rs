@@ -1,0 +1,7 @@
+//! The `history` scenario (issue 11). Not written yet.
+
+use crate::{harness::Ctx, report::Figure};
+
+pub async fn run(_ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
+    anyhow::bail!("the history scenario is not written yet")
+}
