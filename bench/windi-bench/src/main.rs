@@ -31,6 +31,7 @@ mod fanout;
 mod harness;
 mod latency;
 mod report;
+mod probe;
 mod send;
 
 mod capacity;
