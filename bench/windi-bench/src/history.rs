@@ -54,8 +54,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         ctx,
         &db,
         &[
-            "--users", "200", "--chats", "100", "--messages", "5000", "--seed", "1",
-            "--tail-chats", "1", "--tail-messages", &small.to_string(),
+            "--users",
+            "200",
+            "--chats",
+            "100",
+            "--messages",
+            "5000",
+            "--seed",
+            "1",
+            "--tail-chats",
+            "1",
+            "--tail-messages",
+            &small.to_string(),
         ],
     )
     .await?;
@@ -63,8 +73,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         ctx,
         &db,
         &[
-            "--users", "20", "--chats", "0", "--messages", "0", "--seed", "2",
-            "--tail-chats", "1", "--tail-messages", &large.to_string(),
+            "--users",
+            "20",
+            "--chats",
+            "0",
+            "--messages",
+            "0",
+            "--seed",
+            "2",
+            "--tail-chats",
+            "1",
+            "--tail-messages",
+            &large.to_string(),
         ],
     )
     .await?;
@@ -125,9 +145,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut f = Samples::default();
     for rep in 0..ctx.reps {
         let seed = rep as u64 + 1;
-        let (p50, p99) = probe::p50_p99(keyset_pages(http, &base, &small, seed, requests, budget).await?);
+        let (p50, p99) =
+            probe::p50_p99(keyset_pages(http, &base, &small, seed, requests, budget).await?);
         f.keyset_small.push((p50, p99));
-        let (p50, p99) = probe::p50_p99(keyset_pages(http, &base, &large, seed, requests, budget).await?);
+        let (p50, p99) =
+            probe::p50_p99(keyset_pages(http, &base, &large, seed, requests, budget).await?);
         f.keyset_large.push((p50, p99));
 
         let (id, newest) = (large.id, large.last_seq - PAGE);
@@ -211,10 +233,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             "ms",
             &f.changes_large,
         )
-        .against(
-            format!("chat of {}", n(small.last_seq)),
-            &f.changes_small,
-        )
+        .against(format!("chat of {}", n(small.last_seq)), &f.changes_small)
         .target(Target::RatioAtMost(1.5)),
         Figure::new(
             "history",
@@ -226,10 +245,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             "ms",
             &f.catch_up_large,
         )
-        .against(
-            format!("chat of {}", n(small.last_seq)),
-            &f.catch_up_small,
-        )
+        .against(format!("chat of {}", n(small.last_seq)), &f.catch_up_small)
         .target(Target::RatioAtMost(1.5)),
     ])
 }
@@ -258,7 +274,7 @@ fn thousands(v: i64) -> String {
     let digits = v.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -30,8 +30,8 @@ mod connections;
 mod fanout;
 mod harness;
 mod latency;
-mod report;
 mod probe;
+mod report;
 mod send;
 
 mod capacity;
