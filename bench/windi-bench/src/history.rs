@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let (small, large) = ctx.pick((2_000i64, 20_000i64), (20_000, 1_000_000));
     let back = ctx.pick(1_000i64, 10_000);
     let requests = ctx.pick(100, 2_000);
-    let offset_requests = ctx.pick(10, 100);
+    let offset_requests = ctx.pick(10, 30);
     let budget = Duration::from_secs(ctx.pick(3, 60));
 
     let db = BenchDb::create(ctx, "history").await?;

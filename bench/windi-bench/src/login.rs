@@ -34,12 +34,18 @@ use crate::{
 };
 
 const ACCOUNTS: usize = 50;
-/// Enough connections to keep every argon2 permit of windi busy (two per core) with some queue.
+/// Enough connections to keep every argon2 permit of windi busy (two per core) with some queue;
+/// `BENCH_LOGIN_CONNECTIONS` overrides it (fewer: a lighter flood, to see where reads suffer).
 const FLOOD_CONNECTIONS: usize = 8;
 const FLOOD_THREADS: usize = 2;
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let flood_connections: usize = match std::env::var("BENCH_LOGIN_CONNECTIONS") {
+        Ok(v) => v.parse().context("BENCH_LOGIN_CONNECTIONS")?,
+        Err(_) => FLOOD_CONNECTIONS,
+    };
+    let flood_threads = FLOOD_THREADS.min(flood_connections);
     let seconds = ctx.pick(1u64, 10);
     let messages = ctx.pick(500i64, 5_000);
     let windi = Windi::start(
@@ -87,8 +93,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut flood_p50 = Vec::new();
     for rep in 0..ctx.reps {
         let run = probe::wrk(
-            FLOOD_THREADS,
-            FLOOD_CONNECTIONS,
+            flood_threads,
+            flood_connections,
             seconds,
             Some(&script),
             None,
@@ -123,8 +129,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             let url = login_url.clone();
             tokio::spawn(async move {
                 probe::wrk(
-                    FLOOD_THREADS,
-                    FLOOD_CONNECTIONS,
+                    flood_threads,
+                    flood_connections,
                     seconds + 1,
                     Some(&script),
                     None,
@@ -157,7 +163,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let _ = std::fs::remove_file(&script);
 
     Ok(vec![
-        Figure::new("login", format!("logins/s, wrk -c{FLOOD_CONNECTIONS}, {cores} cores"), "logins/s", &logins)
+        Figure::new("login", format!("logins/s, wrk -c{flood_connections}, {cores} cores"), "logins/s", &logins)
             .against(format!("argon2id verify in-process, {} in flight", cores * 2), &verifies)
             .note("argon2id (19 MiB, t=2, p=1) is the cost: the baseline is windi's own Passwords::verify \
                    of the same hash; every login succeeds, so LoginGuard (failures only) never applies"),
