@@ -250,6 +250,7 @@ pub struct Windi {
     /// Where WebSocket clients connect (`ws://<relay>/ws`); meaningless with [`RelayMode::Off`].
     pub relay: SocketAddr,
     pub nats_prefix: String,
+    nats_url: String,
     options: WindiOptions,
     env: Vec<(String, String)>,
     relay_bin: PathBuf,
@@ -302,6 +303,7 @@ impl Windi {
             api_url: format!("http://127.0.0.1:{port}"),
             relay: SocketAddr::from(([127, 0, 0, 1], relay_port)),
             nats_prefix,
+            nats_url: ctx.nats_url.clone(),
             options,
             env,
             relay_bin: ctx.relay_bin.clone(),
@@ -378,6 +380,9 @@ impl Windi {
         }
         let api = std::mem::replace(&mut self.api, placeholder_child());
         terminate(api).await;
+        if self.options.nats {
+            delete_stream(&self.nats_url, &self.nats_prefix).await;
+        }
         self.db.take().expect("the database is there until stop")
     }
 
@@ -395,6 +400,23 @@ impl Drop for Windi {
         }
         // Now that nothing is connected to it.
         drop(self.db.take());
+    }
+}
+
+/// Deletes the JetStream stream windi made for this prefix (best effort: it would otherwise
+/// keep a run's events on the shared NATS for a day).
+async fn delete_stream(url: &str, prefix: &str) {
+    let name = windi_shared::events::stream_name(prefix);
+    let deleted = tokio::time::timeout(Duration::from_secs(5), async {
+        let client = async_nats::connect(url).await.ok()?;
+        async_nats::jetstream::new(client)
+            .delete_stream(&name)
+            .await
+            .ok()
+    })
+    .await;
+    if !matches!(deleted, Ok(Some(_))) {
+        eprintln!("note: could not delete the JetStream stream {name}");
     }
 }
 
