@@ -835,12 +835,16 @@ pub fn marked(frame: &str, prefix: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// What a [`Reader`] answers when stopped: its socket (`None` if it was closed meanwhile)
+/// and the numbers of the marked frames it saw, with their arrival times.
+pub type ReadOutcome = (Option<Ws>, Vec<(u32, Instant)>);
+
 /// A socket being read by a task of its own: it answers pings (tungstenite does on read) and
 /// notes when each marked frame arrived, until [`Reader::stop`].
 #[derive(Debug)]
 pub struct Reader {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<(Option<Ws>, Vec<(u32, Instant)>)>,
+    task: tokio::task::JoinHandle<ReadOutcome>,
 }
 
 impl Reader {
@@ -879,7 +883,7 @@ impl Reader {
 
     /// Stops reading; answers the socket (`None` if it was closed meanwhile) and the marked
     /// frames' numbers with their arrival times.
-    pub async fn stop(self) -> (Option<Ws>, Vec<(u32, Instant)>) {
+    pub async fn stop(self) -> ReadOutcome {
         let _ = self.stop.send(true);
         self.task.await.unwrap_or((None, Vec::new()))
     }
