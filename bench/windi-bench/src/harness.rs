@@ -250,6 +250,7 @@ pub struct Windi {
     /// Where WebSocket clients connect (`ws://<relay>/ws`); meaningless with [`RelayMode::Off`].
     pub relay: SocketAddr,
     pub nats_prefix: String,
+    nats_url: String,
     options: WindiOptions,
     env: Vec<(String, String)>,
     relay_bin: PathBuf,
@@ -302,6 +303,7 @@ impl Windi {
             api_url: format!("http://127.0.0.1:{port}"),
             relay: SocketAddr::from(([127, 0, 0, 1], relay_port)),
             nats_prefix,
+            nats_url: ctx.nats_url.clone(),
             options,
             env,
             relay_bin: ctx.relay_bin.clone(),
@@ -378,6 +380,9 @@ impl Windi {
         }
         let api = std::mem::replace(&mut self.api, placeholder_child());
         terminate(api).await;
+        if self.options.nats {
+            delete_stream(&self.nats_url, &self.nats_prefix).await;
+        }
         self.db.take().expect("the database is there until stop")
     }
 
@@ -395,6 +400,23 @@ impl Drop for Windi {
         }
         // Now that nothing is connected to it.
         drop(self.db.take());
+    }
+}
+
+/// Deletes the JetStream stream windi made for this prefix (best effort: it would otherwise
+/// keep a run's events on the shared NATS for a day).
+async fn delete_stream(url: &str, prefix: &str) {
+    let name = windi_shared::events::stream_name(prefix);
+    let deleted = tokio::time::timeout(Duration::from_secs(5), async {
+        let client = async_nats::connect(url).await.ok()?;
+        async_nats::jetstream::new(client)
+            .delete_stream(&name)
+            .await
+            .ok()
+    })
+    .await;
+    if !matches!(deleted, Ok(Some(_))) {
+        eprintln!("note: could not delete the JetStream stream {name}");
     }
 }
 
@@ -754,6 +776,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn marked_frames_are_new_messages_with_the_prefix() {
+        let frame = r#"{"type":"message","chat_id":1,"message":{"dedup_key":"lat-42","text":"x"}}"#;
+        assert_eq!(marked(frame, "lat-"), Some(42));
+        assert_eq!(marked(frame, "fan-"), None);
+        let read = r#"{"type":"message_updated","message":{"dedup_key":"lat-42"}}"#;
+        assert_eq!(marked(read, "lat-"), None);
+    }
+
+    #[test]
     fn database_urls_name_the_database_and_turn_tls_off() {
         assert_eq!(
             database_url("postgres://postgres@127.0.0.1:5432/postgres", "b"),
@@ -764,4 +795,144 @@ mod tests {
             "postgres://u:p@h/b?sslmode=disable"
         );
     }
+}
+
+/// Opens one relay socket per token, at most `at_once` connecting at a time, each past
+/// `ready`; fails on the first socket that cannot.
+pub async fn connect_many(
+    relay: SocketAddr,
+    tokens: &[String],
+    at_once: usize,
+) -> anyhow::Result<Vec<Ws>> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        let gate = gate.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            Ws::connect(relay, &token).await
+        }));
+    }
+    let mut sockets = Vec::with_capacity(tokens.len());
+    for task in tasks {
+        sockets.push(task.await.context("a connect task panicked")??);
+    }
+    Ok(sockets)
+}
+
+/// The number in a frame's `"dedup_key":"<prefix><n>"`, for a new-message frame
+/// (`"type":"message",`) only. Found by substring, not by parsing the JSON, so that reading
+/// tens of thousands of frames a second costs the benchmark's own client little CPU (the
+/// same code reads windi's and the baselines' frames).
+pub fn marked(frame: &str, prefix: &str) -> Option<u32> {
+    if !frame.contains("\"type\":\"message\",") {
+        return None;
+    }
+    let key = format!("\"dedup_key\":\"{prefix}");
+    let start = frame.find(&key)? + key.len();
+    let digits = frame[start..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// What a [`Reader`] answers when stopped: its socket (`None` if it was closed meanwhile)
+/// and the numbers of the marked frames it saw, with their arrival times.
+pub type ReadOutcome = (Option<Ws>, Vec<(u32, Instant)>);
+
+/// A socket being read by a task of its own: it answers pings (tungstenite does on read) and
+/// notes when each marked frame arrived, until [`Reader::stop`].
+#[derive(Debug)]
+pub struct Reader {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<ReadOutcome>,
+}
+
+impl Reader {
+    /// Starts reading `ws`, noting frames marked `prefix` (see [`marked`]) when `measure`,
+    /// and counting them in `count` either way.
+    pub fn spawn(
+        mut ws: Ws,
+        prefix: &'static str,
+        measure: bool,
+        count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return (Some(ws), seen),
+                    next = ws.stream.next() => match next {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(n) = marked(&text, prefix) {
+                                let at = Instant::now();
+                                count.fetch_add(1, Ordering::Relaxed);
+                                if measure {
+                                    seen.push((n, at));
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return (None, seen),
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops reading; answers the socket (`None` if it was closed meanwhile) and the marked
+    /// frames' numbers with their arrival times.
+    pub async fn stop(self) -> ReadOutcome {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or((None, Vec::new()))
+    }
+}
+
+/// Waits until `count` reaches `expected` or `wait` passes; answers whether it did.
+pub async fn wait_count(
+    count: &std::sync::atomic::AtomicUsize,
+    expected: usize,
+    wait: Duration,
+) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if count.load(Ordering::Relaxed) >= expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    count.load(Ordering::Relaxed) >= expected
+}
+
+/// Opens the private chat of users 2k and 2k+1 for every k (one first message each, from 2k,
+/// in order); answers the chat ids, chat k at index k.
+pub async fn private_chats(api: &Api, users: &[User]) -> anyhow::Result<Vec<i64>> {
+    let mut chats = Vec::with_capacity(users.len() / 2);
+    for (k, pair) in users.chunks_exact(2).enumerate() {
+        let m = api
+            .send(
+                &pair[0].token,
+                To::User(pair[1].id),
+                "hello",
+                Some(&format!("open-{k}")),
+            )
+            .await?;
+        chats.push(
+            m["chat_id"]
+                .as_i64()
+                .context("a send answered no chat_id")?,
+        );
+    }
+    Ok(chats)
+}
+
+/// A frame shaped and sized like the relay's `message` frame for a benchmark message, marked
+/// with `dedup_key` (for baselines that must carry what windi carries).
+pub fn message_frame(dedup_key: &str, text: &str) -> String {
+    // Written out (not `json!`, which sorts keys) so `type` comes first, as in the relay's.
+    format!(
+        r#"{{"type":"message","chat_id":1234,"seq":5678,"rev":5678,"message":{{"id":123456,"chat_id":1234,"seq":5678,"sender_id":4321,"text":{},"timestamp":"2026-12-02T04:00:00.123456Z","read":false,"dedup_key":"{dedup_key}","rev":5678,"edited_at":null,"deleted":false,"reply_to":null,"reactions":[]}}}}"#,
+        Value::from(text)
+    )
 }
