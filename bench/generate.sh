@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: `windi generate` against the machine's raw Postgres COPY of the very same rows.
 #
-#   bench/generate.sh [messages]      (default 1000000)
+#   bench/generate.sh [messages] [more windi generate options]      (default 1000000)
+#   bench/generate.sh 0 --chats 0 --tail-chats 1 --tail-messages 1000000   (one chat of 1M)
 #
 # 1. windi generate loads users, chats, messages and their change log (one `chat_changes` row
 #    per message) into a fresh database A (timed by windi: the messages and their changes).
@@ -13,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages=${1:-1000000}
+shift || true
 admin=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 base=${admin%/*}
 a=windi_bench_a_$$ b=windi_bench_b_$$ dump=$(mktemp) changes=$(mktemp)
@@ -24,8 +26,10 @@ trap cleanup EXIT
 
 cargo build --release -q -p windi
 export JWT_SECRET_KEY=${JWT_SECRET_KEY:-bench-only-fake-secret-0123456789abcdef} RUST_LOG=warn
-DATABASE_URL="$base/$a" ./target/release/windi generate --messages "$messages" | tee /tmp/windi-bench.out
+DATABASE_URL="$base/$a" ./target/release/windi generate --messages "$messages" "$@" | tee /tmp/windi-bench.out
 windi_rate=$(sed -nE 's/.*messages loaded at ([0-9]+)\/s.*/\1/p' /tmp/windi-bench.out)
+# Every message written, the long tail's included.
+messages=$(sed -nE 's/.* chats, ([0-9]+) messages in .*/\1/p' /tmp/windi-bench.out)
 DATABASE_URL="$base/$a" ./target/release/windi check >/dev/null
 
 # With their ids: the changes point at them.

@@ -291,3 +291,70 @@ async fn check_reports_each_broken_revision_invariant_in_its_chat() {
         ]
     );
 }
+
+/// id, kind, last_seq, rev, messages, messages off rev = created_rev = seq, 'message' changes,
+/// members at the chat's last message who sent it, distinct send times.
+type TailChat = (i64, String, i64, i64, i64, i64, i64, i64, i64);
+
+#[tokio::test]
+async fn the_long_tail_adds_chats_of_exactly_the_asked_size_with_the_send_paths_invariants() {
+    let app = TestApp::spawn().await;
+    let options = Options {
+        users: 50,
+        chats: 20,
+        messages: 1_000,
+        tail_chats: 2,
+        // Far above what the spread of 1,000 messages over 20 chats gives any one chat.
+        tail_messages: 30_000,
+        progress: false,
+        ..Options::default()
+    };
+    let report = windi::generate::run(&app.db.pool, &options).await.unwrap();
+    assert_eq!((report.chats, report.messages), (22, 61_000));
+    assert_eq!(windi::check::run(&app.db.pool).await.unwrap(), vec![]);
+
+    // The tail: two groups, each with last_seq = rev = 30,000 messages, rev = created_rev = seq
+    // on every one, one change per message, and each sender's marker at or past their own last
+    // message (the last message's sender exactly at it).
+    let tail: Vec<TailChat> = sqlx::query_as(
+        "SELECT c.id, c.kind, c.last_seq, c.rev,
+                (SELECT count(*) FROM messages m WHERE m.chat_id = c.id),
+                (SELECT count(*) FROM messages m WHERE m.chat_id = c.id
+                   AND (m.rev <> m.seq OR m.created_rev <> m.seq)),
+                (SELECT count(*) FROM chat_changes ch WHERE ch.chat_id = c.id AND ch.kind = 'message'),
+                (SELECT count(*) FROM chat_members cm JOIN messages m
+                   ON m.chat_id = cm.chat_id AND m.seq = c.last_seq AND m.sender_id = cm.user_id
+                   WHERE cm.chat_id = c.id AND cm.last_read_seq = c.last_seq),
+                (SELECT count(DISTINCT created_at) FROM messages m WHERE m.chat_id = c.id)
+         FROM chats c WHERE c.last_seq >= 30000 ORDER BY c.id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tail.len(), 2, "two chats of the long tail: {tail:?}");
+    for (id, kind, last_seq, rev, messages, off_rev, changes, sender_at_last, times) in tail {
+        assert_eq!(
+            (
+                kind.as_str(),
+                last_seq,
+                rev,
+                messages,
+                off_rev,
+                changes,
+                sender_at_last
+            ),
+            ("group", 30_000, 30_000, 30_000, 0, 30_000, 1),
+            "chat {id}"
+        );
+        // Spread over time, not piled up at one instant.
+        assert!(times > 29_000, "chat {id}: {times} distinct times");
+    }
+    // The regular chats keep their share: the tail comes on top.
+    let regular: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(last_seq), 0)::bigint FROM chats WHERE last_seq < 30000",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(regular, 1_000);
+}

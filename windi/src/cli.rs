@@ -56,6 +56,13 @@ pub struct GenerateArgs {
     /// Seed of the random choices, so a run can be repeated.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// The long tail: this many extra group chats with --tail-messages messages each, on top
+    /// of --chats and --messages (whose spread tops out near 800 messages in a chat).
+    #[arg(long, default_value_t = 0)]
+    pub tail_chats: usize,
+    /// Messages in each chat of the long tail.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub tail_messages: u64,
 }
 
 fn share(raw: &str) -> Result<f64, String> {
@@ -119,5 +126,12 @@ mod tests {
         };
         assert_eq!((args.users, args.seed, args.chats), (5, 7, 5_000));
         assert!(Cli::try_parse_from(["windi", "generate", "--group-share", "2"]).is_err());
+        let cli = Cli::try_parse_from(["windi", "generate", "--tail-chats", "2"])
+            .ok()
+            .and_then(|c| c.command);
+        let Some(Command::Generate(args)) = cli else {
+            panic!("generate --tail-chats did not parse");
+        };
+        assert_eq!((args.tail_chats, args.tail_messages), (2, 1_000_000));
     }
 }

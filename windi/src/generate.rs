@@ -12,6 +12,11 @@
 //! one `message` change per message. Each user's `member_rev` counts the chats they are in (each
 //! join bumped it once); `joined_rev` keeps its default 0.
 //!
+//! The long tail (`tail_chats`, `tail_messages`): a few extra groups with exactly that many
+//! messages each — millions if asked — streamed like the rest, so history at a million
+//! messages can be measured on generated data. Memory stays bounded: messages go out in ~1 MiB
+//! chunks and only per-chat counters are kept.
+//!
 //! Ids are reserved from the tables' identity sequences first, so the generated rows never
 //! collide with live ones and live inserts afterwards continue cleanly. Nothing is deleted.
 
@@ -42,6 +47,11 @@ pub struct Options {
     pub min_group: usize,
     pub max_group: usize,
     pub seed: u64,
+    /// The long tail: this many extra group chats, each with exactly `tail_messages` messages
+    /// (on top of `messages`), so history can be measured at a million messages and more. The
+    /// skewed spread of `messages` alone tops out near 800 in a chat of the default 5,000.
+    pub tail_chats: usize,
+    pub tail_messages: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
 }
@@ -56,6 +66,8 @@ impl Default for Options {
             min_group: 3,
             max_group: 30,
             seed: 42,
+            tail_chats: 0,
+            tail_messages: 1_000_000,
             progress: true,
         }
     }
@@ -130,6 +142,8 @@ pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
     if o.chats == 0 && o.messages > 0 {
         return Err("--messages needs at least one chat".into());
     }
+    let tail_messages =
+        i64::try_from(o.tail_messages).map_err(|_| "--tail-messages is too large".to_string())?;
     let mut rng = Rng::new(o.seed);
     let tag = format!("s{}t{}", o.seed, Utc::now().timestamp());
     let hash = Passwords::new(1)
@@ -139,15 +153,19 @@ pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
 
     let mut tx = pool.begin().await.map_err(db)?;
     let user_ids = reserve_ids(&mut tx, "users", o.users).await?;
-    let chat_ids = reserve_ids(&mut tx, "chats", o.chats).await?;
-    let mut chats = plan_chats(&mut rng, o, &user_ids, &chat_ids);
+    let chat_ids = reserve_ids(&mut tx, "chats", o.chats + o.tail_chats).await?;
+    let (chat_ids, tail_ids) = chat_ids.split_at(o.chats);
+    let mut chats = plan_chats(&mut rng, o, &user_ids, chat_ids);
     distribute_messages(&mut rng, &mut chats, o.messages);
+    // After the regular chats, so a seed gives the same regular chats with or without a tail.
+    chats.extend(plan_tail(&mut rng, o, &user_ids, tail_ids, tail_messages));
+    let total_messages: u64 = chats.iter().map(|c| c.messages as u64).sum();
 
     copy_users(&mut tx, &user_ids, &chats, &tag, &hash).await?;
     copy_chats(&mut tx, &chats).await?;
     let message_started = Instant::now();
     let before = last_message_id(&mut tx).await?;
-    copy_messages(&mut tx, &mut rng, &mut chats, o.messages, o.progress).await?;
+    copy_messages(&mut tx, &mut rng, &mut chats, total_messages, o.progress).await?;
     if o.progress {
         eprintln!("change log: one row per message…");
     }
@@ -160,7 +178,7 @@ pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
     Ok(Report {
         users: user_ids.len(),
         chats: chats.len(),
-        messages: chats.iter().map(|c| c.messages as u64).sum(),
+        messages: total_messages,
         elapsed: started.elapsed(),
         message_time,
         first_user_email: format!("user0.{tag}@example.com"),
@@ -228,6 +246,33 @@ fn plan_chats(rng: &mut Rng, o: &Options, users: &[i64], chat_ids: &[i64]) -> Ve
                 last_sent: vec![0; members.len()],
                 members,
                 messages: 0,
+            }
+        })
+        .collect()
+}
+
+/// The long tail's chats: groups (a long history is a team's channel more often than a pair's),
+/// sized like the other groups, named apart, with exactly `messages` messages each.
+fn plan_tail(rng: &mut Rng, o: &Options, users: &[i64], ids: &[i64], messages: i64) -> Vec<Chat> {
+    let max_group = o.max_group.clamp(o.min_group.max(2), users.len());
+    let min_group = o.min_group.clamp(2, max_group);
+    ids.iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let size = min_group + rng.below(max_group - min_group + 1);
+            let mut chosen = HashSet::with_capacity(size);
+            while chosen.len() < size {
+                chosen.insert(users[rng.below(users.len())]);
+            }
+            let mut members: Vec<i64> = chosen.into_iter().collect();
+            members.sort_unstable();
+            Chat {
+                id,
+                group: true,
+                name: Some(format!("Long History {}", i + 1)),
+                last_sent: vec![0; members.len()],
+                members,
+                messages,
             }
         })
         .collect()
@@ -367,11 +412,12 @@ async fn copy_messages(
     let mut text = String::with_capacity(1024);
     let mut done = 0u64;
     let mut bar = Progress::new(total, progress);
-    // Messages span the last 30 days; each chat's are in seq order in time as well.
-    let now = Utc::now().timestamp();
-    let span = 30 * 24 * 3600;
+    // Messages span the last 30 days; each chat's are in seq order in time as well. In
+    // milliseconds, so a chat of the long tail with millions of messages still fits in the span.
+    let now = Utc::now().timestamp_millis();
+    let span = 30 * 24 * 3600 * 1000;
     for chat in chats {
-        let mut at = now - span + rng.below(3600) as i64;
+        let mut at = now - span + rng.below(3600 * 1000) as i64;
         let step = (span / chat.messages.max(1)).max(1);
         for seq in 1..=chat.messages {
             let i = rng.below(chat.members.len());
@@ -380,7 +426,7 @@ async fn copy_messages(
             realistic_text(rng, &mut text);
             at += 1 + rng.below(step as usize * 2) as i64 / 2;
             let when = Utc
-                .timestamp_opt(at.min(now), 0)
+                .timestamp_millis_opt(at.min(now))
                 .single()
                 .unwrap_or_else(Utc::now);
             // A message created in a chat without other changes: rev = created_rev = seq.
@@ -388,7 +434,7 @@ async fn copy_messages(
                 buf,
                 "{}\t{seq}\t{seq}\t{seq}\t{sender}\t{text}\t{}\t\\\\x",
                 chat.id,
-                when.format("%Y-%m-%d %H:%M:%S+00")
+                when.format("%Y-%m-%d %H:%M:%S%.3f+00")
             );
             push_hex(&mut buf, &content_hash(chat.id, &text));
             buf.push('\n');

@@ -180,6 +180,8 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
         min_group: args.min_group,
         max_group: args.max_group,
         seed: args.seed,
+        tail_chats: args.tail_chats,
+        tail_messages: args.tail_messages,
         ..windi::generate::Options::default()
     };
     let (config, _embedded) = prepared_config().await?;
@@ -190,6 +192,12 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
         "generating {} users, {} chats, {} messages (seed {})",
         options.users, options.chats, options.messages, options.seed
     );
+    if options.tail_chats > 0 {
+        eprintln!(
+            "and the long tail: {} chats of {} messages each",
+            options.tail_chats, options.tail_messages
+        );
+    }
     let report = windi::generate::run(&pool, &options).await?;
     pool.close().await;
     println!(
