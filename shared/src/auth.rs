@@ -7,9 +7,10 @@
 //! its sha256 is stored (a database leak gives no usable token, and sha256 is enough for a
 //! 256-bit random secret: there is nothing to brute-force, unlike a password).
 //!
-//! Hashing is CPU- and memory-heavy by design (~16 ms and 19 MiB per hash), so it runs on the
-//! blocking pool and at most a few at a time: a burst of logins must not starve the async
-//! executor or the machine's memory.
+//! Hashing is CPU- and memory-heavy by design (~16 ms and 19 MiB per hash), so it runs on
+//! threads of its own, at most a few at a time, at the lowest CPU priority: a burst of logins
+//! must not starve the async executor, the machine's memory, or the requests being served
+//! meanwhile (a history read preempts a hash instead of waiting out its time slice).
 
 use std::{
     sync::{
@@ -42,6 +43,7 @@ fn argon2() -> Argon2<'static> {
 /// bounded queue in front: a login flood gets 503s with `Retry-After`, not ever-longer waits.
 #[derive(Debug, Clone)]
 pub struct Passwords {
+    hashers: Arc<Hashers>,
     permits: Arc<Semaphore>,
     /// Hashes running or waiting now.
     queued: Arc<AtomicUsize>,
@@ -57,6 +59,7 @@ impl Passwords {
     pub fn new(max_parallel: usize) -> Self {
         let max_parallel = max_parallel.max(1);
         Self {
+            hashers: Arc::new(Hashers::start(max_parallel)),
             permits: Arc::new(Semaphore::new(max_parallel)),
             queued: Arc::default(),
             max_queued: max_parallel * 16,
@@ -97,9 +100,67 @@ impl Passwords {
             .await
             .map_err(|_| busy())?
             .map_err(|_| Error::Internal("password hasher closed".into()))?;
-        tokio::task::spawn_blocking(work)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.hashers.submit(Box::new(move || {
+            let _ = done.send(work());
+        }))?;
+        result
             .await
-            .map_err(|e| Error::Internal(format!("password task: {e}")))?
+            .map_err(|_| Error::Internal("password task ended without an answer".into()))?
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that hash: as many as may hash at once (the semaphore in front of them hands
+/// out that many permits, so a job never waits here), each at nice 19. With the default
+/// scheduler a nice-19 thread gets ~1.5% of a core against a busy nice-0 one, and yields to it
+/// on wakeup: the hashes use the idle time, the request path keeps its latency. Under a
+/// sustained flood on a busy machine logins slow down (and then answer 503), reads do not.
+/// The threads end when the last `Passwords` clone is dropped.
+struct Hashers {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl std::fmt::Debug for Hashers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hashers").finish_non_exhaustive()
+    }
+}
+
+impl Hashers {
+    fn start(threads: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(threads);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for n in 0..threads {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("windi-argon2-{n}"))
+                .spawn(move || {
+                    if let Err(e) = thread_priority::set_current_thread_priority(
+                        thread_priority::ThreadPriority::Min,
+                    ) {
+                        tracing::debug!(error = ?e, "cannot lower the hasher's priority");
+                    }
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // every sender is gone
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    fn submit(&self, job: Job) -> Result<()> {
+        self.jobs.try_send(job).map_err(|_| {
+            Error::Unavailable("too many logins at once; retry in a few seconds".into())
+        })
     }
 }
 
@@ -277,4 +338,45 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The nice values of this process's threads whose name starts with `prefix` (Linux).
+    fn nice_of_threads(prefix: &str) -> Vec<i64> {
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the parenthesised name: state is field 3, nice field 19.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            nice.push(fields[16].parse().unwrap());
+        }
+        nice
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify_on_threads_at_the_lowest_priority() {
+        let passwords = Passwords::new(2);
+        let hash = passwords.hash("correct horse".into()).await.unwrap();
+        assert!(
+            passwords
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(!passwords.verify("wrong".into(), Some(hash)).await.unwrap());
+        assert!(!passwords.verify("any".into(), None).await.unwrap());
+
+        let nice = nice_of_threads("windi-argon2-");
+        assert!(nice.len() >= 2, "hashing threads: {nice:?}");
+        assert!(nice.iter().all(|&n| n == 19), "{nice:?}");
+    }
 }
