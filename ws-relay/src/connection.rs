@@ -179,13 +179,19 @@ pub async fn run(
         settings.max_frame_bytes,
     ));
 
-    if session.start().await.is_err() {
+    // The rare paths are boxed (here and in `on_live`): a task's future is as big as its
+    // largest state, allocated for the connection's whole life, and the send path and the
+    // database reads are most of it (11 KiB per idle connection unboxed).
+    if Box::pin(session.start()).await.is_err() {
         reader.abort();
         return;
     }
 
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.reset();
+    // One timer for the connection's life, not a new one registered on every turn of the loop.
+    let expiry = tokio::time::sleep_until(token_expires);
+    tokio::pin!(expiry);
     loop {
         let retry_at = session.retry.at;
         let step = tokio::select! {
@@ -198,7 +204,7 @@ pub async fn run(
                 let _ = session.close(close_code::SESSION_ENDED, "session ended").await;
                 break;
             }
-            () = tokio::time::sleep_until(token_expires) => {
+            () = &mut expiry => {
                 // The client reconnects with a fresh token (after a refresh) and resumes.
                 let _ = session
                     .error("your token expired; reconnect with a fresh one", "token_expired")
@@ -212,7 +218,7 @@ pub async fn run(
                 break;
             }
             frame = frames.recv() => match frame {
-                Some(Incoming::Text(text)) => session.on_text(&text).await,
+                Some(Incoming::Text(text)) => Box::pin(session.on_text(&text)).await,
                 Some(Incoming::Binary) => session.error("frames must be JSON text", "bad_frame").await,
                 Some(Incoming::Failed { reason, too_big }) => {
                     let code = if too_big { close_code::TOO_BIG } else { close_code::PROTOCOL_ERROR };
@@ -225,8 +231,8 @@ pub async fn run(
                 Some(item) => session.on_live(&item).await,
                 None => break,
             },
-            () = signals.wake.notified() => session.on_signals(&signals).await,
-            () = sleep_until(retry_at), if retry_at.is_some() => session.on_retry().await,
+            () = signals.wake.notified() => Box::pin(session.on_signals(&signals)).await,
+            () = sleep_until(retry_at), if retry_at.is_some() => Box::pin(session.on_retry()).await,
             _ = ping.tick() => {
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(heard) > settings.idle_timeout {
@@ -343,7 +349,7 @@ impl Session {
                     if let Event::MemberLeft { user_id, .. } = event
                         && *user_id == self.user_id
                     {
-                        return self.removed(chat_id, rev).await;
+                        return Box::pin(self.removed(chat_id, rev)).await;
                     }
                     if let Some(frame) = item.frame() {
                         self.write(Message::Text(frame.clone())).await?;
@@ -354,7 +360,7 @@ impl Session {
                 }
                 Live::Gap => {
                     Stats::add(&self.hub.stats.gaps, 1);
-                    self.backfill(chat_id).await
+                    Box::pin(self.backfill(chat_id)).await
                 }
                 Live::Duplicate | Live::NotHere => Ok(()),
             };
@@ -407,7 +413,7 @@ impl Session {
                 None => Ok(()),
             },
             // The user joined or left a chat: which one the chat list says.
-            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => self.reconcile().await,
+            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => Box::pin(self.reconcile()).await,
             _ => Ok(()),
         }
     }

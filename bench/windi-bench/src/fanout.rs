@@ -216,8 +216,10 @@ async fn throughput(
     for sender in senders {
         sender.await??;
     }
+    let sent = started.elapsed().as_secs_f64();
     let complete = wait_count(&count, expected, Duration::from_secs(60)).await;
     let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("    burst: {burst} sends done in {sent:.2} s, all delivered in {elapsed:.2} s");
     let got = count.load(Ordering::Relaxed);
     let (sockets, _) = collect(readers).await?;
     if !complete {
