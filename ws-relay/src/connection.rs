@@ -54,6 +54,9 @@ pub mod close_code {
     pub const TOKEN_EXPIRED: u16 = 4002;
 }
 
+/// Live events written before one flush, at most (bounded, so a connection's turn of the
+/// loop stays short and its other signals are heard).
+const MAX_BATCH: usize = 32;
 /// Changes read from Postgres per query when backfilling.
 const BACKFILL_PAGE: i64 = 200;
 /// A client may send one typing frame per chat this often; extra ones are dropped.
@@ -105,6 +108,8 @@ struct Session {
     cursor: Cursor,
     typing_sent: HashMap<i64, Instant>,
     retry: Retry,
+    /// While true, [`Session::write`] only buffers; the batch ends with one flush.
+    batching: bool,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -165,6 +170,7 @@ pub async fn run(
         cursor: Cursor::default(),
         typing_sent: HashMap::new(),
         retry: Retry::default(),
+        batching: false,
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
@@ -228,7 +234,7 @@ pub async fn run(
                 None => break,
             },
             item = items.recv() => match item {
-                Some(item) => session.on_live(&item).await,
+                Some(item) => session.on_live_batch(item, &mut items).await,
                 None => break,
             },
             () = signals.wake.notified() => Box::pin(session.on_signals(&signals)).await,
@@ -338,6 +344,37 @@ impl Session {
             user_id: self.user_id,
         })
         .await
+    }
+
+    /// A live event, and those queued behind it (up to [`MAX_BATCH`]), written with one
+    /// flush: a message and its sender's read marker, or a burst into a big group, then cost
+    /// one system call per connection instead of one per frame.
+    async fn on_live_batch(
+        &mut self,
+        first: Item,
+        items: &mut mpsc::Receiver<Item>,
+    ) -> Result<(), Closed> {
+        self.batching = true;
+        let mut done = self.on_live(&first).await;
+        for _ in 1..MAX_BATCH {
+            if done.is_err() {
+                break;
+            }
+            match items.try_recv() {
+                Ok(item) => done = self.on_live(&item).await,
+                Err(_) => break,
+            }
+        }
+        self.batching = false;
+        done?;
+        match tokio::time::timeout(self.settings.write_timeout, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closed),
+            Err(_) => {
+                Stats::add(&self.hub.stats.slow_consumers, 1);
+                Err(Closed)
+            }
+        }
     }
 
     /// A live event from the hub.
@@ -820,7 +857,14 @@ impl Session {
 
     /// Writes one frame; a client that does not take it within the write timeout is too slow.
     async fn write(&mut self, message: Message) -> Result<(), Closed> {
-        match tokio::time::timeout(self.settings.write_timeout, self.sink.send(message)).await {
+        let write = async {
+            if self.batching {
+                self.sink.feed(message).await
+            } else {
+                self.sink.send(message).await
+            }
+        };
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closed),
             Err(_) => {

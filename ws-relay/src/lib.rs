@@ -478,9 +478,11 @@ async fn upgrade(
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .read_buffer_size(relay.settings.read_buffer_bytes)
-        // Each frame is flushed as it is sent, so the write buffer holds about one frame; the
-        // cap bounds what a client that stopped reading can make the relay hold.
-        .write_buffer_size(0)
+        // Live events queued together are written as one batch and flushed once (see
+        // `Session::on_live_batch`); frames go out once this much is buffered, and at the
+        // flush. Small, as it stays allocated per socket that has been busy. The cap bounds
+        // what a client that stopped reading can make the relay hold.
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(2 * 1024 * 1024)
         .on_upgrade(move |socket| {
             connection::run(

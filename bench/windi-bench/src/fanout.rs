@@ -125,6 +125,21 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             b_p99[b_p99.len() - 1]
         );
     }
+    // The relay's own counters say how it delivered: live, or from Postgres after a gap.
+    let health = ctx
+        .http
+        .get(format!("http://{}/health", windi.relay))
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or_default();
+    let counters = format!(
+        "relay counters over the run: {} delivered live, {} gaps, {} changes backfilled from \
+         Postgres, {} slow consumers",
+        health["delivered"], health["gaps"], health["backfilled"], health["slow_consumers"]
+    );
+    eprintln!("  {counters}");
     drop(windi_sockets);
     drop(bare_sockets);
     bare.stop();
@@ -142,7 +157,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .target(Target::RatioAtLeast(0.5))
         .note(format!(
             "{BURST_SENDERS} concurrent HTTP senders (closed loop) on both sides; counted until \
-             every socket had every message; windi also sends a read frame per message"
+             every socket had every message; windi also sends a read frame per message; {counters}"
         )),
         Figure::new(
             "fanout",
