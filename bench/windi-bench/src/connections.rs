@@ -6,8 +6,8 @@
 //! events over NATS, as in production), so its RSS is the relay's alone and it restarts
 //! without the API. Each repetition starts from a fresh relay process: RSS before, connect
 //! every socket (each past `ready`), RSS after; then SIGTERM the relay (clients get close
-//! 1012), start it again, and time until every client has reconnected with its token, sent
-//! `resume` and got `ready` again.
+//! 1012), start it again, and time until every client has reconnected with its token, got
+//! `ready` and sent `resume`.
 //!
 //! The users have no chats: this measures what an idle connection itself costs. A user's
 //! chats add a route entry per chat (shared by the chat's connected members) and a cursor
@@ -116,7 +116,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         )
         .note(
             "from SIGTERM of ws-relay (clients get 1012) through its restart to the last client \
-             reconnected, `resume` sent and `ready` received; clients retry every 50 ms",
+             reconnected with its token, `ready` received and `resume` sent; clients retry every 50 ms",
         ),
     ])
 }
