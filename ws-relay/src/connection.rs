@@ -54,6 +54,9 @@ pub mod close_code {
     pub const TOKEN_EXPIRED: u16 = 4002;
 }
 
+/// Live events written before one flush, at most (bounded, so a connection's turn of the
+/// loop stays short and its other signals are heard).
+const MAX_BATCH: usize = 32;
 /// Changes read from Postgres per query when backfilling.
 const BACKFILL_PAGE: i64 = 200;
 /// A client may send one typing frame per chat this often; extra ones are dropped.
@@ -105,6 +108,8 @@ struct Session {
     cursor: Cursor,
     typing_sent: HashMap<i64, Instant>,
     retry: Retry,
+    /// While true, [`Session::write`] only buffers; the batch ends with one flush.
+    batching: bool,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -165,6 +170,7 @@ pub async fn run(
         cursor: Cursor::default(),
         typing_sent: HashMap::new(),
         retry: Retry::default(),
+        batching: false,
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
@@ -179,13 +185,19 @@ pub async fn run(
         settings.max_frame_bytes,
     ));
 
-    if session.start().await.is_err() {
+    // The rare paths are boxed (here and in `on_live`): a task's future is as big as its
+    // largest state, allocated for the connection's whole life, and the send path and the
+    // database reads are most of it (11 KiB per idle connection unboxed).
+    if Box::pin(session.start()).await.is_err() {
         reader.abort();
         return;
     }
 
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.reset();
+    // One timer for the connection's life, not a new one registered on every turn of the loop.
+    let expiry = tokio::time::sleep_until(token_expires);
+    tokio::pin!(expiry);
     loop {
         let retry_at = session.retry.at;
         let step = tokio::select! {
@@ -198,7 +210,7 @@ pub async fn run(
                 let _ = session.close(close_code::SESSION_ENDED, "session ended").await;
                 break;
             }
-            () = tokio::time::sleep_until(token_expires) => {
+            () = &mut expiry => {
                 // The client reconnects with a fresh token (after a refresh) and resumes.
                 let _ = session
                     .error("your token expired; reconnect with a fresh one", "token_expired")
@@ -212,7 +224,7 @@ pub async fn run(
                 break;
             }
             frame = frames.recv() => match frame {
-                Some(Incoming::Text(text)) => session.on_text(&text).await,
+                Some(Incoming::Text(text)) => Box::pin(session.on_text(&text)).await,
                 Some(Incoming::Binary) => session.error("frames must be JSON text", "bad_frame").await,
                 Some(Incoming::Failed { reason, too_big }) => {
                     let code = if too_big { close_code::TOO_BIG } else { close_code::PROTOCOL_ERROR };
@@ -222,11 +234,11 @@ pub async fn run(
                 None => break,
             },
             item = items.recv() => match item {
-                Some(item) => session.on_live(&item).await,
+                Some(item) => session.on_live_batch(item, &mut items).await,
                 None => break,
             },
-            () = signals.wake.notified() => session.on_signals(&signals).await,
-            () = sleep_until(retry_at), if retry_at.is_some() => session.on_retry().await,
+            () = signals.wake.notified() => Box::pin(session.on_signals(&signals)).await,
+            () = sleep_until(retry_at), if retry_at.is_some() => Box::pin(session.on_retry()).await,
             _ = ping.tick() => {
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(heard) > settings.idle_timeout {
@@ -334,6 +346,37 @@ impl Session {
         .await
     }
 
+    /// A live event, and those queued behind it (up to [`MAX_BATCH`]), written with one
+    /// flush: a message and its sender's read marker, or a burst into a big group, then cost
+    /// one system call per connection instead of one per frame.
+    async fn on_live_batch(
+        &mut self,
+        first: Item,
+        items: &mut mpsc::Receiver<Item>,
+    ) -> Result<(), Closed> {
+        self.batching = true;
+        let mut done = self.on_live(&first).await;
+        for _ in 1..MAX_BATCH {
+            if done.is_err() {
+                break;
+            }
+            match items.try_recv() {
+                Ok(item) => done = self.on_live(&item).await,
+                Err(_) => break,
+            }
+        }
+        self.batching = false;
+        done?;
+        match tokio::time::timeout(self.settings.write_timeout, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closed),
+            Err(_) => {
+                Stats::add(&self.hub.stats.slow_consumers, 1);
+                Err(Closed)
+            }
+        }
+    }
+
     /// A live event from the hub.
     async fn on_live(&mut self, item: &Item) -> Result<(), Closed> {
         let event = &*item.event;
@@ -343,7 +386,7 @@ impl Session {
                     if let Event::MemberLeft { user_id, .. } = event
                         && *user_id == self.user_id
                     {
-                        return self.removed(chat_id, rev).await;
+                        return Box::pin(self.removed(chat_id, rev)).await;
                     }
                     if let Some(frame) = item.frame() {
                         self.write(Message::Text(frame.clone())).await?;
@@ -354,7 +397,7 @@ impl Session {
                 }
                 Live::Gap => {
                     Stats::add(&self.hub.stats.gaps, 1);
-                    self.backfill(chat_id).await
+                    Box::pin(self.backfill(chat_id)).await
                 }
                 Live::Duplicate | Live::NotHere => Ok(()),
             };
@@ -407,7 +450,7 @@ impl Session {
                 None => Ok(()),
             },
             // The user joined or left a chat: which one the chat list says.
-            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => self.reconcile().await,
+            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => Box::pin(self.reconcile()).await,
             _ => Ok(()),
         }
     }
@@ -814,7 +857,14 @@ impl Session {
 
     /// Writes one frame; a client that does not take it within the write timeout is too slow.
     async fn write(&mut self, message: Message) -> Result<(), Closed> {
-        match tokio::time::timeout(self.settings.write_timeout, self.sink.send(message)).await {
+        let write = async {
+            if self.batching {
+                self.sink.feed(message).await
+            } else {
+                self.sink.send(message).await
+            }
+        };
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closed),
             Err(_) => {

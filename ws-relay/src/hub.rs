@@ -325,6 +325,9 @@ pub struct Hub {
     pub db: PgPool,
     pub stats: Arc<Stats>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Every user's events come from one subscription ([`Hub::feed_users`]), so user routes
+    /// subscribe nothing of their own.
+    users_fed: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -337,7 +340,20 @@ impl Hub {
             db,
             stats,
             tasks: Mutex::default(),
+            users_fed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Takes every user's events from `events` (one subscription to all user topics, made
+    /// before any connection registers) instead of subscribing per connected user. Events of
+    /// users without a connection here are dropped by [`Hub::dispatch`].
+    pub fn feed_users(self: &Arc<Self>, events: EventStream) {
+        self.users_fed.store(true, Ordering::Relaxed);
+        let task = self.forward(events);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
 
     fn tables(&self) -> MutexGuard<'_, Tables> {
@@ -513,11 +529,15 @@ impl Hub {
         waits: Vec<watch::Receiver<bool>>,
     ) {
         let mut made = Vec::with_capacity(created.len());
+        let mut subscribed = false;
+        let users_fed = self.users_fed.load(Ordering::Relaxed);
         for route in created {
             let topics: &[Topic] = match route.kind {
                 Kind::Chat => &[Topic::Chat(route.id), Topic::Typing(route.id)],
+                Kind::User if users_fed => &[],
                 Kind::User => &[Topic::User(route.id)],
             };
+            subscribed |= !topics.is_empty();
             let mut streams = Vec::with_capacity(topics.len());
             for &topic in topics {
                 match self.bus.subscribe(topic).await {
@@ -527,7 +547,7 @@ impl Hub {
             }
             made.push((route, streams));
         }
-        if !made.is_empty() {
+        if subscribed {
             match tokio::time::timeout(FLUSH_TIMEOUT, self.bus.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "bus flush failed; the poller covers it"),

@@ -38,6 +38,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::watch;
 use windi_shared::{
@@ -147,9 +148,43 @@ impl RelaySettings {
     }
 }
 
+/// Where a relay's events come from: the bus, and with NATS a connection on which the relay
+/// subscribes once to every user's topic (`<prefix>.user.*`) instead of once per connected
+/// user. A per-user subscription costs ~6 KiB of client buffer per connection (async-nats
+/// gives each subscription its own channel, whose first block holds 32 messages) and a
+/// SUB + flush round trip per connect; user events (joins, removals, ended sessions) are
+/// few, and the hub drops those of users it does not have.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub bus: Bus,
+    users: Option<UserFeed>,
+}
+
+#[derive(Clone)]
+struct UserFeed {
+    client: async_nats::Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("bus", &self.bus.describe())
+            .field("one_subscription_for_all_users", &self.users.is_some())
+            .finish()
+    }
+}
+
+impl From<Bus> for Subscriber {
+    /// A bus alone: the relay subscribes to each connected user's topic on it.
+    fn from(bus: Bus) -> Self {
+        Self { bus, users: None }
+    }
+}
+
 /// Connects the relay's own NATS subscriber: its subscription buffers hold `capacity` events,
 /// and what NATS drops for a full one is counted (and recovered by rev).
-pub async fn connect_nats(url: &str, prefix: &str, capacity: usize) -> Result<Bus, String> {
+pub async fn connect_nats(url: &str, prefix: &str, capacity: usize) -> Result<Subscriber, String> {
     let dropped = Arc::new(AtomicU64::new(0));
     let counter = dropped.clone();
     let options = async_nats::ConnectOptions::new()
@@ -168,7 +203,14 @@ pub async fn connect_nats(url: &str, prefix: &str, capacity: usize) -> Result<Bu
             }
         });
     let bus = NatsBus::connect(url, prefix, options, dropped).await?;
-    Ok(Arc::new(bus))
+    let users = UserFeed {
+        client: bus.client.clone(),
+        prefix: prefix.to_owned(),
+    };
+    Ok(Subscriber {
+        bus: Arc::new(bus),
+        users: Some(users),
+    })
 }
 
 /// The bus the relay subscribes to: the process's own when it is in-process, else a NATS
@@ -178,12 +220,43 @@ pub async fn subscriber_for(
     nats_url: Option<&str>,
     prefix: &str,
     settings: &RelaySettings,
-) -> Result<Bus, String> {
+) -> Result<Subscriber, String> {
     match nats_url {
-        None if state.events.describe() == "in-process" => Ok(state.events.clone()),
+        None if state.events.describe() == "in-process" => Ok(state.events.clone().into()),
         None => Err("NATS_URL is needed for the relay".into()),
         Some(url) => connect_nats(url, prefix, settings.subscription_capacity).await,
     }
+}
+
+/// Subscribes to every user's topic at once and hands what arrives to the hub.
+async fn feed_users(hub: &Arc<Hub>, feed: UserFeed) -> Result<(), String> {
+    let subject = format!("{}.user.*", feed.prefix);
+    let sub = feed
+        .client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| format!("subscribe {subject}: {e}"))?;
+    // Before any connection registers, so no user event can pass unheard (while NATS is
+    // still connecting, the poller covers what passes, as for every subscription).
+    if tokio::time::timeout(Duration::from_secs(2), feed.client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS flush timed out; the poller covers user events meanwhile");
+    }
+    let events = sub
+        .filter_map(|msg| async move {
+            match serde_json::from_slice::<windi_shared::events::Event>(&msg.payload) {
+                Ok(event) => Some(Arc::new(event)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable event skipped");
+                    None
+                }
+            }
+        })
+        .boxed();
+    hub.feed_users(events);
+    Ok(())
 }
 
 /// A running relay's shared parts.
@@ -227,17 +300,20 @@ impl RelayHandle {
 /// and receiving events from `subscriber` (see [`subscriber_for`]).
 pub async fn start(
     state: AppState,
-    subscriber: Bus,
+    subscriber: Subscriber,
     settings: RelaySettings,
     listener: tokio::net::TcpListener,
 ) -> Result<RelayHandle, String> {
     let stats = Arc::new(Stats::default());
     let hub = Hub::new(
         state.db.clone(),
-        subscriber,
+        subscriber.bus,
         settings.queue_capacity,
         stats.clone(),
     );
+    if let Some(feed) = subscriber.users {
+        feed_users(&hub, feed).await?;
+    }
     hub.start(settings.poll_interval);
     export_metrics(&hub);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -402,9 +478,11 @@ async fn upgrade(
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .read_buffer_size(relay.settings.read_buffer_bytes)
-        // Each frame is flushed as it is sent, so the write buffer holds about one frame; the
-        // cap bounds what a client that stopped reading can make the relay hold.
-        .write_buffer_size(0)
+        // Live events queued together are written as one batch and flushed once (see
+        // `Session::on_live_batch`); frames go out once this much is buffered, and at the
+        // flush. Small, as it stays allocated per socket that has been busy. The cap bounds
+        // what a client that stopped reading can make the relay hold.
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(2 * 1024 * 1024)
         .on_upgrade(move |socket| {
             connection::run(

@@ -125,6 +125,21 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             b_p99[b_p99.len() - 1]
         );
     }
+    // The relay's own counters say how it delivered: live, or from Postgres after a gap.
+    let health = ctx
+        .http
+        .get(format!("http://{}/health", windi.relay))
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or_default();
+    let counters = format!(
+        "relay counters over the run: {} delivered live, {} gaps, {} changes backfilled from \
+         Postgres, {} slow consumers",
+        health["delivered"], health["gaps"], health["backfilled"], health["slow_consumers"]
+    );
+    eprintln!("  {counters}");
     drop(windi_sockets);
     drop(bare_sockets);
     bare.stop();
@@ -142,7 +157,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .target(Target::RatioAtLeast(0.5))
         .note(format!(
             "{BURST_SENDERS} concurrent HTTP senders (closed loop) on both sides; counted until \
-             every socket had every message; windi also sends a read frame per message"
+             every socket had every message; windi also sends a read frame per message; {counters}"
         )),
         Figure::new(
             "fanout",
@@ -216,8 +231,10 @@ async fn throughput(
     for sender in senders {
         sender.await??;
     }
+    let sent = started.elapsed().as_secs_f64();
     let complete = wait_count(&count, expected, Duration::from_secs(60)).await;
     let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("    burst: {burst} sends done in {sent:.2} s, all delivered in {elapsed:.2} s");
     let got = count.load(Ordering::Relaxed);
     let (sockets, _) = collect(readers).await?;
     if !complete {

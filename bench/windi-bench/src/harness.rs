@@ -90,7 +90,8 @@ pub fn binaries(repo: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         let relay = std::env::var_os("WS_RELAY_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| target.join("release/ws-relay"));
-        return Ok((PathBuf::from(windi), relay));
+        // Absolute: the children run in the temporary directory.
+        return Ok((std::path::absolute(windi)?, std::path::absolute(relay)?));
     }
     eprintln!("building windi and ws-relay (cargo build --release) …");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
