@@ -54,6 +54,13 @@ pub mod close_code {
     pub const TOKEN_EXPIRED: u16 = 4002;
 }
 
+/// How long a live change ahead of its chat's next rev waits for the ones before it before
+/// they are read from Postgres. Publishes of concurrent sends can reach NATS out of commit
+/// order; without the wait, every connected member of the chat would query `chat_changes`
+/// for each such pair (1,000 queries for a group of 1,000), starving the pool.
+const REORDER_WAIT: Duration = Duration::from_millis(30);
+/// Live changes held per connection at most; beyond, a gap is backfilled at once.
+const MAX_HELD: usize = 64;
 /// Live events written before one flush, at most (bounded, so a connection's turn of the
 /// loop stays short and its other signals are heard).
 const MAX_BATCH: usize = 32;
@@ -110,6 +117,11 @@ struct Session {
     retry: Retry,
     /// While true, [`Session::write`] only buffers; the batch ends with one flush.
     batching: bool,
+    /// Live changes that came ahead of their chat's next rev, held for [`REORDER_WAIT`] in
+    /// case the missing ones are only late (see [`Session::on_live`]).
+    held: Vec<Item>,
+    /// When the held changes stop waiting and their chats are backfilled.
+    held_until: Option<Instant>,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -171,6 +183,8 @@ pub async fn run(
         typing_sent: HashMap::new(),
         retry: Retry::default(),
         batching: false,
+        held: Vec::new(),
+        held_until: None,
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
@@ -200,6 +214,7 @@ pub async fn run(
     tokio::pin!(expiry);
     loop {
         let retry_at = session.retry.at;
+        let held_until = session.held_until;
         let step = tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -239,6 +254,7 @@ pub async fn run(
             },
             () = signals.wake.notified() => Box::pin(session.on_signals(&signals)).await,
             () = sleep_until(retry_at), if retry_at.is_some() => Box::pin(session.on_retry()).await,
+            () = sleep_until(held_until), if held_until.is_some() => Box::pin(session.on_held_timeout()).await,
             _ = ping.tick() => {
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(heard) > settings.idle_timeout {
@@ -377,6 +393,41 @@ impl Session {
         }
     }
 
+    /// Delivers the held changes that are next now (in rev order; one delivered can make the
+    /// next one deliverable), and drops those already delivered.
+    async fn release_held(&mut self) -> Result<(), Closed> {
+        let mut held = std::mem::take(&mut self.held);
+        held.sort_by_key(|item| item.event.change().map(|(_, rev)| rev));
+        for item in held {
+            // Still ahead: held again (on_live pushes it back); else delivered or dropped.
+            Box::pin(self.on_live(&item)).await?;
+        }
+        if self.held.is_empty() {
+            self.held_until = None;
+        }
+        Ok(())
+    }
+
+    /// The held changes waited long enough: what is missing before them was lost, not late.
+    /// Their chats are read from Postgres, which brings the held ones too; if that read
+    /// fails, the retry (or the poller) reads them later, so the held copies are dropped.
+    async fn on_held_timeout(&mut self) -> Result<(), Closed> {
+        self.held_until = None;
+        let held = std::mem::take(&mut self.held);
+        let mut chats: Vec<i64> = held
+            .iter()
+            .filter_map(|item| item.event.change().map(|(chat, _)| chat))
+            .collect();
+        chats.sort_unstable();
+        chats.dedup();
+        drop(held);
+        for chat_id in chats {
+            Stats::add(&self.hub.stats.gaps, 1);
+            self.backfill(chat_id).await?;
+        }
+        Ok(())
+    }
+
     /// A live event from the hub.
     async fn on_live(&mut self, item: &Item) -> Result<(), Closed> {
         let event = &*item.event;
@@ -393,6 +444,16 @@ impl Session {
                         Stats::add(&self.hub.stats.delivered, 1);
                     }
                     self.cursor.delivered(chat_id, rev);
+                    if self.held.is_empty() {
+                        Ok(())
+                    } else {
+                        Box::pin(self.release_held()).await
+                    }
+                }
+                Live::Gap if self.held.len() < MAX_HELD => {
+                    self.held.push(item.clone());
+                    self.held_until
+                        .get_or_insert_with(|| Instant::now() + REORDER_WAIT);
                     Ok(())
                 }
                 Live::Gap => {
