@@ -94,7 +94,6 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let busy = || Error::Unavailable("too many logins at once; retry in a few seconds".into());
         let _place = QueuePlace::take(&self.queued, self.max_queued).ok_or_else(busy)?;
         let _permit = tokio::time::timeout(HASH_WAIT, self.permits.acquire())
             .await
@@ -108,6 +107,11 @@ impl Passwords {
             .await
             .map_err(|_| Error::Internal("password task ended without an answer".into()))?
     }
+}
+
+/// The answer when the hashing queue is full: 503 with `Retry-After`.
+fn busy() -> Error {
+    Error::Unavailable("too many logins at once; retry in a few seconds".into())
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -158,9 +162,7 @@ impl Hashers {
     }
 
     fn submit(&self, job: Job) -> Result<()> {
-        self.jobs.try_send(job).map_err(|_| {
-            Error::Unavailable("too many logins at once; retry in a few seconds".into())
-        })
+        self.jobs.try_send(job).map_err(|_| busy())
     }
 }
 

@@ -115,6 +115,11 @@ impl Rng {
         (self.next_u64() % n as u64) as usize
     }
 
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo + 1).max(1) as u64) as i64
+    }
+
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -20,7 +20,7 @@ use anyhow::ensure;
 use sqlx::PgPool;
 
 use crate::{
-    harness::{Ctx, RelayMode, User, Windi, WindiOptions, bulk_users},
+    harness::{Ctx, User, Windi, WindiOptions, bulk_users},
     probe,
     report::{Figure, Target},
 };
@@ -32,16 +32,7 @@ const THREADS: usize = 2;
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let sizes = ctx.pick([(20i64, 200i64), (200, 20)], [(200, 5_000), (2_000, 500)]);
     let seconds = ctx.pick(1, 10);
-    let windi = Windi::start(
-        ctx,
-        "chatlist",
-        WindiOptions {
-            nats: false,
-            relay: RelayMode::Off,
-            ..WindiOptions::default()
-        },
-    )
-    .await?;
+    let windi = Windi::start(ctx, "chatlist", WindiOptions::api_only()).await?;
     let api = windi.api(ctx);
     let users = bulk_users(&windi, &api, 6, "list").await?;
     let pool = windi.db().pool(2).await?;

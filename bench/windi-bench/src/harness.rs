@@ -236,6 +236,15 @@ impl Default for WindiOptions {
 }
 
 impl WindiOptions {
+    /// The API alone: events in-process, no relay (the HTTP-only scenarios).
+    pub fn api_only() -> Self {
+        Self {
+            nats: false,
+            relay: RelayMode::Off,
+            ..Self::default()
+        }
+    }
+
     pub fn env(mut self, var: &str, value: impl ToString) -> Self {
         self.env.push((var.to_owned(), value.to_string()));
         self

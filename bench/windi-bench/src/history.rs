@@ -24,7 +24,7 @@ use anyhow::{Context, ensure};
 use serde_json::Value;
 
 use crate::{
-    harness::{BenchDb, Ctx, RelayMode, Windi, WindiOptions},
+    harness::{BenchDb, Ctx, Windi, WindiOptions},
     probe::{self, Rng},
     report::{Figure, Target},
 };
@@ -112,16 +112,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let (large_id, large_email) = member(large).await?;
     pool.close().await;
 
-    let windi = Windi::start_on(
-        ctx,
-        db,
-        WindiOptions {
-            nats: false,
-            relay: RelayMode::Off,
-            ..WindiOptions::default()
-        },
-    )
-    .await?;
+    let windi = Windi::start_on(ctx, db, WindiOptions::api_only()).await?;
     let api = windi.api(ctx);
     let password = "generated-password";
     let small = Chat {

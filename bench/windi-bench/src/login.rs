@@ -28,7 +28,7 @@ use windi_shared::auth::Passwords;
 
 use crate::{
     chatlist::load_chats,
-    harness::{Ctx, PASSWORD, RelayMode, Windi, WindiOptions, bulk_users},
+    harness::{Ctx, PASSWORD, Windi, WindiOptions, bulk_users},
     probe::{self, Rng},
     report::{Figure, Target},
 };
@@ -48,16 +48,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let flood_threads = FLOOD_THREADS.min(flood_connections);
     let seconds = ctx.pick(1u64, 10);
     let messages = ctx.pick(500i64, 5_000);
-    let windi = Windi::start(
-        ctx,
-        "login",
-        WindiOptions {
-            nats: false,
-            relay: RelayMode::Off,
-            ..WindiOptions::default()
-        },
-    )
-    .await?;
+    let windi = Windi::start(ctx, "login", WindiOptions::api_only()).await?;
     let api = windi.api(ctx);
     let users = bulk_users(&windi, &api, ACCOUNTS, "login").await?;
     let pool = windi.db().pool(2).await?;
@@ -104,21 +95,24 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         logins.push(run.requests_per_sec);
         verifies.push(argon2_rate(&hash, cores, Duration::from_secs(seconds)).await?);
 
-        let mut rng = Rng::new(rep as u64 + 1);
-        let idle = probe::latencies(
-            &ctx.http,
-            &windi.api_url,
-            &reader.token,
-            requests,
-            read_window,
-            || {
-                format!(
-                    "/chat/history/{chat}?before_seq={}",
-                    rng.between(101, messages + 1)
-                )
-            },
-        )
-        .await?;
+        // The same pages idle and during the flood: a reader seeded by the repetition.
+        let read_pages = || {
+            let mut rng = Rng::new(rep as u64 + 1);
+            probe::latencies(
+                &ctx.http,
+                &windi.api_url,
+                &reader.token,
+                requests,
+                read_window,
+                move || {
+                    format!(
+                        "/chat/history/{chat}?before_seq={}",
+                        rng.between(101, messages + 1)
+                    )
+                },
+            )
+        };
+        let idle = read_pages().await?;
         let (p50, p99) = probe::p50_p99(idle);
         idle_p50.push(p50);
         idle_p99.push(p99);
@@ -140,21 +134,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut rng = Rng::new(rep as u64 + 1);
-        let during = probe::latencies(
-            &ctx.http,
-            &windi.api_url,
-            &reader.token,
-            requests,
-            read_window,
-            || {
-                format!(
-                    "/chat/history/{chat}?before_seq={}",
-                    rng.between(101, messages + 1)
-                )
-            },
-        )
-        .await?;
+        let during = read_pages().await?;
         flood.await.context("the flood task panicked")??;
         let (p50, p99) = probe::p50_p99(during);
         flood_p50.push(p50);

@@ -12,28 +12,8 @@ use anyhow::{Context, bail};
 
 use crate::harness::{BenchDb, Ctx, JWT_SECRET, run_tool};
 
-/// A small deterministic PRNG (splitmix64), so every run asks for the same pages.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next_u64() % (hi - lo + 1).max(1) as u64) as i64
-    }
-}
+/// The generator's deterministic PRNG (splitmix64), so every run asks for the same pages.
+pub use windi::generate::Rng;
 
 /// Latencies (ms) of up to `count` sequential authenticated GETs, one at a time on one
 /// keep-alive connection, stopping early after `budget`. `path` picks each request's path.
