@@ -40,6 +40,18 @@ pub struct Config {
     /// long-running server, for those who would rather pay that than wait up to a second for
     /// an ending in another process; see [`crate::session_cache`]).
     pub session_cache: bool,
+    /// `EVENT_ACKS`: when a request's events must be acknowledged by JetStream. `wait` (the
+    /// only choice under Lambda, and its default) answers after the acks; `background` (the
+    /// default elsewhere) answers after handing the events to the connection and awaits the
+    /// acks in a bounded background task. See [`crate::events::NatsBus::acknowledge_in_background`].
+    pub event_acks: EventAcks,
+}
+
+/// See [`Config::event_acks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAcks {
+    Wait,
+    Background,
 }
 
 /// JWT settings; the secret is never printed (see the `Debug` impl).
@@ -61,6 +73,7 @@ impl fmt::Debug for Config {
             .field("db_max_connections", &self.db_max_connections)
             .field("limits", &self.limits)
             .field("session_cache", &self.session_cache)
+            .field("event_acks", &self.event_acks)
             .finish()
     }
 }
@@ -129,7 +142,30 @@ impl Config {
                     });
                 }
             },
+            event_acks: event_acks(
+                optional("EVENT_ACKS").as_deref(),
+                crate::runtime::in_lambda(),
+            )?,
         })
+    }
+}
+
+/// `EVENT_ACKS`; `background` is refused under Lambda, where the process may freeze as soon as
+/// it has answered and an ack awaited after that might never come.
+fn event_acks(value: Option<&str>, in_lambda: bool) -> Result<EventAcks, ConfigError> {
+    match (value, in_lambda) {
+        (None, true) | (Some("wait"), _) => Ok(EventAcks::Wait),
+        (None, false) | (Some("background"), false) => Ok(EventAcks::Background),
+        (Some("background"), true) => Err(ConfigError::Invalid {
+            var: "EVENT_ACKS",
+            reason: "background cannot be used under Lambda (the process may freeze once it \
+                     has answered); use wait"
+                .into(),
+        }),
+        (Some(other), _) => Err(ConfigError::Invalid {
+            var: "EVENT_ACKS",
+            reason: format!("{other:?} is neither wait nor background"),
+        }),
     }
 }
 
@@ -271,6 +307,26 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("JWT_SECRET_KEY"), "{err}");
         assert!(err.contains("openssl rand"), "{err}");
+    }
+
+    #[test]
+    fn event_acks_wait_under_lambda_and_background_elsewhere() {
+        assert_eq!(event_acks(None, true).ok(), Some(EventAcks::Wait));
+        assert_eq!(event_acks(None, false).ok(), Some(EventAcks::Background));
+        assert_eq!(event_acks(Some("wait"), false).ok(), Some(EventAcks::Wait));
+        let error = |value, in_lambda| {
+            event_acks(Some(value), in_lambda)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let refused = error("background", true);
+        assert!(
+            refused.contains("EVENT_ACKS") && refused.contains("Lambda"),
+            "{refused}"
+        );
+        let typo = error("later", false);
+        assert!(typo.contains("neither wait nor background"), "{typo}");
     }
 
     #[test]

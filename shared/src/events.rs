@@ -18,16 +18,17 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::BoxStream};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::model::MessageOut;
 
-/// How long a request waits for JetStream to take and acknowledge its events before it answers
-/// anyway. On Lambda the process may freeze right after the answer, so publishes are awaited,
-/// not spawned; this bounds what a NATS outage can add to a request.
+/// How long a publish waits for JetStream to take and acknowledge its events before it gives up
+/// (and counts it). On Lambda the process may freeze right after the answer, so publishes are
+/// awaited, not spawned, and this bounds what a NATS outage can add to a request; a long-running
+/// process awaits the acks in the background ([`NatsBus::acknowledge_in_background`]).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long start-up waits for the JetStream stream before going on without it.
@@ -348,6 +349,7 @@ pub struct NatsBus {
     js: jetstream::Context,
     prefix: Arc<str>,
     dropped: Arc<AtomicU64>,
+    acks: Acks,
 }
 
 /// The JetStream stream that captures `<prefix>.chat.*` and `<prefix>.user.*`: `WINDI` for the
@@ -422,6 +424,7 @@ impl NatsBus {
             js,
             prefix: prefix.into(),
             dropped,
+            acks: Acks::Inline,
         })
     }
 
@@ -430,8 +433,16 @@ impl NatsBus {
         &self.prefix
     }
 
-    async fn publish_all(&self, events: Vec<Event>) {
-        // Send all, then await all acks: one round trip for the batch, not one per event.
+    /// Acknowledgements awaited in the background from now on (see [`Acks::Background`]): for
+    /// long-running processes, never for Lambda.
+    pub fn acknowledge_in_background(mut self) -> Self {
+        self.acks = Acks::Background(Arc::new(Semaphore::new(MAX_BACKGROUND_ACKS)));
+        self
+    }
+
+    /// Hands every event to the connection, in order, and returns their pending acks: the
+    /// sends are pipelined, so a batch costs one round trip, not one per event.
+    async fn send_all(&self, events: Vec<Event>) -> Vec<(String, PublishAckFuture)> {
         let mut acks = Vec::with_capacity(events.len());
         for event in &events {
             let subject = event.topic().subject(&self.prefix);
@@ -453,6 +464,56 @@ impl NatsBus {
                 }
             }
         }
+        acks
+    }
+
+    async fn publish_all(&self, events: Vec<Event>) {
+        let count = events.len();
+        let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
+        let Ok(acks) = tokio::time::timeout_at(deadline, self.send_all(events)).await else {
+            publish_timed_out(count);
+            return;
+        };
+        if acks.is_empty() {
+            return;
+        }
+        if let Acks::Background(permits) = &self.acks {
+            // With no permit free (NATS is slow to acknowledge), this request waits, as under
+            // Lambda: the backlog stays bounded and the slowness shows in the answers.
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    await_acks(acks, deadline).await;
+                    drop(permit);
+                });
+                return;
+            }
+        }
+        await_acks(acks, deadline).await;
+    }
+}
+
+/// How a publish waits for JetStream to acknowledge its events.
+#[derive(Debug, Clone)]
+enum Acks {
+    /// Before the request answers: on Lambda the process may freeze right after the answer,
+    /// so an event not acknowledged by then may never be sent.
+    Inline,
+    /// In a background task, at most [`MAX_BACKGROUND_ACKS`] batches at once: a long-running
+    /// process keeps running after the answer, and the relay recovers by rev from Postgres
+    /// whatever was lost, so the request need not wait a NATS round trip. A failure is still
+    /// counted and logged.
+    Background(Arc<Semaphore>),
+}
+
+/// Batches whose acks a long-running process awaits in the background at once; beyond it, a
+/// request waits for its own. At a few thousand sends a second and sub-millisecond acks, a
+/// few dozen are pending; 1,024 absorbs a NATS pause of a fraction of a second.
+pub const MAX_BACKGROUND_ACKS: usize = 1024;
+
+/// Awaits each ack until `deadline`, counting what was not acknowledged.
+async fn await_acks(acks: Vec<(String, PublishAckFuture)>, deadline: tokio::time::Instant) {
+    let count = acks.len();
+    let all = async {
         for (msg_id, ack) in acks {
             match ack.await {
                 Ok(_) => metrics::counter!("windi_events_published_total").increment(1),
@@ -462,7 +523,15 @@ impl NatsBus {
                 }
             }
         }
+    };
+    if tokio::time::timeout_at(deadline, all).await.is_err() {
+        publish_timed_out(count);
     }
+}
+
+fn publish_timed_out(count: usize) {
+    publish_failed("timeout");
+    tracing::warn!(count, "publishing timed out; the relay catches up by rev");
 }
 
 /// `windi_event_publish_failures_total{stage}`: a publish that was not sent, not acknowledged,
@@ -475,16 +544,8 @@ fn publish_failed(stage: &'static str) {
 impl EventBus for NatsBus {
     fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, ()> {
         async move {
-            if events.is_empty() {
-                return;
-            }
-            let count = events.len();
-            if tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_all(events))
-                .await
-                .is_err()
-            {
-                publish_failed("timeout");
-                tracing::warn!(count, "publishing timed out; the relay catches up by rev");
+            if !events.is_empty() {
+                self.publish_all(events).await;
             }
         }
         .boxed()

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 use crate::{
     auth::{Passwords, Tokens},
-    config::{Config, JwtConfig},
+    config::{Config, EventAcks, JwtConfig},
     db,
     events::{self, Bus, LocalBus},
     limits::{LimitSettings, Limits, LoginGuard},
@@ -88,7 +88,11 @@ impl AppState {
             })?;
         let events = match (&config.nats_url, broker) {
             (Some(url), _) => {
-                Arc::new(events::connect_nats(url, &config.nats_prefix, client_name).await?) as Bus
+                let bus = events::connect_nats(url, &config.nats_prefix, client_name).await?;
+                Arc::new(match config.event_acks {
+                    EventAcks::Wait => bus,
+                    EventAcks::Background => bus.acknowledge_in_background(),
+                }) as Bus
             }
             (None, Broker::LocalFallback) => Arc::new(LocalBus::default()) as Bus,
             (None, Broker::Required) => {

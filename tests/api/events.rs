@@ -229,6 +229,65 @@ async fn a_dead_broker_never_fails_a_request_that_committed() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
 }
 
+/// A long-running process answers without waiting for JetStream's acks; under Lambda (acks
+/// awaited inline) the same publish waits them out. A paused broker takes the events into its
+/// socket and answers nothing, so the difference is the whole of `PUBLISH_TIMEOUT`; once it
+/// resumes, the events sent meanwhile are in the stream.
+#[tokio::test]
+async fn a_long_running_process_answers_without_waiting_for_acks() {
+    let nats = PrivateNats::start().await;
+    let prefix = windi_tests::unique("t");
+    // Under a prefix of its own, so its event is not counted in the app's stream.
+    let inline = connect_nats(&nats.url, &windi_tests::unique("t"), "windi-lambda")
+        .await
+        .unwrap();
+    let background = connect_nats(&nats.url, &prefix, "windi-test")
+        .await
+        .unwrap()
+        .acknowledge_in_background();
+    let js = jetstream::new(background.client.clone());
+    let app = TestApp::start(TestDb::new().await, Arc::new(background), prefix.clone()).await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    app.send_to_user(&alice, &bob, "before the pause").await;
+    let stored = || async {
+        let mut stream = js.get_stream(stream_name(&prefix)).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    let before = stored().await;
+    assert!(before > 0, "the first send's events are in the stream");
+
+    nats.pause();
+    let started = std::time::Instant::now();
+    app.send_to_user(&alice, &bob, "during the pause").await;
+    let answered_in = started.elapsed();
+    let started = std::time::Instant::now();
+    inline
+        .publish(vec![Event::MemberLeft {
+            chat_id: 1,
+            rev: 1,
+            user_id: 1,
+        }])
+        .await;
+    let inline_took = started.elapsed();
+    nats.resume();
+
+    // The pause was real: an inline publish waited for acks that did not come.
+    assert!(
+        inline_took >= windi_shared::events::PUBLISH_TIMEOUT - Duration::from_millis(100),
+        "inline publish took {inline_took:?}"
+    );
+    assert!(
+        answered_in < Duration::from_millis(1000),
+        "the send answered in {answered_in:?}, waiting for acks"
+    );
+    windi_tests::eventually(
+        Duration::from_secs(10),
+        "the events sent during the pause are in the stream",
+        || async { stored().await > before },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn windi_starts_before_nats_and_publishes_once_it_is_up() {
     let mut nats = PrivateNats::not_started();

@@ -242,6 +242,8 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             limits: windi_shared::limits::LimitSettings::unlimited(),
             // Lambda runs no session sync (run_function does not start it there).
             session_cache: true,
+            // What Config::from_env gives under Lambda, and the only choice there.
+            event_acks: windi_shared::config::EventAcks::Wait,
         };
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await

@@ -658,10 +658,30 @@ impl PrivateNats {
             let _ = child.wait();
         }
     }
+
+    /// Freezes the server: connections stay open, what clients send waits in the socket, and
+    /// nothing answers until [`PrivateNats::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        run(std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string()));
+    }
 }
 
 impl Drop for PrivateNats {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
     }
