@@ -13,7 +13,8 @@
 //!   reply checks, change row and marker (`messages::insert`), `COMMIT`. It leaves out what
 //!   windi does around the transaction: HTTP, JSON, the JWT, the session check
 //!   (`sessions::check`, a primary-key read per request unless cached), the rate limiter and
-//!   the NATS publish (on here, as in production).
+//!   the NATS publish (on here, as in production; the 16-client load runs once more with events
+//!   in-process, in the same interleaving, to show what the broker costs).
 //!
 //! "Many chats": 2K users, K private chats (users 2k and 2k+1), the sender of chat k is user
 //! 2k; every request picks k at random. "Hot chat": one group, every sender a member of it,
@@ -62,47 +63,60 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let group_members = ctx.pick(8, 64);
     let seconds = ctx.pick(1, 15);
     let warmup = ctx.pick(0, 2);
-    let loads: Vec<(Load, usize)> = if ctx.quick {
-        vec![(Load::ManyChats, 4), (Load::HotChat, 4)]
+    // (load, clients, also with events in-process): the NATS-off run shows what the broker
+    // costs, beside the same pgbench runs.
+    let loads: Vec<(Load, usize, bool)> = if ctx.quick {
+        vec![(Load::ManyChats, 4, true), (Load::HotChat, 4, false)]
     } else {
         vec![
-            (Load::ManyChats, 16),
-            (Load::ManyChats, 64),
-            (Load::HotChat, 16),
+            (Load::ManyChats, 16, true),
+            (Load::ManyChats, 64, false),
+            (Load::HotChat, 16, false),
         ]
     };
     let max_clients = loads.iter().map(|l| l.1).max().unwrap_or(16);
 
-    let windi = Windi::start(ctx, "send", options(max_clients)).await?;
+    let windi = Windi::start(ctx, "send", options(max_clients, true)).await?;
     let api = windi.api(ctx);
     let data = setup(&windi, &api, chats, group_members).await?;
     let mut db = windi.stop().await;
     let dir = tempdir(ctx)?;
 
     let mut figures = Vec::new();
-    for (load, clients) in loads {
+    for (index, (load, clients, without_nats)) in loads.into_iter().enumerate() {
         let lua = dir.join(format!("send-{clients}-{load:?}.lua"));
         std::fs::write(&lua, wrk_script(&data, load))?;
         let sql = dir.join(format!("send-{load:?}.sql"));
         std::fs::write(&sql, pgbench_script(&data, load))?;
-        let (mut windi_rates, mut pg_rates) = (Vec::new(), Vec::new());
+        let sides: &[bool] = if without_nats {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        let mut windi_rates = vec![Vec::new(); sides.len()];
+        let mut pg_rates = Vec::new();
         for rep in 0..ctx.reps {
-            // Distinct dedup keys for every run of every load.
-            let run = figures.len() * 100 + rep + 1;
-            let windi = Windi::start_on(ctx, db, options(clients)).await?;
-            if warmup > 0 {
-                wrk(&windi.api_url, &lua, clients, warmup, run * 10 + 1).await?;
+            for (side, &nats) in sides.iter().enumerate() {
+                // Distinct dedup keys for every run of every load.
+                let run = (index * 100 + rep) * 10 + side + 1;
+                let windi = Windi::start_on(ctx, db, options(clients, nats)).await?;
+                if warmup > 0 {
+                    wrk(&windi.api_url, &lua, clients, warmup, run * 10 + 1).await?;
+                }
+                let rate = wrk(&windi.api_url, &lua, clients, seconds, run * 10 + 2).await?;
+                db = windi.stop().await;
+                eprintln!(
+                    "  send {load:?} {clients} clients rep {rep}: windi (NATS {}) {rate:.0}/s",
+                    if nats { "on" } else { "off" }
+                );
+                windi_rates[side].push(rate);
             }
-            let rate = wrk(&windi.api_url, &lua, clients, seconds, run * 10 + 2).await?;
-            db = windi.stop().await;
+            let run = (index * 100 + rep) * 10;
             if warmup > 0 {
                 pgbench(&db, &sql, clients, warmup, run * 10 + 1).await?;
             }
             let pg = pgbench(&db, &sql, clients, seconds, run * 10 + 2).await?;
-            eprintln!(
-                "  send {load:?} {clients} clients rep {rep}: windi {rate:.0}/s, pgbench {pg:.0}/s"
-            );
-            windi_rates.push(rate);
+            eprintln!("  send {load:?} {clients} clients rep {rep}: pgbench {pg:.0}/s");
             pg_rates.push(pg);
         }
         let (name, baseline) = match load {
@@ -118,24 +132,41 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 "pgbench, the send transaction, same chat",
             ),
         };
-        let mut figure = Figure::new("send", name, "msg/s", &windi_rates)
-            .against(baseline, &pg_rates)
-            .note(format!(
-                "wrk -t2 -c{clients} vs pgbench -M prepared -c{clients} -j2, {seconds} s each, \
-                 interleaved; NATS on; Postgres without TLS on both sides; DB_MAX_CONNECTIONS={clients}"
-            ));
-        if matches!(load, Load::ManyChats) {
-            figure = figure.target(Target::RatioAtLeast(0.8));
+        for (side, &nats) in sides.iter().enumerate() {
+            let name = if nats {
+                name.clone()
+            } else {
+                format!("{name}, events in-process (NATS off)")
+            };
+            let mut figure = Figure::new("send", name, "msg/s", &windi_rates[side])
+                .against(baseline, &pg_rates)
+                .note(format!(
+                    "wrk -t2 -c{clients} vs pgbench -M prepared -c{clients} -j2, {seconds} s each, \
+                     interleaved; NATS {}; Postgres without TLS on both sides; \
+                     DB_MAX_CONNECTIONS={clients}",
+                    if nats {
+                        "on (JetStream, acks awaited in the background)"
+                    } else {
+                        "off (in-process events)"
+                    }
+                ));
+            if nats && matches!(load, Load::ManyChats) {
+                figure = figure.target(Target::RatioAtLeast(0.8));
+            }
+            figures.push(figure);
         }
-        figures.push(figure);
     }
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(figures)
 }
 
-fn options(clients: usize) -> WindiOptions {
-    WindiOptions::default().env("DB_MAX_CONNECTIONS", clients)
+fn options(clients: usize, nats: bool) -> WindiOptions {
+    WindiOptions {
+        nats,
+        ..WindiOptions::default()
+    }
+    .env("DB_MAX_CONNECTIONS", clients)
 }
 
 fn tempdir(ctx: &Ctx) -> anyhow::Result<std::path::PathBuf> {
