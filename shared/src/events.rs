@@ -453,14 +453,15 @@ impl NatsBus {
                     continue;
                 }
             };
+            let msg_id = event.msg_id();
             let publish = PublishMessage::build()
                 .payload(payload.into())
-                .message_id(event.msg_id());
+                .message_id(msg_id.as_str());
             match self.js.send_publish(subject, publish).await {
-                Ok(ack) => acks.push((event.msg_id(), ack)),
+                Ok(ack) => acks.push((msg_id, ack)),
                 Err(e) => {
                     publish_failed("send");
-                    tracing::warn!(msg_id = %event.msg_id(), error = %e, "publish failed");
+                    tracing::warn!(%msg_id, error = %e, "publish failed");
                 }
             }
         }

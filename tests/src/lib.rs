@@ -679,9 +679,7 @@ impl PrivateNats {
 
 impl Drop for PrivateNats {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            self.resume();
-        }
+        // SIGKILL ends a paused server too.
         self.stop();
         let _ = std::fs::remove_dir_all(&self.store);
     }

@@ -63,8 +63,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let group_members = ctx.pick(8, 64);
     let seconds = ctx.pick(1, 15);
     let warmup = ctx.pick(0, 2);
-    // (load, clients, also with events in-process): the NATS-off run shows what the broker
-    // costs, beside the same pgbench runs.
+    // (load, clients, also_nats_off): the NATS-off run, with events in-process, shows what the
+    // broker costs, beside the same pgbench runs.
     let loads: Vec<(Load, usize, bool)> = if ctx.quick {
         vec![(Load::ManyChats, 4, true), (Load::HotChat, 4, false)]
     } else {
@@ -83,12 +83,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let dir = tempdir(ctx)?;
 
     let mut figures = Vec::new();
-    for (index, (load, clients, without_nats)) in loads.into_iter().enumerate() {
+    for (index, (load, clients, also_nats_off)) in loads.into_iter().enumerate() {
         let lua = dir.join(format!("send-{clients}-{load:?}.lua"));
         std::fs::write(&lua, wrk_script(&data, load))?;
         let sql = dir.join(format!("send-{load:?}.sql"));
         std::fs::write(&sql, pgbench_script(&data, load))?;
-        let sides: &[bool] = if without_nats {
+        let sides: &[bool] = if also_nats_off {
             &[true, false]
         } else {
             &[true]
