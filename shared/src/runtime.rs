@@ -322,8 +322,17 @@ pub fn function_app_with(
     with_http_settings(router.with_state(state), settings)
 }
 
-/// Serves until Ctrl-C or SIGTERM, finishing requests in flight.
+/// Serves until Ctrl-C, SIGTERM or SIGHUP, finishing requests in flight.
 pub async fn serve(app: Router, addr: SocketAddr) -> std::io::Result<()> {
+    serve_until(app, addr, shutdown_signal()).await
+}
+
+/// Serves until `stop` resolves, finishing requests in flight.
+pub async fn serve_until(
+    app: Router,
+    addr: SocketAddr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     // The peer address feeds the per-address login limit (`extract::ClientAddress`).
@@ -331,29 +340,60 @@ pub async fn serve(app: Router, addr: SocketAddr) -> std::io::Result<()> {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(stop)
     .await
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what ECS, systemd and compose send).
+/// Resolves on Ctrl-C, SIGTERM (what ECS, systemd and compose send) or SIGHUP (the terminal
+/// closed).
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    StopSignals::register().recv().await;
+}
+
+/// The signals that stop a process, registered when this is made: a process that makes it
+/// first thing keeps a signal that arrives while it is still starting (its default action
+/// would end the process on the spot, leaving behind what it had started) and acts on it once
+/// it is ready to stop cleanly.
+#[derive(Debug)]
+pub struct StopSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    signals: Vec<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Registers SIGINT, SIGTERM and SIGHUP (Ctrl-C elsewhere). Needs a Tokio runtime.
+    pub fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = [
+                SignalKind::interrupt(),
+                SignalKind::terminate(),
+                SignalKind::hangup(),
+            ]
+            .into_iter()
+            .filter_map(|kind| signal(kind).ok())
+            .collect();
+            Self { signals }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves when one of the signals arrives (or arrived since registering).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.signals.is_empty() {
+                return std::future::pending().await;
+            }
+            let waits = self.signals.iter_mut().map(|s| Box::pin(s.recv()));
+            futures::future::select_all(waits).await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

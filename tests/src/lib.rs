@@ -52,15 +52,18 @@ pub const TEST_SECRET: &[u8] = b"test-only-secret-0123456789abcdefghijklmnop";
 /// A password that passes the rules.
 pub const PASSWORD: &str = "correct horse battery";
 
-/// The server that test databases are created on.
+/// The server that test databases are created on: the run's own Postgres, started on first
+/// use and shared by every test process (`TEST_DATABASE_URL` names another).
 pub fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    windi_embedded::test_services::shared()
+        .postgres_admin_url
+        .clone()
 }
 
-/// The shared NATS of the machine (never stopped by tests; fault tests start their own).
+/// The run's shared NATS, started like the Postgres (`TEST_NATS_URL` names another). Tests
+/// never stop it; fault tests start their own.
 pub fn nats_url() -> String {
-    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    windi_embedded::test_services::shared().nats_url.clone()
 }
 
 /// A unique name for this test's database, NATS prefix, emails...
@@ -259,6 +262,16 @@ impl TestApp {
             Mode::Local => Self::spawn().await,
             Mode::Nats => Self::spawn_with_nats().await,
         }
+    }
+
+    /// windi with the in-process bus and its state changed by `adjust` before it serves: for
+    /// the settings an operator can choose (each test says which).
+    pub async fn spawn_adjusted(adjust: impl FnOnce(AppState) -> AppState) -> Self {
+        let events: Bus = Arc::new(LocalBus::default());
+        let (mut app, listener) = Self::bind(TestDb::new().await, events, unique("t")).await;
+        app.state = adjust(app.state);
+        app.serve(listener, windi::ClientConfig::default());
+        app
     }
 
     /// A relay sharing this app's state and event carrier, on 127.0.0.1:0.
@@ -624,21 +637,14 @@ impl PrivateNats {
     /// Starts the server (again, on the same port and store) and waits until it accepts.
     pub async fn restart(&mut self) {
         self.stop();
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = std::process::Command::new(&bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (set NATS_SERVER_BIN): {e}"));
+        let bin = windi_embedded::nats::find_server().unwrap_or_else(|| {
+            panic!(
+                "no nats-server: {} (or set NATS_SERVER_BIN)",
+                windi_embedded::nats::install_hint()
+            )
+        });
+        let child = windi_embedded::nats::spawn(&bin, self.port, &self.store)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         eventually(
@@ -686,76 +692,27 @@ impl Drop for PrivateNats {
 }
 
 /// A private Postgres cluster on a free port, for tests that crash, pause and restart the
-/// database. Made with the machine's `initdb`/`pg_ctl` (`PG_BIN`, else the newest
-/// `/usr/lib/postgresql/*/bin`), run as the `postgres` user when the tests run as root
-/// (Postgres refuses root). Removed on drop; the shared server on 5432 is never touched.
+/// database: the embedded cluster code `windi` and the test harness use
+/// ([`windi_embedded::postgres::Cluster`]), run as the `postgres` user when the tests run as
+/// root (Postgres refuses root). Removed on drop; the run's shared server is never touched.
 #[derive(Debug)]
 pub struct PrivatePostgres {
     pub port: u16,
     dir: std::path::PathBuf,
-    bin: std::path::PathBuf,
+    cluster: windi_embedded::postgres::Cluster,
 }
 
 impl PrivatePostgres {
     pub async fn start() -> Self {
-        let bin = std::env::var_os("PG_BIN")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-                    .ok()?
-                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                    .filter(|p| p.join("initdb").exists())
-                    .collect();
-                bins.sort();
-                bins.pop()
-            })
-            .expect("no initdb: install postgresql or set PG_BIN");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = windi_embedded::platform::free_port().unwrap();
         let dir = std::env::temp_dir().join(unique("windi-pg"));
         std::fs::create_dir_all(&dir).unwrap();
-        let pg = Self { port, dir, bin };
-        if Self::as_root() {
-            run(std::process::Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&pg.dir));
-        }
-        run(pg
-            .command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(pg.data()));
+        let cluster = windi_embedded::postgres::Cluster::new(dir.join("data"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        cluster.init(false).unwrap_or_else(|e| panic!("{e}"));
+        let pg = Self { port, dir, cluster };
         pg.restart().await;
         pg
-    }
-
-    fn as_root() -> bool {
-        std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-    }
-
-    fn data(&self) -> std::path::PathBuf {
-        self.dir.join("data")
-    }
-
-    /// A command of the cluster's binaries, as the `postgres` user when we are root.
-    fn command(&self, program: &str) -> std::process::Command {
-        let path = self.bin.join(program);
-        let mut command = if Self::as_root() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            std::process::Command::new(path)
-        };
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        command
     }
 
     /// The URL of the cluster's `postgres` database.
@@ -766,26 +723,20 @@ impl PrivatePostgres {
     /// Starts the cluster (again) and waits until it accepts connections.
     pub async fn restart(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}'",
             self.port,
-            self.dir.display()
+            self.cluster.data.display()
         );
-        run(self
-            .command("pg_ctl")
-            .args(["-w", "-t", "30", "-o", &options, "-l"])
-            .arg(self.dir.join("log"))
-            .arg("-D")
-            .arg(self.data())
-            .arg("start"));
+        self.cluster
+            .start(&options)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Stops the cluster the hard way: what a crash or an OOM kill leaves behind.
     pub fn crash(&self) {
-        run(self
-            .command("pg_ctl")
-            .args(["-m", "immediate", "-D"])
-            .arg(self.data())
-            .arg("stop"));
+        self.cluster
+            .stop("immediate")
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Freezes every process of the cluster: connections stay open and nothing answers.
@@ -798,7 +749,7 @@ impl PrivatePostgres {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let pid = std::fs::read_to_string(self.cluster.data.join("postmaster.pid")).unwrap();
         let pid = pid.lines().next().unwrap().trim().to_owned();
         let children = std::process::Command::new("pgrep")
             .args(["-P", &pid])
@@ -816,19 +767,14 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.resume_quietly();
-        let _ = self
-            .command("pg_ctl")
-            .args(["-m", "immediate", "-D"])
-            .arg(self.data())
-            .arg("stop")
-            .status();
+        let _ = self.cluster.stop("immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl PrivatePostgres {
     fn resume_quietly(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+        if let Ok(pid) = std::fs::read_to_string(self.cluster.data.join("postmaster.pid"))
             && let Some(pid) = pid.lines().next()
         {
             let _ = std::process::Command::new("pkill")

@@ -8,7 +8,6 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod demo;
-pub mod embedded_postgres;
 pub mod generate;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -291,10 +290,55 @@ pub fn explain_database_error(e: &sqlx::Error, url: &str) -> String {
         sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             " -- nothing listens there: start Postgres, or unset DATABASE_URL to let windi run              its own"
         }
-        sqlx::Error::PoolTimedOut => " -- no answer in time: is the host reachable?",
+        // The pool reports a refused connection as a timeout: ask the address itself.
+        sqlx::Error::PoolTimedOut => return format!(
+            "cannot prepare the database at DATABASE_URL ({shown}): {}",
+            probe_address(url)
+        ),
         _ => "",
     };
     format!("cannot prepare the database at DATABASE_URL ({shown}): {e}{hint}")
+}
+
+/// Why nothing answered at `url`'s address, found by connecting to it once.
+fn probe_address(url: &str) -> String {
+    use std::{net::ToSocketAddrs, str::FromStr, time::Duration};
+    let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(url) else {
+        return "no connection in time".into();
+    };
+    let (host, port) = (options.get_host().to_owned(), options.get_port());
+    let unset_hint = "or unset DATABASE_URL to let windi run its own";
+    if host.starts_with('/') {
+        let socket = std::path::Path::new(&host).join(format!(".s.PGSQL.{port}"));
+        return if socket.exists() {
+            format!("the socket {} took no connection in time", socket.display())
+        } else {
+            format!(
+                "nothing listens there: there is no socket {}; start Postgres, {unset_hint}",
+                socket.display()
+            )
+        };
+    }
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    let Some(addr) = addrs.first() else {
+        return format!("the host name {host} does not resolve: check DATABASE_URL");
+    };
+    match std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("nothing listens at {host}:{port}: start Postgres there, {unset_hint}")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
+            "no answer from {host}:{port} in 2 s: is the host reachable (its address, a firewall)?"
+        ),
+        Err(e) => format!("cannot reach {host}:{port}: {e}"),
+        Ok(_) => format!(
+            "{host}:{port} accepts connections but no Postgres session was set up in time \
+             (is it Postgres, and is it overloaded?)"
+        ),
+    }
 }
 
 /// Liveness: the process answers.

@@ -7,20 +7,21 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Instant};
 
 use clap::Parser;
-use windi::{
-    cli::{AdminCommand, Cli, Command, GenerateArgs, HealthcheckArgs},
-    embedded_postgres::EmbeddedPostgres,
-};
+use windi::cli::{AdminCommand, Cli, Command, GenerateArgs, HealthcheckArgs};
+use windi_embedded::postgres::EmbeddedPostgres;
 use windi_shared::{
     AppState,
     config::{Config, load_dotenv, optional},
-    runtime::{HttpSettings, init_tracing, report_error, serve},
+    runtime::{HttpSettings, StopSignals, init_tracing, report_error, serve_until},
     state::Broker,
 };
 use ws_relay::RelaySettings;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First thing: a Ctrl-C, SIGTERM or SIGHUP from here on stops windi cleanly, stopping the
+    // Postgres it started, instead of ending the process with that server left running.
+    let mut signals = StopSignals::register();
     // clap prints --help, --version and usage errors itself (once, exit 0 or 2).
     let cli = Cli::parse();
     load_dotenv();
@@ -28,13 +29,14 @@ async fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve);
     let name = format!("windi {}", command_name(&command));
     let result = match command {
-        Command::Serve => serve_all().await,
-        Command::Demo => demo().await,
-        Command::Generate(args) => generate(args).await,
-        Command::Check => check().await,
-        Command::Migrate => migrate().await,
+        Command::Serve => serve_all(signals).await,
         Command::Healthcheck(args) => healthcheck(&args),
-        Command::Admin(admin) => admin_command(admin).await,
+        // A signal drops the command where it stands: its transaction rolls back, and the
+        // embedded Postgres it started (if it did) stops with it.
+        tool => tokio::select! {
+            result = run_tool(tool) => result,
+            () = signals.recv() => Err("stopped by a signal; nothing half-done was committed".into()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,6 +44,18 @@ async fn main() -> ExitCode {
             report_error(&name, &e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The commands that run to their end on their own.
+async fn run_tool(command: Command) -> Result<(), String> {
+    match command {
+        Command::Demo => demo().await,
+        Command::Generate(args) => generate(args).await,
+        Command::Check => check().await,
+        Command::Migrate => migrate().await,
+        Command::Admin(admin) => admin_command(admin).await,
+        Command::Serve | Command::Healthcheck(_) => unreachable!("served by main"),
     }
 }
 
@@ -80,7 +94,7 @@ async fn prepared_config() -> Result<(Config, Option<EmbeddedPostgres>), String>
     Ok((config, embedded))
 }
 
-async fn serve_all() -> Result<(), String> {
+async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
     let relay_settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
     let http = HttpSettings::from_env().map_err(|e| e.to_string())?;
     let client = windi::ClientConfig::from_env(relay_settings.port).map_err(|e| e.to_string())?;
@@ -126,7 +140,8 @@ async fn serve_all() -> Result<(), String> {
 
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
     tracing::info!("Swagger UI at http://localhost:{}/docs", config.port);
-    let served = serve(windi::app_with(state.clone(), client, &http), addr)
+    let stop = async move { signals.recv().await };
+    let served = serve_until(windi::app_with(state.clone(), client, &http), addr, stop)
         .await
         .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
     // The API stopped (a signal): close WebSockets with 1012 so clients reconnect and resume.

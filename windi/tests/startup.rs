@@ -8,9 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The run's test Postgres (started by the harness unless `TEST_DATABASE_URL` names one).
 fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    windi_embedded::test_services::shared()
+        .postgres_admin_url
+        .clone()
 }
 
 /// The binary with a clean environment, run outside the repository so no `.env` is found.
@@ -197,6 +199,27 @@ fn a_refused_password_names_the_fix_once() {
     assert!(!ok);
     assert!(stderr.contains("that role does not exist"), "{stderr}");
     assert_eq!(stderr.matches("cannot prepare").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_database_url_where_nothing_listens_is_named_as_such() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ok, stderr) = stderr_of(
+        windi()
+            .arg("migrate")
+            .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/windi"))
+            .env("JWT_SECRET_KEY", "z".repeat(40)),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("nothing listens at 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("reachable"), "{stderr}");
 }
 
 #[test]
