@@ -42,9 +42,9 @@ export JWT_SECRET_KEY=${JWT_SECRET_KEY:-bench-only-fake-secret-0123456789abcdef}
 echo "loading $nchats chats × $nmessages messages"
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -v nchats="$nchats" -v nmessages="$nmessages" <<'SQL'
 BEGIN;
-SELECT id AS alice FROM users WHERE email = 'alice@example.com' \gset
-SELECT id AS bob FROM users WHERE email = 'bob@example.com' \gset
-SELECT id AS carol FROM users WHERE email = 'carol@example.com' \gset
+SELECT id AS alice FROM users WHERE email = 'alice.demo@example.com' \gset
+SELECT id AS bob FROM users WHERE email = 'bob.demo@example.com' \gset
+SELECT id AS carol FROM users WHERE email = 'carol.demo@example.com' \gset
 CREATE TEMP TABLE bench_chats ON COMMIT DROP AS
   WITH c AS (
     INSERT INTO chats (kind, name, creator_id, last_seq, rev, created_at)
@@ -79,7 +79,7 @@ SQL
 for _ in $(seq 50); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 0.2; done
 api=http://localhost:$port
 login() {
-  curl -sf -X POST "$api/auth/login" -d "username=$1@example.com&password=$1-demo-pass" \
+  curl -sf -X POST "$api/auth/login" -d "username=$1.demo@example.com&password=$1-demo-pass" \
     | sed -E 's/.*"access_token":"([^"]+)".*/\1/'
 }
 declare -A token=([read]=$(login carol) [unread]=$(login bob))

@@ -43,7 +43,7 @@ export LIMIT_GROUPS_PER_MIN=1000000000 LIMIT_GROUPS_BURST=1000000000
 for _ in $(seq 50); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 0.2; done
 
 api=http://localhost:$port
-token=$(curl -sf -X POST "$api/auth/login" -d 'username=alice@example.com&password=alice-demo-pass' \
+token=$(curl -sf -X POST "$api/auth/login" -d 'username=alice.demo@example.com&password=alice-demo-pass' \
   | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 chats=()
 for i in $(seq 64); do

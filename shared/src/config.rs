@@ -7,6 +7,11 @@ use std::{env, fmt, time::Duration};
 
 use jsonwebtoken::Algorithm;
 
+use crate::{
+    model::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS_FLOOR},
+    validate::PasswordRules,
+};
+
 /// The shortest HS256 secret we accept: 32 bytes is the key size the algorithm's security
 /// assumes (RFC 7518 §3.2); anything shorter is guessable offline from one token.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -45,6 +50,9 @@ pub struct Config {
     /// default elsewhere) answers after handing the events to the connection and awaits the
     /// acks in a bounded background task. See [`crate::events::NatsBus::acknowledge_in_background`].
     pub event_acks: EventAcks,
+    /// `PASSWORD_MIN_LENGTH` (8 unless set; 6 at least): the shortest password register and
+    /// password change accept. Policy, so the operator chooses; see [`PasswordRules`].
+    pub password_rules: PasswordRules,
 }
 
 /// See [`Config::event_acks`].
@@ -74,6 +82,7 @@ impl fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("session_cache", &self.session_cache)
             .field("event_acks", &self.event_acks)
+            .field("password_rules", &self.password_rules)
             .finish()
     }
 }
@@ -146,8 +155,30 @@ impl Config {
                 optional("EVENT_ACKS").as_deref(),
                 crate::runtime::in_lambda(),
             )?,
+            password_rules: password_rules(optional("PASSWORD_MIN_LENGTH").as_deref())?,
         })
     }
+}
+
+/// `PASSWORD_MIN_LENGTH`: a number of characters from 6 (below it the check would hardly be
+/// one) to 1024 (above it no password could pass, the longest being 1024 bytes).
+fn password_rules(value: Option<&str>) -> Result<PasswordRules, ConfigError> {
+    let Some(raw) = value else {
+        return Ok(PasswordRules::default());
+    };
+    let invalid = |reason| ConfigError::Invalid {
+        var: "PASSWORD_MIN_LENGTH",
+        reason,
+    };
+    let min_chars: usize = raw
+        .trim()
+        .parse()
+        .map_err(|e| invalid(format!("{raw:?}: {e}")))?;
+    PasswordRules::with_min_chars(min_chars).ok_or_else(|| {
+        invalid(format!(
+            "must be from {MIN_PASSWORD_CHARS_FLOOR} to {MAX_PASSWORD_BYTES} characters, not {min_chars}"
+        ))
+    })
 }
 
 /// `EVENT_ACKS`; `background` is refused under Lambda, where the process may freeze as soon as
@@ -327,6 +358,24 @@ mod tests {
         );
         let typo = error("later", false);
         assert!(typo.contains("neither wait nor background"), "{typo}");
+    }
+
+    #[test]
+    fn the_password_minimum_is_8_unless_set_and_never_below_6() {
+        let min_chars = |value| password_rules(value).map(PasswordRules::min_chars).ok();
+        assert_eq!(min_chars(None), Some(8));
+        assert_eq!(min_chars(Some("6")), Some(6));
+        assert_eq!(min_chars(Some(" 12 ")), Some(12));
+        for refused in ["5", "0", "-1", "eight", "6.5", "1025"] {
+            let err = password_rules(Some(refused))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.starts_with("PASSWORD_MIN_LENGTH is invalid"),
+                "{refused:?}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,9 +12,13 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const MAX_NAME_CHARS: usize = 100;
 /// Longest email address (RFC 5321 path limit).
 pub const MAX_EMAIL_CHARS: usize = 254;
-/// Password length bounds: 8 is NIST SP 800-63B's minimum; the maximum keeps one hash cheap
-/// enough that long inputs cannot be used to burn CPU.
-pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Password length bounds. The minimum is an operator's setting (`PASSWORD_MIN_LENGTH`, see
+/// [`crate::validate::PasswordRules`]): 8 by default, NIST SP 800-63B's minimum, and never below
+/// 6, so no setting switches the check off while the seed project's own examples (`secret`) can
+/// still run as written. The maximum keeps one hash cheap enough that long inputs cannot be used
+/// to burn CPU.
+pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
+pub const MIN_PASSWORD_CHARS_FLOOR: usize = 6;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Search: shortest and longest `q`, default and largest page.
 pub const MIN_SEARCH_CHARS: usize = 2;
@@ -156,8 +160,9 @@ pub struct RegisterUser {
     /// An address with one `@` and a dot in its domain, at most 254 characters.
     #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     pub email: String,
-    /// At least 8 characters, at most 1 KiB.
-    #[schema(example = "correct horse battery", min_length = 8, max_length = 1024)]
+    /// At least `PASSWORD_MIN_LENGTH` characters (8 unless the operator chose otherwise, never
+    /// fewer than 6: the schema states that floor), at most 1 KiB.
+    #[schema(example = "correct horse battery", min_length = 6, max_length = 1024)]
     pub password: String,
 }
 
@@ -232,8 +237,9 @@ pub struct UpdateMe {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChangePassword {
     pub current_password: String,
-    /// At least 8 characters, at most 1 KiB.
-    #[schema(min_length = 8, max_length = 1024)]
+    /// At least `PASSWORD_MIN_LENGTH` characters (8 unless the operator chose otherwise, never
+    /// fewer than 6: the schema states that floor), at most 1 KiB.
+    #[schema(min_length = 6, max_length = 1024)]
     pub new_password: String,
 }
 

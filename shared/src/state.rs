@@ -11,6 +11,7 @@ use crate::{
     events::{self, Bus, LocalBus},
     limits::{LimitSettings, Limits, LoginGuard},
     session_cache::{self, SessionCache},
+    validate::PasswordRules,
 };
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct AppState {
     pub logins: Arc<LoginGuard>,
     /// Sessions recently found live; answers only while [`AppState::sync_sessions`] runs.
     pub sessions: Arc<SessionCache>,
+    /// What a new password must satisfy (the default unless set with
+    /// [`AppState::with_password_rules`]; `PASSWORD_MIN_LENGTH` in production).
+    pub password_rules: PasswordRules,
 }
 
 /// What a process does for events when `NATS_URL` is unset.
@@ -50,6 +54,7 @@ impl AppState {
             limits: Limits::default(),
             logins: Arc::default(),
             sessions: Arc::default(),
+            password_rules: PasswordRules::default(),
         }
     }
 
@@ -69,6 +74,12 @@ impl AppState {
     /// The same state with other limits (benchmarks and load tests raise them, and say so).
     pub fn with_limits(mut self, limits: LimitSettings) -> Self {
         self.limits = Limits::new(limits);
+        self
+    }
+
+    /// The same state with another password minimum (the operator's `PASSWORD_MIN_LENGTH`).
+    pub fn with_password_rules(mut self, rules: PasswordRules) -> Self {
+        self.password_rules = rules;
         self
     }
 
@@ -103,6 +114,8 @@ impl AppState {
                 );
             }
         };
-        Ok(Self::new(pool, &config.jwt, events).with_limits(config.limits))
+        Ok(Self::new(pool, &config.jwt, events)
+            .with_limits(config.limits)
+            .with_password_rules(config.password_rules))
     }
 }

@@ -4,8 +4,9 @@
 use crate::{
     error::{Error, Result},
     model::{
-        DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS, MAX_EMOJI_BYTES, MAX_NAME_CHARS,
-        MAX_PAGE, MAX_PASSWORD_BYTES, MAX_TEXT_CHARS, MIN_PASSWORD_CHARS,
+        DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS,
+        MAX_EMOJI_BYTES, MAX_NAME_CHARS, MAX_PAGE, MAX_PASSWORD_BYTES, MAX_TEXT_CHARS,
+        MIN_PASSWORD_CHARS_FLOOR,
     },
 };
 
@@ -69,20 +70,51 @@ pub fn email(raw: &str) -> Result<String> {
     Ok(email.to_owned())
 }
 
-pub fn password(password: &str) -> Result<()> {
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(Error::invalid(
-            "password",
-            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
-        ));
+/// What a new password must satisfy. The minimum length is policy, so an operator chooses it
+/// (`PASSWORD_MIN_LENGTH`, read in [`crate::config`]); a value of this type always lies between
+/// [`MIN_PASSWORD_CHARS_FLOOR`] and [`MAX_PASSWORD_BYTES`], so it can neither switch the check
+/// off nor refuse every password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordRules {
+    min_chars: usize,
+}
+
+impl Default for PasswordRules {
+    fn default() -> Self {
+        Self {
+            min_chars: DEFAULT_MIN_PASSWORD_CHARS,
+        }
     }
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(Error::invalid(
-            "password",
-            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
-        ));
+}
+
+impl PasswordRules {
+    /// Rules asking for at least `min_chars` characters; `None` outside the bounds above.
+    pub fn with_min_chars(min_chars: usize) -> Option<Self> {
+        (MIN_PASSWORD_CHARS_FLOOR..=MAX_PASSWORD_BYTES)
+            .contains(&min_chars)
+            .then_some(Self { min_chars })
     }
-    Ok(())
+
+    pub fn min_chars(self) -> usize {
+        self.min_chars
+    }
+
+    /// Checks a password being set; the 422 names `field`, the name the client sent it under.
+    pub fn check(self, field: &str, password: &str) -> Result<()> {
+        if password.chars().count() < self.min_chars {
+            return Err(Error::invalid(
+                field,
+                format!("must be at least {} characters", self.min_chars),
+            ));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An idempotency key: 1..=[`MAX_DEDUP_KEY_CHARS`] printable characters.
@@ -166,6 +198,38 @@ mod tests {
         for bad in ["", "a", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.co"] {
             assert!(email(bad).is_err(), "{bad:?} passed");
         }
+    }
+
+    #[test]
+    fn the_password_minimum_is_the_chosen_one_and_the_error_names_it() {
+        let six = PasswordRules::with_min_chars(6).unwrap_or_default();
+        assert_eq!(six.min_chars(), 6);
+        assert!(six.check("password", "secret").is_ok());
+        let short = six.check("password", "five5").err().map(|e| e.to_string());
+        assert_eq!(
+            short.as_deref(),
+            Some("password: must be at least 6 characters")
+        );
+        let refused = PasswordRules::default()
+            .check("new_password", "secret")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(refused, "new_password: must be at least 8 characters");
+        assert!(
+            six.check("password", &"x".repeat(MAX_PASSWORD_BYTES + 1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_password_minimum_stays_between_the_floor_and_the_longest_password() {
+        assert_eq!(
+            PasswordRules::with_min_chars(MIN_PASSWORD_CHARS_FLOOR - 1),
+            None
+        );
+        assert_eq!(PasswordRules::with_min_chars(MAX_PASSWORD_BYTES + 1), None);
+        assert!(PasswordRules::with_min_chars(MAX_PASSWORD_BYTES).is_some());
     }
 
     #[test]

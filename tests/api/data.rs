@@ -358,3 +358,33 @@ async fn the_long_tail_adds_chats_of_exactly_the_asked_size_with_the_send_paths_
     .unwrap();
     assert_eq!(regular, 1_000);
 }
+
+#[tokio::test]
+async fn the_readme_walk_through_and_the_demo_can_share_one_database() {
+    // README's curl walk-through first (its accounts and passwords, as written there), then
+    // `windi demo`: the demo's accounts are its own, so neither refuses the other's logins.
+    let app = TestApp::spawn().await;
+    for (name, email, password) in [
+        ("Alice", "alice@example.com", "secret-alice"),
+        ("Bob", "bob@example.com", "secret-bob1"),
+    ] {
+        let (status, body) = app
+            .call(
+                reqwest::Method::POST,
+                "/auth/register",
+                None,
+                Some(json!({"name": name, "email": email, "password": password})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let demo = windi::demo::run(windi::app(app.state.clone()))
+        .await
+        .unwrap();
+    for login in &demo.logins {
+        assert_ne!(login.email, "alice@example.com");
+        assert_ne!(login.email, "bob@example.com");
+        app.login(login.email, login.password).await;
+    }
+    app.login("alice@example.com", "secret-alice").await;
+}

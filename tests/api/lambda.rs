@@ -117,7 +117,7 @@ impl Step {
     }
 }
 
-/// The README's "Test as Lambda" walk-through, in its order: each step relies on the ones before
+/// The "Test as Lambda" walk-through (docs/lambda.md), in its order: each step relies on the ones before
 /// it (user 1 is Alice, chat 1 the private chat, chat 2 the group, message 1 the first message,
 /// message 3 the reply to it).
 const WALKTHROUGH: &[Step] = &[
@@ -167,7 +167,7 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-changes.json", Function::History, 200).body(&[("/rev", "7"), ("/more", "false")]),
     step("chat-message-read.json", Function::Read, 200),
     step("auth-register.json", Function::Auth, 409),
-    // Accounts and sessions (README "Sessions"), in an order where each relies on the last.
+    // Accounts and sessions (docs/api.md, "Sessions and accounts"), in an order where each relies on the last.
     step("auth-me-patch.json", Function::Auth, 200),
     step("auth-sessions.json", Function::Auth, 200),
     step("auth-sessions-delete.json", Function::Auth, 404),
@@ -244,6 +244,7 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             session_cache: true,
             // What Config::from_env gives under Lambda, and the only choice there.
             event_acks: windi_shared::config::EventAcks::Wait,
+            password_rules: windi_shared::validate::PasswordRules::default(),
         };
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await

@@ -17,6 +17,7 @@ mod limits;
 mod membership;
 mod messages;
 mod ops;
+mod original;
 mod outages;
 mod owned_fields;
 mod people;

@@ -35,9 +35,9 @@ pub struct Outcome {
 }
 
 const USERS: [(&str, &str, &str); 3] = [
-    ("Alice", "alice@example.com", "alice-demo-pass"),
-    ("Bob", "bob@example.com", "bob-demo-pass"),
-    ("Carol", "carol@example.com", "carol-demo-pass"),
+    ("Alice", "alice.demo@example.com", "alice-demo-pass"),
+    ("Bob", "bob.demo@example.com", "bob-demo-pass"),
+    ("Carol", "carol.demo@example.com", "carol-demo-pass"),
 ];
 
 /// Runs the scenario through `app` (from [`crate::app`]).

@@ -5,7 +5,7 @@
 //! Login answers unknown emails and wrong passwords identically, in the same time (a dummy
 //! hash is verified when the email is unknown), so the route cannot be used to find accounts.
 //!
-//! A login starts a session (see `windi_shared::auth` and README "Sessions"): a short-lived
+//! A login starts a session (see `windi_shared::auth` and docs/api.md "Sessions and accounts"): a short-lived
 //! access token that names it and a single-use refresh token, stored only as its hash. Every
 //! way a session ends publishes `sessions.ended` after commit, so relays close its sockets at
 //! once (their poller catches a lost event within a poll interval).
@@ -69,7 +69,7 @@ async fn register(
 ) -> Result<(StatusCode, axum::Json<UserOut>)> {
     let name = validate::name("name", &body.name)?;
     let email = validate::email(&body.email)?;
-    validate::password(&body.password)?;
+    state.password_rules.check("password", &body.password)?;
     let hash = state.passwords.hash(body.password).await?;
     let user = users::insert(&state.db, &name, &email, &hash).await?;
     Ok((StatusCode::CREATED, axum::Json(user)))
@@ -320,7 +320,9 @@ async fn change_password(
         "current password is wrong",
     )
     .await?;
-    validate::password(&body.new_password)?;
+    state
+        .password_rules
+        .check("new_password", &body.new_password)?;
     let hash = state.passwords.hash(body.new_password).await?;
     let mut tx = state.db.begin().await?;
     users::set_password_hash(&mut *tx, user.id, &hash).await?;
