@@ -7,7 +7,8 @@
 #   scripts/fuzz.sh [max-examples]     (per operation; default 350: over 5,000 cases in all)
 #
 # It starts its own debug `windi` (the build the tests use, so CI builds nothing more) with the
-# relay off, on a free port and a scratch database on 127.0.0.1:5432 (dropped at the end),
+# relay off, on a free port and a scratch database (dropped at the end) on FUZZ_ADMIN_URL's
+# server, else on the Postgres the tests start,
 # registers Alice, Bob and Carol, logs Alice in and gives her a private chat and a group with
 # messages, so the chat routes find data. The per-user rate limits are raised for the run
 # (LIMIT_*): the fuzzer is one user sending as fast as it can, and a 429 is not what it is
@@ -16,6 +17,10 @@
 # left in target/fuzz/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Without FUZZ_ADMIN_URL, the run's own Postgres (the one the tests start; embedded/src/test_services.rs).
+if [ -z "${FUZZ_ADMIN_URL:-}" ]; then
+  exec cargo run -q -p windi-embedded --bin with-test-services -- "$0" "$@"
+fi
 max_examples=${1:-350}
 admin=${FUZZ_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=windi_fuzz_$$_$(date +%s)

@@ -4,7 +4,8 @@
 #   scripts/soak.sh [seconds]          (default 180; CI runs 60)
 #
 # It starts its own debug `windi` (the build the tests use; API and embedded relay, events
-# in-process) on free ports and a scratch database on 127.0.0.1:5432 (dropped at the end). The
+# in-process) on free ports and a scratch database (dropped at the end) on SOAK_ADMIN_URL's
+# server, else on the Postgres the tests start. The
 # load (Python with aiohttp and websockets, pinned in scripts/requirements-soak.txt, in
 # target/venv-soak) registers 6 users in 3 groups and 4 private chats, connects 4 WebSocket
 # clients that only receive, and runs 8 HTTP workers, each one request at a time as fast as
@@ -23,6 +24,10 @@
 # The report (every status, the RSS samples, the frames) is left in target/soak/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Without SOAK_ADMIN_URL, the run's own Postgres (the one the tests start; embedded/src/test_services.rs).
+if [ -z "${SOAK_ADMIN_URL:-}" ]; then
+  exec cargo run -q -p windi-embedded --bin with-test-services -- "$0" "$@"
+fi
 seconds=${1:-180}
 admin=${SOAK_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=windi_soak_$$_$(date +%s)

@@ -114,7 +114,7 @@ impl Packages {
         }
     }
 
-    fn name_of<'a>(self, debian: &'a str) -> &'a str {
+    fn name_of(self, debian: &str) -> &str {
         match (self, debian) {
             (Self::Brew, "postgresql") => "postgresql@16",
             (Self::Dnf, "postgresql") => "postgresql-server",
