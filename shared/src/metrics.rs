@@ -8,7 +8,7 @@
 //!
 //! Protection: with `METRICS_TOKEN` set, `/metrics` answers only `Authorization: Bearer
 //! <token>` (401 otherwise); unset, it is open, which suits a private network or a laptop. See
-//! the README's "Operate" section for every series.
+//! docs/operations.md ("Metrics") for every series.
 
 use std::sync::{Mutex, OnceLock};
 

@@ -3,7 +3,7 @@
 //!
 //! Checking the session on every request is what makes logout take effect everywhere, but it
 //! is one more statement per request: the send benchmark lost a quarter of its throughput to it
-//! (`bench/send.sh`, README "Performance"). Mattermost and Synapse keep a per-node cache of
+//! (`bench/send.sh`, docs/shell-benchmarks.md). Mattermost and Synapse keep a per-node cache of
 //! sessions for the same reason; this one keeps revocation exact where it can be and bounded
 //! where it cannot:
 //!

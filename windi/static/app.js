@@ -1,8 +1,8 @@
 // windi's browser client: plain JavaScript, no build step, no dependencies.
 //
-// It uses only the public HTTP API and the WebSocket relay protocol (both described in
-// README.md), so it is also the worked example for anyone writing a client. What every client
-// has to get right, and where this file does it:
+// It uses only the public HTTP API and the WebSocket relay protocol (docs/api.md and
+// docs/relay-protocol.md), so it is also the worked example for anyone writing a client. What
+// every client has to get right, and where this file does it:
 //
 //  * Order by `seq`, never by time. Each chat keeps `lastSeq`, the highest seq this client has
 //    accounted for (from a chat summary or a delivered message); history pages by seq from it.

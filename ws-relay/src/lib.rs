@@ -15,7 +15,7 @@
 //! - **Bounded memory.** Each connection has a bounded queue; a client that cannot keep up is
 //!   told so and disconnected, and resumes later from its last rev.
 //!
-//! See the README for the protocol; [`protocol`] has the frames.
+//! See docs/relay-protocol.md for the protocol; [`protocol`] has the frames.
 
 pub mod connection;
 pub mod cursor;
