@@ -7,6 +7,10 @@
 //! instances) each enforces the limit on its own: a user spread over N processes gets up to N
 //! times the rate. The deployment's real ceiling is API Gateway's throttling in front
 //! (`template.yaml`), which this complements per user.
+//!
+//! Every limit counts time on a [`LimitClock`]: the machine's in production, one a test holds
+//! and moves in tests, so that what refills between two requests is what the test says and not
+//! what a slow machine lets pass.
 
 use std::{
     num::NonZeroU32,
@@ -17,9 +21,64 @@ use std::{
     time::Duration,
 };
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+pub use governor::clock::FakeRelativeClock;
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, QuantaClock, QuantaInstant, Reference},
+    middleware::NoOpMiddleware,
+    nanos::Nanos,
+    state::keyed::DefaultKeyedStateStore,
+};
 
 use crate::error::{Error, Result};
+
+/// The time every limit counts in.
+///
+/// An enum rather than a type parameter: [`Limits`] and [`LoginGuard`] live in the one
+/// `AppState` every handler and the relay share, and a parameter would spread to all of them
+/// for the sake of tests. The match costs a predictable branch per check, next to the clock
+/// read and the map lookup each check makes anyway.
+#[derive(Debug, Clone)]
+pub enum LimitClock {
+    /// The machine's monotonic clock (`quanta`, governor's default); production's.
+    Real {
+        clock: QuantaClock,
+        /// What this clock's readings count from.
+        start: QuantaInstant,
+    },
+    /// Time that stands still until the test holding the clock moves it
+    /// ([`FakeRelativeClock::advance`]).
+    Manual(FakeRelativeClock),
+}
+
+impl Default for LimitClock {
+    fn default() -> Self {
+        let clock = QuantaClock::default();
+        let start = clock.now();
+        Self::Real { clock, start }
+    }
+}
+
+impl From<FakeRelativeClock> for LimitClock {
+    fn from(clock: FakeRelativeClock) -> Self {
+        Self::Manual(clock)
+    }
+}
+
+impl Clock for LimitClock {
+    type Instant = Nanos;
+
+    #[inline]
+    fn now(&self) -> Nanos {
+        match self {
+            Self::Real { clock, start } => clock.now().duration_since(*start),
+            Self::Manual(clock) => clock.now(),
+        }
+    }
+}
+
+/// A limiter keyed by `K`, counting on a [`LimitClock`].
+type KeyedLimiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, LimitClock, NoOpMiddleware<Nanos>>;
 
 /// Checks between two sweeps of idle users' state (which would otherwise grow with every
 /// user ever limited).
@@ -28,7 +87,7 @@ const SWEEP_EVERY: u64 = 10_000;
 /// One limit: a quota per user.
 pub struct Limit {
     what: &'static str,
-    limiter: DefaultKeyedRateLimiter<i64>,
+    limiter: KeyedLimiter<i64>,
     checks: AtomicU64,
 }
 
@@ -39,8 +98,19 @@ impl std::fmt::Debug for Limit {
 }
 
 impl Limit {
-    /// `count` per `period` sustained, `burst` at once.
+    /// `count` per `period` sustained, `burst` at once, on the machine's clock.
     pub fn new(what: &'static str, count: u32, period: Duration, burst: u32) -> Self {
+        Self::counting_on(LimitClock::default(), what, count, period, burst)
+    }
+
+    /// [`Limit::new`] counting time on `clock`.
+    pub fn counting_on(
+        clock: LimitClock,
+        what: &'static str,
+        count: u32,
+        period: Duration,
+        burst: u32,
+    ) -> Self {
         let count = NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst).unwrap_or(count);
         let quota = Quota::with_period(period / count.get())
@@ -48,7 +118,7 @@ impl Limit {
             .allow_burst(burst);
         Self {
             what,
-            limiter: RateLimiter::keyed(quota),
+            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock),
             checks: AtomicU64::new(0),
         }
     }
@@ -124,27 +194,37 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits `s` on the machine's clock.
     pub fn new(s: LimitSettings) -> Self {
+        Self::counting_on(LimitClock::default(), s)
+    }
+
+    /// The limits `s`, all counting time on `clock`.
+    pub fn counting_on(clock: LimitClock, s: LimitSettings) -> Self {
         let second = Duration::from_secs(1);
+        let limit = |what, count, period, burst| {
+            Arc::new(Limit::counting_on(
+                clock.clone(),
+                what,
+                count,
+                period,
+                burst,
+            ))
+        };
         Self {
-            sends: Arc::new(Limit::new(
-                "messages",
-                s.sends_per_second,
-                second,
-                s.sends_burst,
-            )),
-            groups: Arc::new(Limit::new(
+            sends: limit("messages", s.sends_per_second, second, s.sends_burst),
+            groups: limit(
                 "group changes",
                 s.groups_per_minute,
                 Duration::from_secs(60),
                 s.groups_burst,
-            )),
-            typing: Arc::new(Limit::new(
+            ),
+            typing: limit(
                 "typing notices",
                 s.typing_per_second,
                 second,
                 s.typing_burst,
-            )),
+            ),
         }
     }
 }
@@ -160,19 +240,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_passes_and_the_next_one_waits() {
-        let limit = Limit::new("messages", 20, Duration::from_secs(1), 5);
+    fn a_burst_passes_and_the_next_one_waits_until_one_cell_came_back() {
+        // Time stands still unless moved here: nothing comes back while the checks run.
+        let clock = FakeRelativeClock::default();
+        let limit = Limit::counting_on(
+            clock.clone().into(),
+            "messages",
+            20,
+            Duration::from_secs(1),
+            5,
+        );
         for _ in 0..5 {
             assert!(limit.check(1).is_ok());
         }
         let Err(Error::TooManyRequests { retry_after, .. }) = limit.check(1) else {
             panic!("the sixth passed");
         };
-        assert!(retry_after <= Duration::from_millis(50), "{retry_after:?}");
+        assert_eq!(retry_after, Duration::from_millis(50));
         assert!(
             limit.check(2).is_ok(),
             "another user has a quota of their own"
         );
+        clock.advance(retry_after - Duration::from_nanos(1));
+        assert!(limit.check(1).is_err(), "a cell came back early");
+        clock.advance(Duration::from_nanos(1));
+        assert!(limit.check(1).is_ok(), "the cell did not come back");
+        assert!(limit.check(1).is_err(), "more than one cell came back");
+    }
+
+    #[test]
+    fn the_machines_clock_counts_from_its_creation_and_moves_on_its_own() {
+        let clock = LimitClock::default();
+        let first = clock.now();
+        assert!(Duration::from(first) < Duration::from_secs(1), "{first:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while clock.now() == first {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stood still"
+            );
+        }
+        assert!(clock.now() > first);
     }
 }
 
@@ -199,14 +307,16 @@ const MAX_LOCKOUT: Duration = Duration::from_secs(24 * 3600);
 /// failure, is kept here, in a map that holds only locked keys. Per process, like the other
 /// limits.
 pub struct LoginGuard {
-    accounts: DefaultKeyedRateLimiter<String>,
-    addresses: DefaultKeyedRateLimiter<String>,
+    accounts: KeyedLimiter<String>,
+    addresses: KeyedLimiter<String>,
+    /// The limiters' clock, which lockouts are timed on too.
+    clock: LimitClock,
     locks: std::sync::Mutex<std::collections::HashMap<String, Lockout>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Lockout {
-    until: std::time::Instant,
+    until: Nanos,
     /// The length of the last lockout, doubled by the next.
     length: Duration,
 }
@@ -219,6 +329,13 @@ impl std::fmt::Debug for LoginGuard {
 
 impl Default for LoginGuard {
     fn default() -> Self {
+        Self::counting_on(LimitClock::default())
+    }
+}
+
+impl LoginGuard {
+    /// A guard counting failures and timing lockouts on `clock`.
+    pub fn counting_on(clock: LimitClock) -> Self {
         // `limit - 1` cells: the limit-th failure is the one the limiter refuses.
         let quota = |limit: u32| {
             let cells = NonZeroU32::new(limit.saturating_sub(1).max(1)).unwrap_or(NonZeroU32::MIN);
@@ -226,28 +343,34 @@ impl Default for LoginGuard {
                 .unwrap_or_else(|| Quota::per_minute(cells))
                 .allow_burst(cells)
         };
+        let limiter = |limit| {
+            RateLimiter::new(
+                quota(limit),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            )
+        };
         Self {
-            accounts: RateLimiter::keyed(quota(ACCOUNT_FAILURES)),
-            addresses: RateLimiter::keyed(quota(ADDRESS_FAILURES)),
+            accounts: limiter(ACCOUNT_FAILURES),
+            addresses: limiter(ADDRESS_FAILURES),
+            clock,
             locks: std::sync::Mutex::default(),
         }
     }
-}
 
-impl LoginGuard {
     fn locks(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lockout>> {
         self.locks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Before an attempt: 429 if the account or the address is locked out.
     pub fn check(&self, account: &str, address: &str) -> Result<()> {
-        let now = std::time::Instant::now();
+        let now = self.clock.now();
         let locks = self.locks();
         let wait = [account_key(account), address_key(address)]
             .iter()
             .filter_map(|key| locks.get(key))
             .filter(|lock| lock.until > now)
-            .map(|lock| lock.until - now)
+            .map(|lock| Duration::from(lock.until.duration_since(now)))
             .max();
         match wait {
             Some(wait) => Err(Error::TooManyRequests {
@@ -274,7 +397,7 @@ impl LoginGuard {
         if over.is_empty() {
             return;
         }
-        let now = std::time::Instant::now();
+        let now = self.clock.now();
         let mut locks = self.locks();
         // Forget lockouts over a day old (their doubling with them).
         locks.retain(|_, lock| lock.until + MAX_LOCKOUT > now);
