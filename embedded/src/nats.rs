@@ -16,8 +16,13 @@ pub fn find_server() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(
-            ["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/opt/homebrew/bin"]
-                .map(PathBuf::from),
+            [
+                "/usr/sbin",
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/opt/homebrew/bin",
+            ]
+            .map(PathBuf::from),
         )
         .map(|dir| dir.join("nats-server"))
         .find(|bin| bin.is_file())

@@ -305,7 +305,9 @@ impl EmbeddedPostgres {
         let what = match found {
             Found::Created => "created and started its own",
             Found::Started => "started its own",
-            Found::Adopted => "adopted its own (left running by a windi that ended without stopping it)",
+            Found::Adopted => {
+                "adopted its own (left running by a windi that ended without stopping it)"
+            }
             Found::Shared => "is using its own",
         };
         let user = if self.cluster.runs_as_postgres() {

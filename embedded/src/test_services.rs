@@ -88,9 +88,8 @@ fn attach() -> Result<TestServices, String> {
     let dir = run_folder(wants);
     let (state, attached) = attach_to(&dir, &tools)?;
     Ok(TestServices {
-        postgres_admin_url: given_pg.unwrap_or_else(|| {
-            format!("postgres://postgres@127.0.0.1:{}/postgres", state.pg_port)
-        }),
+        postgres_admin_url: given_pg
+            .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:{}/postgres", state.pg_port)),
         nats_url: given_nats.unwrap_or_else(|| format!("nats://127.0.0.1:{}", state.nats_port)),
         _attached: Some(attached),
     })
@@ -282,7 +281,8 @@ fn start(dir: &Path, tools: &Tools) -> Result<State, String> {
     }
     if let Some(bin) = &tools.nats_server {
         let store = dir.join("nats");
-        fs::create_dir_all(&store).map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+        fs::create_dir_all(&store)
+            .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
         state.nats_port = platform::free_port().map_err(|e| e.to_string())?;
         let child = nats::spawn(bin, state.nats_port, &store)
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
@@ -312,7 +312,14 @@ fn stop_command(cluster: &Cluster) -> Vec<String> {
     if cluster.runs_as_postgres() {
         command.extend(["runuser", "-u", "postgres", "--"].map(String::from));
     }
-    command.extend([pg_ctl, "stop".into(), "-m".into(), "immediate".into(), "-D".into(), data]);
+    command.extend([
+        pg_ctl,
+        "stop".into(),
+        "-m".into(),
+        "immediate".into(),
+        "-D".into(),
+        data,
+    ]);
     command
 }
 
@@ -320,7 +327,9 @@ fn wait_accepting(port: u16, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            return Err(format!("{what} did not accept connections on port {port} in 15 s"));
+            return Err(format!(
+                "{what} did not accept connections on port {port} in 15 s"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -291,10 +291,12 @@ pub fn explain_database_error(e: &sqlx::Error, url: &str) -> String {
             " -- nothing listens there: start Postgres, or unset DATABASE_URL to let windi run              its own"
         }
         // The pool reports a refused connection as a timeout: ask the address itself.
-        sqlx::Error::PoolTimedOut => return format!(
-            "cannot prepare the database at DATABASE_URL ({shown}): {}",
-            probe_address(url)
-        ),
+        sqlx::Error::PoolTimedOut => {
+            return format!(
+                "cannot prepare the database at DATABASE_URL ({shown}): {}",
+                probe_address(url)
+            );
+        }
         _ => "",
     };
     format!("cannot prepare the database at DATABASE_URL ({shown}): {e}{hint}")

@@ -170,8 +170,7 @@ fn stop_with(mut child: Child, sig: &str) {
 }
 
 fn register(port: u16, email: &str) {
-    let body =
-        format!(r#"{{"name":"Eve","email":"{email}","password":"embedded-pass"}}"#);
+    let body = format!(r#"{{"name":"Eve","email":"{email}","password":"embedded-pass"}}"#);
     let register = request(port, "POST", "/auth/register", &body).unwrap();
     assert!(register.starts_with("HTTP/1.1 201"), "{register}");
 }
@@ -203,8 +202,14 @@ fn without_database_url_windi_keeps_its_data_in_its_own_postgres_across_restarts
     stop_with(second, "-TERM");
     assert!(!folder.server_running());
     let second_log = log(&dir, 2);
-    assert!(second_log.contains("started its own Postgres"), "{second_log}");
-    assert!(!second_log.contains("stopping its Postgres"), "{second_log}");
+    assert!(
+        second_log.contains("started its own Postgres"),
+        "{second_log}"
+    );
+    assert!(
+        !second_log.contains("stopping its Postgres"),
+        "{second_log}"
+    );
 }
 
 #[test]
@@ -243,9 +248,15 @@ fn commands_run_next_to_a_server_use_its_postgres_and_leave_it_running() {
     assert!(users.contains("Alice"), "{users}");
 
     stop_with(server, "-TERM");
-    assert!(!folder.server_running(), "the starter stops it when it exits");
+    assert!(
+        !folder.server_running(),
+        "the starter stops it when it exits"
+    );
     let server_log = log(&dir, 1);
-    assert!(!server_log.contains("stopping its Postgres"), "{server_log}");
+    assert!(
+        !server_log.contains("stopping its Postgres"),
+        "{server_log}"
+    );
 }
 
 #[test]
@@ -270,7 +281,10 @@ fn a_cluster_left_by_a_killed_windi_is_adopted_by_the_next_with_its_data() {
     assert_logs_in(port, "eve@example.com");
     // A command next to it now sees the adopter as the owner and leaves the cluster alone.
     let (ok, output) = run(&dir, free_port(), &["check"]);
-    assert!(ok && output.contains("this command leaves it running"), "{output}");
+    assert!(
+        ok && output.contains("this command leaves it running"),
+        "{output}"
+    );
     assert_ready(port, "windi check");
 
     stop_with(second, "-TERM");
@@ -309,11 +323,7 @@ fn as_root_a_folder_the_postgres_user_cannot_enter_is_named() {
     let home = dir.join("home");
     let project = home.join("project");
     std::fs::create_dir_all(&project).unwrap();
-    std::fs::set_permissions(
-        &home,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let (ok, output) = run(&project, free_port(), &["migrate"]);
     assert!(!ok, "{output}");
     assert!(

@@ -211,7 +211,10 @@ fn a_database_url_where_nothing_listens_is_named_as_such() {
     let (ok, stderr) = stderr_of(
         windi()
             .arg("migrate")
-            .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/windi"))
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{port}/windi"),
+            )
             .env("JWT_SECRET_KEY", "z".repeat(40)),
     );
     assert!(!ok);

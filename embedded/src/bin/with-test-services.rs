@@ -30,7 +30,10 @@ fn main() -> ExitCode {
     match status {
         Ok(status) => ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))),
         Err(e) => {
-            eprintln!("with-test-services: cannot run {}: {e}", program.to_string_lossy());
+            eprintln!(
+                "with-test-services: cannot run {}: {e}",
+                program.to_string_lossy()
+            );
             ExitCode::from(127)
         }
     }
