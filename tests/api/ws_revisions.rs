@@ -629,25 +629,22 @@ async fn two_relays_and_two_api_processes_on_one_nats_deliver_everything_once_in
             futures::future::join_all(rounds).await;
         }
     };
+    // Each moved client resumes as its first frame, as the protocol asks (and app.js does).
+    let resume_from: Vec<i64> = replicas.iter().map(Replica::last_rev).collect();
     let failover = async {
         relay_a.stop().await;
         let mut moved = Vec::new();
-        for (user, mut ws) in on_a.drain(..) {
+        for (i, (user, mut ws)) in on_a.drain(..).enumerate() {
             assert_eq!(ws.close_code(WAIT).await, 1012);
-            moved.push((
-                user,
-                WsClient::connect(relay_b.addr, &users[user].token).await,
-            ));
+            let mut ws = WsClient::connect(relay_b.addr, &users[user].token).await;
+            ws.send(json!({"type": "resume", "revs": {group.to_string(): resume_from[i]}}))
+                .await;
+            moved.push((i, ws));
         }
         moved
     };
     let ((), moved) = tokio::join!(more, failover);
-    for (i, (_, ws)) in moved.into_iter().enumerate() {
-        let mut ws = ws;
-        ws.send(json!({"type": "resume", "revs": {group.to_string(): replicas[i].last_rev()}}))
-            .await;
-        on_a.push((i, ws));
-    }
+    on_a.extend(moved);
     let rev = app.chat_rev(group).await;
     for (i, (_, ws)) in on_a.iter_mut().chain(on_b.iter_mut()).enumerate() {
         until_rev(ws, &mut replicas[i], group, rev).await;

@@ -72,6 +72,13 @@ const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long a new connection waits for the client's first frame (its `resume`, sent on
+/// `ready`) before delivering live changes. Taking the resume first keeps the replay ahead of
+/// every live change committed meanwhile, which would otherwise overtake it: a client that
+/// keeps its highest rev would then resume past revs it never applied. One round trip covers
+/// it; a client that does not resume starts live at most this late.
+const RESUME_GRACE: Duration = Duration::from_millis(500);
+
 /// What the reader task passes on.
 enum Incoming {
     Text(Utf8Bytes),
@@ -207,6 +214,14 @@ pub async fn run(
         return;
     }
 
+    // Live changes wait in the connection's queue meanwhile (see RESUME_GRACE).
+    if let Ok(first) = tokio::time::timeout(RESUME_GRACE, frames.recv()).await
+        && Box::pin(session.on_incoming(first)).await.is_err()
+    {
+        reader.abort();
+        return;
+    }
+
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.reset();
     // One timer for the connection's life, not a new one registered on every turn of the loop.
@@ -238,16 +253,7 @@ pub async fn run(
                 session.slow_consumer().await;
                 break;
             }
-            frame = frames.recv() => match frame {
-                Some(Incoming::Text(text)) => Box::pin(session.on_text(&text)).await,
-                Some(Incoming::Binary) => session.error("frames must be JSON text", "bad_frame").await,
-                Some(Incoming::Failed { reason, too_big }) => {
-                    let code = if too_big { close_code::TOO_BIG } else { close_code::PROTOCOL_ERROR };
-                    let _ = session.close(code, &reason).await;
-                    break;
-                }
-                None => break,
-            },
+            frame = frames.recv() => Box::pin(session.on_incoming(frame)).await,
             item = items.recv() => match item {
                 Some(item) => session.on_live_batch(item, &mut items).await,
                 None => break,
@@ -675,6 +681,24 @@ impl Session {
     fn hub_leave_all(&self, chat_ids: &[i64]) {
         for &chat_id in chat_ids {
             self.hub.leave(self.conn, chat_id);
+        }
+    }
+
+    /// A client frame, or the end of the client's side (`None`).
+    async fn on_incoming(&mut self, frame: Option<Incoming>) -> Result<(), Closed> {
+        match frame {
+            Some(Incoming::Text(text)) => self.on_text(&text).await,
+            Some(Incoming::Binary) => self.error("frames must be JSON text", "bad_frame").await,
+            Some(Incoming::Failed { reason, too_big }) => {
+                let code = if too_big {
+                    close_code::TOO_BIG
+                } else {
+                    close_code::PROTOCOL_ERROR
+                };
+                let _ = self.close(code, &reason).await;
+                Err(Closed)
+            }
+            None => Err(Closed),
         }
     }
 
