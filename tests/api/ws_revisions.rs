@@ -477,6 +477,12 @@ async fn a_removal_racing_sends_stops_delivery_exactly_at_its_rev() {
     );
     let group = app.group(&alice, &[&bob, &carol]).await;
     let mut bob_ws = WsClient::connect(relay.addr, &bob.token).await;
+    // Resuming first, as clients do, starts live delivery at once (not after the relay's
+    // grace for a resume), so the sends below race the removal.
+    let rev = app.chat_rev(group).await;
+    bob_ws
+        .send(json!({"type": "resume", "revs": {group.to_string(): rev}}))
+        .await;
 
     // Two members send as fast as they can while the owner removes Bob.
     let sends = |user: TestUser, base: String| async move {
