@@ -161,8 +161,8 @@ pub struct RegisterUser {
     #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// At least `PASSWORD_MIN_LENGTH` characters (8 unless the operator chose otherwise, never
-    /// fewer than 6: the schema states that floor), at most 1 KiB.
-    #[schema(example = "correct horse battery", min_length = 6, max_length = 1024)]
+    /// fewer than 6; the served contract states the operator's value), at most 1 KiB.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
@@ -238,8 +238,8 @@ pub struct UpdateMe {
 pub struct ChangePassword {
     pub current_password: String,
     /// At least `PASSWORD_MIN_LENGTH` characters (8 unless the operator chose otherwise, never
-    /// fewer than 6: the schema states that floor), at most 1 KiB.
-    #[schema(min_length = 6, max_length = 1024)]
+    /// fewer than 6; the served contract states the operator's value), at most 1 KiB.
+    #[schema(min_length = 8, max_length = 1024)]
     pub new_password: String,
 }
 

@@ -170,6 +170,26 @@ async fn the_original_projects_readme_examples_run_as_written() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["detail"], "password: must be at least 6 characters");
+    assert_eq!(
+        contract_minimums(&app).await,
+        (6, 6),
+        "the contract states it too"
+    );
+}
+
+/// `minLength` of the register and change-password passwords in the served `/openapi.json`.
+async fn contract_minimums(app: &TestApp) -> (i64, i64) {
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let schemas = &doc["components"]["schemas"];
+    (
+        schemas["RegisterUser"]["properties"]["password"]["minLength"]
+            .as_i64()
+            .unwrap(),
+        schemas["ChangePassword"]["properties"]["new_password"]["minLength"]
+            .as_i64()
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -188,6 +208,7 @@ async fn the_original_projects_password_is_refused_under_the_default_minimum() {
         body,
         json!({"detail": "password: must be at least 8 characters", "code": "validation_error"})
     );
+    assert_eq!(contract_minimums(&app).await, (8, 8));
 }
 
 /// One request with a raw body of the given content type, as the README writes it.

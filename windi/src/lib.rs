@@ -185,12 +185,36 @@ pub fn app_with_client(state: AppState, client: ClientConfig) -> Router {
 /// access): what `windi serve` runs.
 pub fn app_with(state: AppState, client: ClientConfig, http: &HttpSettings) -> Router {
     let (router, api) = routes().split_for_parts();
+    let api = with_password_minimum(api, state.password_rules.min_chars());
     let router = router
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .merge(static_client(client))
         .merge(windi_shared::metrics::router(http.metrics.clone()));
     windi_shared::runtime::with_http_settings(router, http)
+}
+
+/// The contract states the operator's `PASSWORD_MIN_LENGTH`, not the default the schema
+/// attributes carry: a client (or a fuzzer) that follows it is never refused for length.
+fn with_password_minimum(
+    mut api: utoipa::openapi::OpenApi,
+    min_chars: usize,
+) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{RefOr, Schema};
+    let Some(components) = api.components.as_mut() else {
+        return api;
+    };
+    for (schema, field) in [
+        ("RegisterUser", "password"),
+        ("ChangePassword", "new_password"),
+    ] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+            && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
+        {
+            property.min_length = Some(min_chars);
+        }
+    }
+    api
 }
 
 /// The browser client: plain files compiled into the binary (no build step, no CDN).
