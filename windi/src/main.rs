@@ -31,12 +31,11 @@ async fn main() -> ExitCode {
     let result = match command {
         Command::Serve => serve_all(signals).await,
         Command::Healthcheck(args) => healthcheck(&args),
-        // A signal drops the command where it stands: its transaction rolls back, and the
-        // embedded Postgres it started (if it did) stops with it.
-        tool => tokio::select! {
-            result = run_tool(tool) => result,
-            () = signals.recv() => Err("stopped by a signal; nothing half-done was committed".into()),
-        },
+        Command::Demo => until_signal(&mut signals, demo()).await,
+        Command::Generate(args) => until_signal(&mut signals, generate(args)).await,
+        Command::Check => until_signal(&mut signals, check()).await,
+        Command::Migrate => until_signal(&mut signals, migrate()).await,
+        Command::Admin(admin) => until_signal(&mut signals, admin_command(admin)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,15 +46,15 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The commands that run to their end on their own.
-async fn run_tool(command: Command) -> Result<(), String> {
-    match command {
-        Command::Demo => demo().await,
-        Command::Generate(args) => generate(args).await,
-        Command::Check => check().await,
-        Command::Migrate => migrate().await,
-        Command::Admin(admin) => admin_command(admin).await,
-        Command::Serve | Command::Healthcheck(_) => unreachable!("served by main"),
+/// Runs a command to its end, or until a signal drops it where it stands: its transaction
+/// rolls back, and the embedded Postgres it started (if it did) stops with it.
+async fn until_signal(
+    signals: &mut StopSignals,
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::select! {
+        result = work => result,
+        () = signals.recv() => Err("stopped by a signal (a transaction in flight was rolled back)".into()),
     }
 }
 
