@@ -39,7 +39,8 @@ have_chromium || { missing+=(chromium); what+=("Chromium (the browser test)"); }
 { have flock && have setsid; } || { missing+=(util-linux); what+=("flock and setsid"); }
 
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "scripts/test.sh: the tests need $(IFS=','; echo "${what[*]}" | sed 's/,/, /g'), which this machine lacks."
+  joined=$(printf '%s, ' "${what[@]}")
+  echo "scripts/test.sh: the tests need ${joined%, }, which this machine lacks."
   if [ -f /etc/debian_version ] && have apt-get; then
     sudo=""
     if [ "$(id -u)" != 0 ]; then

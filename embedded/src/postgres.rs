@@ -188,6 +188,15 @@ impl Cluster {
         cmd.output().is_ok_and(|o| o.status.success())
     }
 
+    /// Server flags for a cluster reached over TCP on 127.0.0.1:`port`, its Unix socket in its
+    /// own folder (the tests' clusters; windi's own listens on the socket only).
+    pub fn loopback_options(&self, port: u16) -> String {
+        format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}'",
+            self.data.display()
+        )
+    }
+
     /// Starts the server with `options` (postgres command-line flags) and waits until it
     /// accepts connections; its log goes to `server.log` in the data directory.
     pub fn start(&self, options: &str) -> Result<(), String> {
@@ -259,7 +268,10 @@ impl EmbeddedPostgres {
     pub fn start(data_dir: &Path) -> Result<Self, String> {
         let data_dir = prepare_data_dir(data_dir)?;
         let cluster = Cluster::new(data_dir.join("postgres")).map_err(|e| {
-            format!("DATABASE_URL is not set, so windi runs its own Postgres, but {e} (or set WINDI_DATA_DIR elsewhere, or DATABASE_URL)")
+            format!(
+                "DATABASE_URL is not set, so windi runs its own Postgres, but {e} (or set \
+                 WINDI_DATA_DIR elsewhere, or DATABASE_URL)"
+            )
         })?;
         if cluster.runs_as_postgres() {
             // The owner must be able to reach its cluster inside the data folder.

@@ -276,7 +276,7 @@ fn start(dir: &Path, tools: &Tools) -> Result<State, String> {
         let cluster = Cluster::new(dir.join("pg"))?;
         cluster.init(false)?;
         state.pg_port = platform::free_port().map_err(|e| e.to_string())?;
-        cluster.start(&test_cluster_options(&cluster.data, state.pg_port))?;
+        cluster.start(&test_cluster_options(&cluster, state.pg_port))?;
         stop_postgres = stop_command(&cluster);
     }
     if let Some(bin) = &tools.nats_server {
@@ -294,13 +294,13 @@ fn start(dir: &Path, tools: &Tools) -> Result<State, String> {
     Ok(state)
 }
 
-/// The test cluster's server flags: loopback on `port`, the socket in its own folder, no
-/// fsync (see the module's docs), and room for every test's pool at once.
-fn test_cluster_options(data: &Path, port: u16) -> String {
+/// The test cluster's server flags: loopback on `port`, no fsync (see the module's docs), and
+/// room for every test's pool at once.
+fn test_cluster_options(cluster: &Cluster, port: u16) -> String {
     format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
-         -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-        data.display()
+        "{} -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+         -c max_connections=300",
+        cluster.loopback_options(port)
     )
 }
 

@@ -102,14 +102,17 @@ fn servers_are_shared_while_anyone_uses_them_and_removed_after_the_last() {
         String::from_utf8_lossy(&second.stdout).trim(),
         first_urls.trim()
     );
-    // The second has ended; the first still holds them, so they stay past the idle time.
-    std::thread::sleep(Duration::from_secs(u64::from(
-        windi_embedded::test_services::IDLE_SECS + 2,
-    )));
-    assert!(
-        accepts(pg_port) && accepts(nats_port),
-        "the servers stay while one user remains"
-    );
+    // The second has ended; the first still holds them, so they stay through the reaper's
+    // idle time and beyond: watched all along, failing the moment either stops accepting.
+    let watch_until = Instant::now()
+        + Duration::from_secs(u64::from(windi_embedded::test_services::IDLE_SECS + 2));
+    while Instant::now() < watch_until {
+        assert!(
+            accepts(pg_port) && accepts(nats_port),
+            "the servers stay while one user remains"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     std::fs::write(&release, b"").unwrap();
     assert!(first.wait().unwrap().success());

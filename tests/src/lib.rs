@@ -722,13 +722,8 @@ impl PrivatePostgres {
 
     /// Starts the cluster (again) and waits until it accepts connections.
     pub async fn restart(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}'",
-            self.port,
-            self.cluster.data.display()
-        );
         self.cluster
-            .start(&options)
+            .start(&self.cluster.loopback_options(self.port))
             .unwrap_or_else(|e| panic!("{e}"));
     }
 

@@ -1,8 +1,8 @@
 //! `with-test-services COMMAND [ARGS...]`: runs a command with the test run's own Postgres and
 //! NATS (started, or joined if a run already has them; see `windi_embedded::test_services`),
 //! their URLs in the environment (`TEST_DATABASE_URL`, `TEST_NATS_URL`, and the admin URL
-//! under the names `scripts/fuzz.sh`, `scripts/soak.sh` and `windi-bench` read), and exits with its status. The servers go a few seconds
-//! after the last user ends, as for the tests.
+//! under the names `scripts/fuzz.sh`, `scripts/soak.sh` and `windi-bench` read), and exits
+//! with its status. The servers go a few seconds after the last user ends, as for the tests.
 //!
 //! For the scripts that need a Postgres and a NATS but are not Rust tests: `scripts/fuzz.sh`,
 //! `scripts/soak.sh` and the benchmark smoke in `.ci/run`.

@@ -5,10 +5,11 @@
 //! Login answers unknown emails and wrong passwords identically, in the same time (a dummy
 //! hash is verified when the email is unknown), so the route cannot be used to find accounts.
 //!
-//! A login starts a session (see `windi_shared::auth` and docs/api.md "Sessions and accounts"): a short-lived
-//! access token that names it and a single-use refresh token, stored only as its hash. Every
-//! way a session ends publishes `sessions.ended` after commit, so relays close its sockets at
-//! once (their poller catches a lost event within a poll interval).
+//! A login starts a session (see `windi_shared::auth` and docs/api.md, "Sessions and
+//! accounts"): a short-lived access token that names it and a single-use refresh token,
+//! stored only as its hash. Every way a session ends publishes `sessions.ended` after commit,
+//! so relays close its sockets at once (their poller catches a lost event within a poll
+//! interval).
 
 pub mod people;
 
