@@ -27,5 +27,8 @@ mod revisions;
 mod sessions;
 mod tokens;
 mod ws;
+mod ws_convergence;
 mod ws_faults;
+mod ws_recovery;
 mod ws_revisions;
+mod ws_sync;

@@ -132,9 +132,15 @@ async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
             &relay_settings,
         )
         .await?;
-        let relay = ws_relay::start(state.clone(), subscriber, relay_settings, listener).await?;
+        // Its own pool: a storm of catch-ups (a relay restart, a lost event in a big group)
+        // waits for the relay's connections and never turns into 503s on the API.
+        let relay_state =
+            ws_relay::with_own_pool(&state, &config.database_url, &relay_settings).await?;
+        windi_shared::metrics::watch_pool(&relay_state.db, "relay");
+        let relay_db = relay_state.db.clone();
+        let relay = ws_relay::start(relay_state, subscriber, relay_settings, listener).await?;
         tracing::info!("WebSocket relay at ws://localhost:{relay_port}/ws");
-        Some(relay)
+        Some((relay, relay_db))
     };
 
     let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
@@ -144,8 +150,9 @@ async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot serve on PORT {}: {e}", config.port));
     // The API stopped (a signal): close WebSockets with 1012 so clients reconnect and resume.
-    if let Some(relay) = relay {
+    if let Some((relay, relay_db)) = relay {
         relay.stop().await;
+        relay_db.close().await;
     }
     // Close the pool before the embedded Postgres (dropped after this) is stopped.
     state.db.close().await;

@@ -1,14 +1,14 @@
-//! One WebSocket connection: its queue from the hub, its frames from the client, and the
-//! [`Cursor`] that makes delivery exactly-once, in rev order, with no gap.
+//! One WebSocket connection: its queue from the hub, its frames from the client, and the I/O
+//! that carries out what its [`Delivery`] machine decides.
 //!
-//! The socket loop only moves frames; what to send when is the cursor's call. Everything the
-//! connection sends about a chat comes either from a live event at the cursor's next rev or
-//! from `chat_changes` in Postgres (a backfill), which serves `resume`, gaps, nudges from the
-//! poller and chats joined while connected alike. A removal is a change like any other: the
-//! member's delivery of the chat stops exactly at its rev, whichever path brings it.
+//! Every decision about what to send when (cursors, membership intervals, the reorder window,
+//! resume, reconcile, retries) is the machine's, in `delivery.rs`, tested there on its own.
+//! This file only feeds it what happens (live events, client frames, signals from the hub,
+//! the clock) and does what it asks: write frames, read the change log, the user's chats or
+//! chat summaries from Postgres, and route chats in the hub.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
     auth::TokenSubject,
-    db::{changes, chats, messages, users},
+    db::{changes, chats, members, messages, users},
     events::Event,
     model::Change,
     send::{Outgoing, Target, send_message},
@@ -34,7 +34,7 @@ use windi_shared::{
 
 use crate::{
     RelaySettings,
-    cursor::{Cursor, Live},
+    delivery::{Action, Delivery, Kind},
     hub::{ConnId, Hub, Item, Signals, Slot, Stats},
     protocol::{ClientFrame, ServerFrame},
 };
@@ -54,35 +54,20 @@ pub mod close_code {
     pub const TOKEN_EXPIRED: u16 = 4002;
 }
 
-/// How long a live change ahead of its chat's next rev waits for the ones before it before
-/// they are read from Postgres. Publishes of concurrent sends can reach NATS out of commit
-/// order; without the wait, every connected member of the chat would query `chat_changes`
-/// for each such pair (1,000 queries for a group of 1,000), starving the pool.
-const REORDER_WAIT: Duration = Duration::from_millis(30);
-/// Live changes held per connection at most; beyond, a gap is backfilled at once.
-const MAX_HELD: usize = 64;
 /// Live events written before one flush, at most (bounded, so a connection's turn of the
 /// loop stays short and its other signals are heard).
 const MAX_BATCH: usize = 32;
-/// Changes read from Postgres per query when backfilling.
+/// Changes read from Postgres per query when catching up.
 const BACKFILL_PAGE: i64 = 200;
 /// A client may send one typing frame per chat this often; extra ones are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
-/// First and longest wait before retrying a failed backfill or chat list read.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// How long a new connection waits for the client's first frame (its `resume`, sent on
-/// `ready`) before delivering live changes. Taking the resume first keeps the replay ahead of
-/// every live change committed meanwhile, which would otherwise overtake it: a client that
-/// keeps its highest rev would then resume past revs it never applied. One round trip covers
-/// it; a client that does not resume starts live at most this late.
-const RESUME_GRACE: Duration = Duration::from_millis(500);
 
 /// What the reader task passes on.
 enum Incoming {
     Text(Utf8Bytes),
     Binary,
+    /// The client sent a Close frame: it is answered, and the connection ends.
+    Close,
     /// The socket failed (e.g. a frame over the size limit); the connection ends.
     Failed {
         reason: String,
@@ -93,23 +78,12 @@ enum Incoming {
 /// The socket was closed or a write failed; the session ends.
 struct Closed;
 
-/// Database work that failed and is tried again after a backoff.
-#[derive(Debug, Default)]
-struct Retry {
-    at: Option<Instant>,
-    delay: Duration,
-    reconcile: bool,
-}
-
-impl Retry {
-    fn schedule(&mut self) {
-        self.delay = (self.delay * 2).clamp(RETRY_FIRST, RETRY_MAX);
-        self.at = Some(Instant::now() + self.delay);
-    }
-
-    fn succeeded(&mut self) {
-        self.delay = Duration::ZERO;
-    }
+/// What the machine sends: a live event's frame, or a change read from the log.
+#[derive(Debug)]
+enum Payload {
+    Live(Item),
+    /// Boxed: a change is ten times the size of a live item.
+    Stored(Box<Change>),
 }
 
 struct Session {
@@ -119,16 +93,12 @@ struct Session {
     user_id: i64,
     conn: ConnId,
     sink: SplitSink<WebSocket, Message>,
-    cursor: Cursor,
+    delivery: Delivery<Payload>,
+    /// The machine's clock starts here.
+    started: Instant,
     typing_sent: HashMap<i64, Instant>,
-    retry: Retry,
     /// While true, [`Session::write`] only buffers; the batch ends with one flush.
     batching: bool,
-    /// Live changes that came ahead of their chat's next rev, held for [`REORDER_WAIT`] in
-    /// case the missing ones are only late (see [`Session::on_live`]).
-    held: Vec<Item>,
-    /// When the held changes stop waiting and their chats are backfilled.
-    held_until: Option<Instant>,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -179,6 +149,7 @@ pub async fn run(
         hub: hub.clone(),
         conn: registration.conn,
     };
+    let started = Instant::now();
     let mut session = Session {
         hub: hub.clone(),
         state,
@@ -186,17 +157,14 @@ pub async fn run(
         user_id,
         conn: registration.conn,
         sink,
-        cursor: Cursor::default(),
+        delivery: Delivery::new(settings.delivery, &[], Duration::ZERO),
+        started,
         typing_sent: HashMap::new(),
-        retry: Retry::default(),
         batching: false,
-        held: Vec::new(),
-        held_until: None,
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
     let last_heard = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let (frames_tx, mut frames) = mpsc::channel(16);
     let reader = tokio::spawn(read_frames(
         stream,
@@ -214,22 +182,13 @@ pub async fn run(
         return;
     }
 
-    // Live changes wait in the connection's queue meanwhile (see RESUME_GRACE).
-    if let Ok(first) = tokio::time::timeout(RESUME_GRACE, frames.recv()).await
-        && Box::pin(session.on_incoming(first)).await.is_err()
-    {
-        reader.abort();
-        return;
-    }
-
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.reset();
     // One timer for the connection's life, not a new one registered on every turn of the loop.
     let expiry = tokio::time::sleep_until(token_expires);
     tokio::pin!(expiry);
     loop {
-        let retry_at = session.retry.at;
-        let held_until = session.held_until;
+        let deadline = session.delivery.deadline().map(|d| started + d);
         let step = tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -259,8 +218,7 @@ pub async fn run(
                 None => break,
             },
             () = signals.wake.notified() => Box::pin(session.on_signals(&signals)).await,
-            () = sleep_until(retry_at), if retry_at.is_some() => Box::pin(session.on_retry()).await,
-            () = sleep_until(held_until), if held_until.is_some() => Box::pin(session.on_held_timeout()).await,
+            () = sleep_until(deadline), if deadline.is_some() => Box::pin(session.on_tick()).await,
             _ = ping.tick() => {
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(heard) > settings.idle_timeout {
@@ -314,7 +272,10 @@ async fn read_frames(
             Ok(Message::Text(text)) => Incoming::Text(text),
             Ok(Message::Binary(_)) => Incoming::Binary,
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) => break,
+            Ok(Message::Close(_)) => {
+                let _ = frames.send(Incoming::Close).await;
+                break;
+            }
             Err(e) => {
                 let reason = e.to_string();
                 // A frame over the size limit is tungstenite's capacity error.
@@ -349,9 +310,6 @@ impl Session {
         let now = chats::positions_of_member(&self.state.db, self.user_id)
             .await
             .unwrap_or(positions);
-        for p in &now {
-            self.cursor.open(p.chat_id, p.rev, p.rev);
-        }
         // Chats joined between the two reads are routed too.
         let routed: HashSet<i64> = routes.iter().map(|&(id, _)| id).collect();
         let late: Vec<(i64, i64)> = now
@@ -362,10 +320,16 @@ impl Session {
         if !late.is_empty() {
             self.hub.join(self.conn, &late).await;
         }
+        self.delivery = Delivery::new(self.settings.delivery, &now, self.now());
         self.frame(&ServerFrame::Ready {
             user_id: self.user_id,
         })
         .await
+    }
+
+    /// The machine's clock: time since the connection started.
+    fn now(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// A live event, and those queued behind it (up to [`MAX_BATCH`]), written with one
@@ -377,13 +341,13 @@ impl Session {
         items: &mut mpsc::Receiver<Item>,
     ) -> Result<(), Closed> {
         self.batching = true;
-        let mut done = self.on_live(&first).await;
+        let mut done = self.on_live(first).await;
         for _ in 1..MAX_BATCH {
             if done.is_err() {
                 break;
             }
             match items.try_recv() {
-                Ok(item) => done = self.on_live(&item).await,
+                Ok(item) => done = self.on_live(item).await,
                 Err(_) => break,
             }
         }
@@ -399,83 +363,25 @@ impl Session {
         }
     }
 
-    /// Delivers the held changes that are next now (in rev order; one delivered can make the
-    /// next one deliverable), and drops those already delivered.
-    async fn release_held(&mut self) -> Result<(), Closed> {
-        let mut held = std::mem::take(&mut self.held);
-        held.sort_by_key(|item| item.event.change().map(|(_, rev)| rev));
-        for item in held {
-            // Still ahead: held again (on_live pushes it back); else delivered or dropped.
-            Box::pin(self.on_live(&item)).await?;
+    /// A live event from the hub: a change goes to the machine; news that is not a change
+    /// (read markers, typing, names) is sent as it comes, with how far the chat is delivered.
+    async fn on_live(&mut self, item: Item) -> Result<(), Closed> {
+        if let Some((chat_id, rev)) = item.event.change() {
+            let kind = self.kind_of_event(&item.event);
+            let now = self.now();
+            let actions = self
+                .delivery
+                .live(chat_id, rev, kind, Payload::Live(item), now);
+            self.count_gaps(&actions);
+            return Box::pin(self.carry_out(actions)).await;
         }
-        if self.held.is_empty() {
-            self.held_until = None;
-        }
-        Ok(())
-    }
-
-    /// The held changes waited long enough: what is missing before them was lost, not late.
-    /// Their chats are read from Postgres, which brings the held ones too; if that read
-    /// fails, the retry (or the poller) reads them later, so the held copies are dropped.
-    async fn on_held_timeout(&mut self) -> Result<(), Closed> {
-        self.held_until = None;
-        let held = std::mem::take(&mut self.held);
-        let mut chats: Vec<i64> = held
-            .iter()
-            .filter_map(|item| item.event.change().map(|(chat, _)| chat))
-            .collect();
-        chats.sort_unstable();
-        chats.dedup();
-        drop(held);
-        for chat_id in chats {
-            Stats::add(&self.hub.stats.gaps, 1);
-            self.backfill(chat_id).await?;
-        }
-        Ok(())
-    }
-
-    /// A live event from the hub.
-    async fn on_live(&mut self, item: &Item) -> Result<(), Closed> {
-        let event = &*item.event;
-        if let Some((chat_id, rev)) = event.change() {
-            return match self.cursor.live(chat_id, rev) {
-                Live::Deliver => {
-                    if let Event::MemberLeft { user_id, .. } = event
-                        && *user_id == self.user_id
-                    {
-                        return Box::pin(self.removed(chat_id, rev)).await;
-                    }
-                    if let Some(frame) = item.frame() {
-                        self.write(Message::Text(frame.clone())).await?;
-                        Stats::add(&self.hub.stats.delivered, 1);
-                    }
-                    self.cursor.delivered(chat_id, rev);
-                    if self.held.is_empty() {
-                        Ok(())
-                    } else {
-                        Box::pin(self.release_held()).await
-                    }
-                }
-                Live::Gap if self.held.len() < MAX_HELD => {
-                    self.held.push(item.clone());
-                    self.held_until
-                        .get_or_insert_with(|| Instant::now() + REORDER_WAIT);
-                    Ok(())
-                }
-                Live::Gap => {
-                    Stats::add(&self.hub.stats.gaps, 1);
-                    Box::pin(self.backfill(chat_id)).await
-                }
-                Live::Duplicate | Live::NotHere => Ok(()),
-            };
-        }
-        match event {
+        match &*item.event {
             Event::MessageRead {
                 chat_id,
                 user_id,
                 last_read_seq,
                 ..
-            } => match self.cursor.position(*chat_id) {
+            } => match self.delivery.position(*chat_id) {
                 Some(rev) => {
                     self.frame(&ServerFrame::Read {
                         chat_id: *chat_id,
@@ -488,7 +394,7 @@ impl Session {
                 None => Ok(()),
             },
             Event::Typing { chat_id, user_id } if *user_id != self.user_id => {
-                match self.cursor.position(*chat_id) {
+                match self.delivery.position(*chat_id) {
                     Some(rev) => {
                         self.frame(&ServerFrame::Typing {
                             chat_id: *chat_id,
@@ -504,7 +410,7 @@ impl Session {
                 chat_id,
                 user_id,
                 name,
-            } => match self.cursor.position(*chat_id) {
+            } => match self.delivery.position(*chat_id) {
                 Some(rev) => {
                     self.frame(&ServerFrame::UserUpdated {
                         chat_id: *chat_id,
@@ -517,171 +423,163 @@ impl Session {
                 None => Ok(()),
             },
             // The user joined or left a chat: which one the chat list says.
-            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => Box::pin(self.reconcile()).await,
+            Event::ChatAdded { .. } | Event::ChatRemoved { .. } => {
+                let actions = self.delivery.membership_changed();
+                Box::pin(self.carry_out(actions)).await
+            }
             _ => Ok(()),
         }
+    }
+
+    /// How a live change concerns this connection's user.
+    fn kind_of_event(&self, event: &Event) -> Kind {
+        match event {
+            Event::MemberLeft { user_id, .. } if *user_id == self.user_id => Kind::OwnLeft,
+            Event::MemberJoined { user_id, .. } if *user_id == self.user_id => Kind::OwnJoined,
+            _ => Kind::Change,
+        }
+    }
+
+    /// How a change read from the log concerns this connection's user.
+    fn kind_of_change(&self, change: &Change) -> Kind {
+        if change.kind != "member" || change.user_id != Some(self.user_id) {
+            return Kind::Change;
+        }
+        match change.change.as_deref() {
+            Some("left") => Kind::OwnLeft,
+            Some("joined") => Kind::OwnJoined,
+            _ => Kind::Change,
+        }
+    }
+
+    /// Reads the machine asks for right after a live change or a timer are gaps: changes that
+    /// did not come (or not in time) as events.
+    fn count_gaps(&self, actions: &[Action<Payload>]) {
+        let reads = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Read { .. }))
+            .count();
+        Stats::add(&self.hub.stats.gaps, reads as u64);
     }
 
     /// Nudges from the poller, and requests to re-read the chat list.
     async fn on_signals(&mut self, signals: &Signals) -> Result<(), Closed> {
         let pending = signals.take();
+        let mut actions = Vec::new();
         for (chat_id, rev) in pending.nudges {
-            if self.cursor.known(chat_id, rev) {
-                self.backfill(chat_id).await?;
-            }
+            actions.extend(self.delivery.nudge(chat_id, rev));
         }
         if pending.reconcile {
-            self.reconcile().await?;
+            actions.extend(self.delivery.membership_changed());
         }
-        Ok(())
+        self.carry_out(actions).await
     }
 
-    /// Tries again what failed: every chat still behind, and the chat list.
-    async fn on_retry(&mut self) -> Result<(), Closed> {
-        self.retry.at = None;
-        if std::mem::take(&mut self.retry.reconcile) {
-            self.reconcile().await?;
-        }
-        for chat_id in self.cursor.behind() {
-            self.backfill(chat_id).await?;
-        }
-        Ok(())
+    /// One of the machine's timers is due (the resume wait, the reorder window, a retry).
+    async fn on_tick(&mut self) -> Result<(), Closed> {
+        let now = self.now();
+        let actions = self.delivery.tick(now);
+        self.count_gaps(&actions);
+        self.carry_out(actions).await
     }
 
-    /// Sends the chat's changes from the cursor on, from Postgres, until it has what Postgres
-    /// has. A failed query leaves the chat behind and schedules a retry.
-    async fn backfill(&mut self, chat_id: i64) -> Result<(), Closed> {
-        while let Some(after) = self.cursor.backfill_from(chat_id) {
-            let page = match changes::after(&self.state.db, chat_id, after, BACKFILL_PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    Stats::add(&self.hub.stats.backfill_failures, 1);
-                    tracing::warn!(error = %e, chat_id, "backfill failed; retrying with backoff");
-                    self.retry.schedule();
-                    return Ok(());
+    /// Does what the machine asks, in order, handing it back what each read returns.
+    async fn carry_out(&mut self, actions: Vec<Action<Payload>>) -> Result<(), Closed> {
+        let mut queue: VecDeque<Action<Payload>> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send(Payload::Live(item)) => {
+                    if let Some(frame) = item.frame() {
+                        self.write(Message::Text(frame.clone())).await?;
+                        Stats::add(&self.hub.stats.delivered, 1);
+                    }
                 }
-            };
-            self.retry.succeeded();
-            for change in &page.changes {
-                if self.is_own_removal(change) {
-                    return self.removed(chat_id, change.rev).await;
+                Action::Send(Payload::Stored(change)) => {
+                    if let Some(frame) = ServerFrame::of_change(&change) {
+                        self.frame(&frame).await?;
+                        Stats::add(&self.hub.stats.backfilled, 1);
+                    }
                 }
-                if let Some(frame) = ServerFrame::of_change(change) {
-                    self.frame(&frame).await?;
-                    Stats::add(&self.hub.stats.backfilled, 1);
+                Action::Removed { chat_id, rev } => {
+                    self.frame(&ServerFrame::ChatRemoved { chat_id, rev })
+                        .await?;
                 }
-                self.cursor.delivered(chat_id, change.rev);
+                Action::Announce(chats) => queue.extend(self.announce(&chats).await?),
+                Action::Read { chat_id, after } => {
+                    queue.extend(self.read(chat_id, after).await);
+                }
+                Action::Route(routes) => self.hub.join(self.conn, &routes).await,
+                Action::Unroute(chat_id) => self.hub.leave(self.conn, chat_id),
+                Action::ReadPositions => {
+                    Stats::add(&self.hub.stats.reconciles, 1);
+                    match chats::positions_of_member(&self.state.db, self.user_id).await {
+                        Ok(positions) => queue.extend(self.delivery.positions(&positions)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot re-read the user's chats; retrying");
+                            let now = self.now();
+                            self.delivery.positions_failed(now);
+                        }
+                    }
+                }
             }
-            if page.more {
-                self.cursor.covered(chat_id, page.rev);
-            } else {
-                self.cursor.caught_up(chat_id, page.rev);
-            }
         }
         Ok(())
     }
 
-    fn is_own_removal(&self, change: &Change) -> bool {
-        change.kind == "member"
-            && change.change.as_deref() == Some("left")
-            && change.user_id == Some(self.user_id)
-    }
-
-    /// The user left the chat at `rev`: say so, and deliver nothing more of it.
-    async fn removed(&mut self, chat_id: i64, rev: i64) -> Result<(), Closed> {
-        self.cursor.close(chat_id);
-        self.hub.leave(self.conn, chat_id);
-        self.frame(&ServerFrame::ChatRemoved { chat_id, rev }).await
-    }
-
-    /// Re-reads the user's chats: chats joined are routed and announced (their changes after
-    /// the join follow), chats left are caught up to the removal, which ends them.
-    async fn reconcile(&mut self) -> Result<(), Closed> {
-        Stats::add(&self.hub.stats.reconciles, 1);
-        let positions = match chats::positions_of_member(&self.state.db, self.user_id).await {
-            Ok(rows) => rows,
+    /// One page of a chat's log after `after`, handed to the machine.
+    async fn read(&mut self, chat_id: i64, after: i64) -> Vec<Action<Payload>> {
+        match changes::after(&self.state.db, chat_id, after, BACKFILL_PAGE).await {
+            Ok(page) => {
+                let entries = page
+                    .changes
+                    .into_iter()
+                    .map(|change| {
+                        (
+                            change.rev,
+                            self.kind_of_change(&change),
+                            Payload::Stored(Box::new(change)),
+                        )
+                    })
+                    .collect();
+                self.delivery
+                    .page(chat_id, after, entries, page.rev, page.more)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot re-read the user's chats; retrying");
-                self.retry.reconcile = true;
-                self.retry.schedule();
-                return Ok(());
+                Stats::add(&self.hub.stats.backfill_failures, 1);
+                tracing::warn!(error = %e, chat_id, "backfill failed; retrying with backoff");
+                let now = self.now();
+                self.delivery.read_failed(chat_id, now);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends these chats' summaries as `chat` frames, and tells the machine which were sent.
+    /// If the summaries cannot be read the connection ends (the client resumes).
+    async fn announce(&mut self, chats: &[(i64, i64)]) -> Result<Vec<Action<Payload>>, Closed> {
+        let ids: Vec<i64> = chats.iter().map(|&(id, _)| id).collect();
+        let summaries = match chats::summaries_of(&self.state.db, self.user_id, &ids).await {
+            Ok(summaries) => summaries,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load chat summaries; closing to resume");
+                self.close(
+                    close_code::INTERNAL,
+                    "relay unavailable; reconnect and resume",
+                )
+                .await?;
+                return Err(Closed);
             }
         };
-        let member_of: HashSet<i64> = positions.iter().map(|p| p.chat_id).collect();
-        let joined: Vec<_> = positions
-            .iter()
-            .filter(|p| !self.cursor.contains(p.chat_id))
-            .copied()
-            .collect();
-        let left: Vec<i64> = self
-            .cursor
-            .chats()
-            .filter(|id| !member_of.contains(id))
-            .collect();
-        if !joined.is_empty() {
-            let routes: Vec<(i64, i64)> = joined.iter().map(|p| (p.chat_id, p.rev)).collect();
-            self.hub.join(self.conn, &routes).await;
-            let ids: Vec<i64> = joined.iter().map(|p| p.chat_id).collect();
-            let summaries = match chats::summaries_of(&self.state.db, self.user_id, &ids).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load joined chats; retrying");
-                    self.hub_leave_all(&ids);
-                    self.retry.reconcile = true;
-                    self.retry.schedule();
-                    return Ok(());
-                }
-            };
-            let joined: HashMap<i64, chats::Position> =
-                joined.iter().map(|p| (p.chat_id, *p)).collect();
-            for chat in &summaries {
-                let Some(p) = joined.get(&chat.id) else {
-                    continue;
-                };
-                self.cursor.open(p.chat_id, p.joined_rev, p.rev);
-                self.frame(&ServerFrame::Chat {
-                    chat,
-                    rev: p.joined_rev,
-                })
-                .await?;
-                // What happened between the join and this relay's subscription.
-                self.backfill(p.chat_id).await?;
+        let mut actions = Vec::new();
+        for &(chat_id, rev) in chats {
+            // A chat the user has left since is missing.
+            let found = summaries.iter().find(|c| c.id == chat_id);
+            if let Some(chat) = found {
+                self.frame(&ServerFrame::Chat { chat, rev }).await?;
             }
+            actions.extend(self.delivery.announced(chat_id, found.is_some()));
         }
-        if !left.is_empty() {
-            let revs = match chats::revs(&self.state.db, &left).await {
-                Ok(revs) => revs,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read left chats; retrying");
-                    self.retry.reconcile = true;
-                    self.retry.schedule();
-                    return Ok(());
-                }
-            };
-            for (chat_id, rev) in revs {
-                // The removal is in the log after the cursor: the backfill stops there.
-                self.cursor.known(chat_id, rev);
-                self.backfill(chat_id).await?;
-                if !self.cursor.contains(chat_id) {
-                    continue;
-                }
-                if self.cursor.backfill_from(chat_id).is_none() {
-                    // Caught up without meeting the removal (it predates the change log):
-                    // end it here all the same.
-                    self.removed(chat_id, rev).await?;
-                } else {
-                    // The backfill failed: look again when it is retried.
-                    self.retry.reconcile = true;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn hub_leave_all(&self, chat_ids: &[i64]) {
-        for &chat_id in chat_ids {
-            self.hub.leave(self.conn, chat_id);
-        }
+        Ok(actions)
     }
 
     /// A client frame, or the end of the client's side (`None`).
@@ -689,6 +587,13 @@ impl Session {
         match frame {
             Some(Incoming::Text(text)) => self.on_text(&text).await,
             Some(Incoming::Binary) => self.error("frames must be JSON text", "bad_frame").await,
+            // The client said goodbye: say it back (a normal closure, not a dropped socket).
+            // Reading the client's Close queued tungstenite's answer, which echoes its code;
+            // closing the sink sends it.
+            Some(Incoming::Close) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
+                Err(Closed)
+            }
             Some(Incoming::Failed { reason, too_big }) => {
                 let code = if too_big {
                     close_code::TOO_BIG
@@ -739,6 +644,18 @@ impl Session {
     /// Replays every change after each listed rev, and reconciles membership: the user's chats
     /// that are not listed arrive as `chat` frames, listed ones they left as `chat_removed`.
     async fn resume_by_rev(&mut self, revs: HashMap<String, i64>) -> Result<(), Closed> {
+        let mut listed = BTreeMap::new();
+        for (key, rev) in revs {
+            match key.parse::<i64>() {
+                Ok(chat_id) => {
+                    listed.insert(chat_id, rev);
+                }
+                Err(_) => {
+                    self.error(&format!("revs: {key:?} is not a chat id"), "bad_frame")
+                        .await?;
+                }
+            }
+        }
         let positions = match chats::positions_of_member(&self.state.db, self.user_id).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -746,75 +663,35 @@ impl Session {
                 return self.error("resume failed; try again", "unavailable").await;
             }
         };
-        let by_chat: HashMap<i64, chats::Position> =
-            positions.iter().map(|p| (p.chat_id, *p)).collect();
-        let mut listed = HashSet::with_capacity(revs.len());
-        for (key, rev) in revs {
-            let Ok(chat_id) = key.parse::<i64>() else {
-                self.error(&format!("revs: {key:?} is not a chat id"), "bad_frame")
-                    .await?;
-                continue;
-            };
-            listed.insert(chat_id);
-            match by_chat.get(&chat_id) {
-                Some(p) => {
-                    if !self.cursor.contains(chat_id) {
-                        self.hub.join(self.conn, &[(chat_id, p.rev)]).await;
-                    }
-                    self.cursor.open(chat_id, rev.min(p.rev), p.rev);
-                    self.backfill(chat_id).await?;
-                }
-                None => {
-                    if self.cursor.close(chat_id) {
-                        self.hub.leave(self.conn, chat_id);
-                    }
-                    let rev = rev.max(0);
-                    self.frame(&ServerFrame::ChatRemoved { chat_id, rev })
-                        .await?;
-                }
-            }
-        }
-        let unlisted: Vec<_> = positions
-            .iter()
-            .filter(|p| !listed.contains(&p.chat_id))
+        let gone: Vec<i64> = listed
+            .keys()
             .copied()
+            .filter(|id| !positions.iter().any(|p| p.chat_id == *id))
             .collect();
-        if unlisted.is_empty() {
-            return Ok(());
-        }
-        let new_routes: Vec<(i64, i64)> = unlisted
-            .iter()
-            .filter(|p| !self.cursor.contains(p.chat_id))
-            .map(|p| (p.chat_id, p.rev))
-            .collect();
-        if !new_routes.is_empty() {
-            self.hub.join(self.conn, &new_routes).await;
-        }
-        let ids: Vec<i64> = unlisted.iter().map(|p| p.chat_id).collect();
-        match chats::summaries_of(&self.state.db, self.user_id, &ids).await {
-            Ok(summaries) => {
-                for chat in &summaries {
-                    // The summary is the chat now: changes after it follow.
-                    if !self.cursor.contains(chat.id) {
-                        self.cursor.open(chat.id, chat.rev, chat.rev);
-                    }
-                    let rev = self.cursor.position(chat.id).unwrap_or(chat.rev);
-                    self.frame(&ServerFrame::Chat { chat, rev }).await?;
+        let left = if gone.is_empty() {
+            BTreeMap::new()
+        } else {
+            match members::left_revs(&self.state.db, self.user_id, &gone).await {
+                Ok(rows) => rows.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the chats left for resume");
+                    return self.error("resume failed; try again", "unavailable").await;
                 }
-                Ok(())
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load chats for resume");
-                self.error("resume failed; try again", "unavailable").await
-            }
+        };
+        let now = self.now();
+        match self.delivery.resume(&listed, &positions, &left, now) {
+            Ok(actions) => self.carry_out(actions).await,
+            Err(wait) => self.resume_refused(wait).await,
         }
     }
 
     /// The message-only form: each listed chat from the message after this seq, in rev order.
     async fn resume_by_seq(&mut self, chats: HashMap<String, i64>) -> Result<(), Closed> {
+        let mut after = BTreeMap::new();
         for (key, last_seq) in chats {
             let chat_id = match key.parse::<i64>() {
-                Ok(id) if self.cursor.contains(id) => id,
+                Ok(id) if self.delivery.delivers(id) => id,
                 _ => {
                     self.error(&format!("chat {key}: not found"), "not_found")
                         .await?;
@@ -823,18 +700,15 @@ impl Session {
             };
             let db = &self.state.db;
             let found = match messages::created_rev_of_seq(db, chat_id, last_seq).await {
-                Ok(Some(rev)) => chats::revs(db, &[chat_id])
+                Ok(rev) => chats::revs(db, &[chat_id])
                     .await
                     .map(|r| r.first().map(|&(_, current)| (rev, current))),
-                Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
             match found {
-                Ok(Some((after, current))) => {
-                    self.cursor.open(chat_id, after, current);
-                    self.backfill(chat_id).await?;
+                Ok(Some(position)) => {
+                    after.insert(chat_id, position);
                 }
-                // A seq beyond the chat's last: nothing to replay.
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, chat_id, "resume failed");
@@ -843,7 +717,19 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        let now = self.now();
+        match self.delivery.resume_by_seq(&after, now) {
+            Ok(actions) => self.carry_out(actions).await,
+            Err(wait) => self.resume_refused(wait).await,
+        }
+    }
+
+    async fn resume_refused(&mut self, wait: Duration) -> Result<(), Closed> {
+        let detail = format!(
+            "too many resumes; try again in {} ms",
+            wait.as_millis().max(1)
+        );
+        self.error(&detail, "rate_limited").await
     }
 
     async fn send(
@@ -887,7 +773,7 @@ impl Session {
     }
 
     async fn typing(&mut self, chat_id: i64) -> Result<(), Closed> {
-        if !self.cursor.contains(chat_id) {
+        if !self.delivery.delivers(chat_id) {
             return self
                 .error(&format!("chat {chat_id}: not found"), "not_found")
                 .await;

@@ -1,16 +1,40 @@
 //! The hub: which connection wants which chat, the bus subscriptions that serve them, the
-//! fan-out of live events into each connection's bounded queue, and the poller.
+//! fan-out of live events into each connection's bounded queue, the poller, and catch-up reads
+//! shared by every connection of a chat.
 //!
 //! Subscriptions follow connections: a relay subscribes to a chat's topics only while a
 //! connected user is in that chat, and to a user's topic while that user is connected. Any
 //! number of relays can therefore run side by side with no sticky sessions.
 //!
 //! Nothing here is trusted to be complete. A bus may drop an event (a full subscription
-//! buffer, a restart, a handler that died between commit and publish), so a poller compares
-//! each routed chat's `rev` in Postgres with the highest rev seen, and each connected user's
-//! `member_rev` with the one seen, and nudges the connections concerned: they catch up by rev
-//! from Postgres, or re-read their chats. That bounds how late any committed change can be:
-//! [`crate::RelaySettings::poll_interval`] plus a query.
+//! buffer, a restart, a handler that died between commit and publish), so a poller reads what
+//! was committed since its last look: the feed ordered by commit (`chat_changes`, `member_rev`
+//! moves and ended sessions, each stamped with its transaction; see
+//! [`windi_shared::db::changes::horizon`]). From it the hub nudges the connections of every
+//! routed chat that moved past the highest rev seen, has the connections of every connected
+//! user whose `member_rev` moved re-read their chats, and closes the connections of ended
+//! sessions. A poll costs O(changes since the last poll), read in pages of [`FEED_PAGE`],
+//! whatever the number of chats, users and sessions served.
+//!
+//! **The bound.** A committed change whose event was lost reaches its connections within
+//! [`crate::RelaySettings::poll_interval`] plus the poll's queries, *as long as no transaction
+//! of this database runs longer*: the feed only reads below its horizon, the oldest
+//! transaction still running, because one that started earlier may still commit rows there.
+//! A transaction that stays open for a minute delays the feed (not live events) for that
+//! minute. The API's transactions end within the request deadline (5 s); keep Postgres's
+//! `idle_in_transaction_session_timeout` and `statement_timeout` set for every other client of
+//! the database (migrations, scripts, `psql` sessions left open), and watch
+//! `windi_relay_poll_last_success_timestamp_seconds` with the feed's lag in mind.
+//!
+//! Where a route starts: a connection reads a chat's rev (or its `member_rev`) from Postgres,
+//! joins, and reads again after [`Hub::join`] returns (the cursor's start, a backfill): what
+//! was committed before the subscription existed is its to read; what is committed after is
+//! the bus's, or the feed's.
+//!
+//! **Catch-up** ([`Hub::catch_up`]): a lost event in a group concerns every connection of that
+//! group on this relay at once. Connections asking for the same page while one read of it is
+//! under way share that read (single flight), so a thousand sockets missing one event cost one
+//! query; nothing is kept once it returns.
 //!
 //! Locking: one `std` mutex guards the tables and is never held across an `.await`. Joining a
 //! chat creates its route at once (so concurrent joiners share it), subscribes outside the
@@ -26,7 +50,10 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use futures::StreamExt;
+use futures::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, Shared},
+};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::{
@@ -34,8 +61,12 @@ use tokio::{
     task::AbortHandle,
 };
 use windi_shared::{
-    db::{chats, sessions, users},
+    db::{
+        changes::{self, Committed, Horizon, MemberCommitted},
+        sessions::{self, EndedCommitted},
+    },
     events::{Bus, Event, EventStream, Topic},
+    model::ChangesPage,
 };
 
 use crate::protocol::ServerFrame;
@@ -44,8 +75,11 @@ use crate::protocol::ServerFrame;
 /// would wait for the reconnect; the subscriptions are replayed then, and the poller covers
 /// what passes meanwhile.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Ids looked up per poller query.
-const POLL_CHUNK: usize = 5000;
+/// Rows of the feed read per poller query; a poll pages on until it has read everything
+/// committed below its horizon.
+pub const FEED_PAGE: i64 = 1000;
+/// Changes per catch-up read ([`Hub::catch_up`]).
+pub const CATCH_UP_PAGE: i64 = 200;
 /// The poller's longest wait after failures, in poll intervals.
 const MAX_POLL_BACKOFF: u32 = 8;
 
@@ -190,6 +224,17 @@ pub struct Stats {
     /// Poller queries that failed.
     pub poll_failures: AtomicU64,
     pub delivered: AtomicU64,
+    /// Polls that succeeded.
+    pub polls: AtomicU64,
+    /// Queries the poller sent (failed ones included): per poll, one for the horizon and, when
+    /// it moved, one per page of each feed.
+    pub poll_queries: AtomicU64,
+    /// Rows the poller read from the feed (changes, `member_rev` moves, ended sessions).
+    pub feed_rows: AtomicU64,
+    /// Catch-up reads sent to Postgres ([`Hub::catch_up`]).
+    pub catch_up_queries: AtomicU64,
+    /// Catch-up callers served by a read another caller had under way.
+    pub catch_up_coalesced: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -205,6 +250,11 @@ pub struct StatsSnapshot {
     pub reconciles: u64,
     pub poll_failures: u64,
     pub delivered: u64,
+    pub polls: u64,
+    pub poll_queries: u64,
+    pub feed_rows: u64,
+    pub catch_up_queries: u64,
+    pub catch_up_coalesced: u64,
 }
 
 impl Stats {
@@ -226,6 +276,11 @@ impl Stats {
             reconciles: get(&self.reconciles),
             poll_failures: get(&self.poll_failures),
             delivered: get(&self.delivered),
+            polls: get(&self.polls),
+            poll_queries: get(&self.poll_queries),
+            feed_rows: get(&self.feed_rows),
+            catch_up_queries: get(&self.catch_up_queries),
+            catch_up_coalesced: get(&self.catch_up_coalesced),
         }
     }
 }
@@ -328,6 +383,23 @@ pub struct Hub {
     /// Every user's events come from one subscription ([`Hub::feed_users`]), so user routes
     /// subscribe nothing of their own.
     users_fed: std::sync::atomic::AtomicBool,
+    /// Catch-up reads under way, by (chat, after rev); see [`Hub::catch_up`].
+    flights: Mutex<HashMap<(i64, i64), Flight>>,
+}
+
+/// What [`Hub::catch_up`] answers: one page, shared by every caller of one read (an error too).
+pub type CatchUp = Result<Arc<ChangesPage>, Arc<sqlx::Error>>;
+
+/// A catch-up read under way.
+#[derive(Debug)]
+struct Flight {
+    /// Tells the read's own entry from one that replaced it.
+    id: u64,
+    /// The chat's highest rev the hub had seen when the read was sent: the read's snapshot
+    /// has every change up to it. A caller may join only while this is still all the hub
+    /// knows, so no caller gets a page older than what it was told exists.
+    seen: i64,
+    page: Shared<BoxFuture<'static, CatchUp>>,
 }
 
 impl Hub {
@@ -341,6 +413,7 @@ impl Hub {
             stats,
             tasks: Mutex::default(),
             users_fed: std::sync::atomic::AtomicBool::new(false),
+            flights: Mutex::default(),
         })
     }
 
@@ -362,13 +435,17 @@ impl Hub {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the poller.
-    pub fn start(self: &Arc<Self>, poll_interval: Duration) {
-        let poller = tokio::spawn(poll_loop(Arc::downgrade(self), poll_interval));
+    /// Starts the poller at the feed's horizon now, before any connection registers: every
+    /// connection reads its starting point after this, so whatever the feed holds below the
+    /// horizon is in what connections read themselves.
+    pub async fn start(self: &Arc<Self>, poll_interval: Duration) -> Result<(), sqlx::Error> {
+        let from = changes::horizon(&self.db).await?;
+        let poller = tokio::spawn(poll_loop(Arc::downgrade(self), poll_interval, from));
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(poller.abort_handle());
+        Ok(())
     }
 
     /// Stops the hub's own tasks and drops every subscription.
@@ -673,62 +750,91 @@ impl Hub {
         }
     }
 
-    /// Tells the connections of these sessions to close (the poller's path; an event names
-    /// its user, and only that user's connections are looked at).
-    fn end_sessions(&self, session_ids: &[i64]) {
-        let signals: Vec<Arc<Signals>> = self
-            .tables()
-            .conns
-            .values()
-            .filter(|e| session_ids.contains(&e.session_id))
-            .map(|e| e.signals.clone())
-            .collect();
+    /// Tells the connections of these sessions to close (the poller's path): only the
+    /// connections of each session's user are looked at.
+    fn end_sessions(&self, ended: &[EndedCommitted]) {
+        let signals: Vec<Arc<Signals>> = {
+            let tables = self.tables();
+            ended
+                .iter()
+                .filter_map(|e| Some((e, tables.users.get(&e.user_id)?)))
+                .flat_map(|(e, route)| {
+                    route
+                        .conns
+                        .iter()
+                        .filter_map(|c| tables.conns.get(c))
+                        .filter(move |c| c.session_id == e.session_id)
+                })
+                .map(|c| c.signals.clone())
+                .collect()
+        };
         signals.iter().for_each(|s| s.ended.notify_one());
     }
 
-    /// Compares Postgres with what was seen and nudges the connections of whatever is behind.
-    /// Answers whether every query succeeded.
-    async fn poll_once(&self) -> bool {
-        let mut ok = true;
-        // Sessions that ended without their event reaching this relay.
-        let mut session_ids: Vec<i64> =
-            self.tables().conns.values().map(|e| e.session_id).collect();
-        session_ids.sort_unstable();
-        session_ids.dedup();
-        for chunk in session_ids.chunks(POLL_CHUNK) {
-            match sessions::ended_among(&self.db, chunk).await {
-                Ok(ended) if !ended.is_empty() => self.end_sessions(&ended),
-                Ok(_) => {}
-                Err(e) => {
-                    Stats::add(&self.stats.poll_failures, 1);
-                    tracing::warn!(error = %e, "poll failed; retrying with backoff");
-                    ok = false;
-                }
+    /// Reads the feed from the horizon `from` to the horizon now, and acts on it: nudges,
+    /// reconciles, closes. Answers the horizon now, or `None` if a query failed (the next poll
+    /// reads from `from` again; acting twice on a row is harmless).
+    async fn poll_once(&self, from: Horizon) -> Option<Horizon> {
+        let upto = self.polled(changes::horizon(&self.db).await)?;
+        if upto <= from {
+            if upto < from {
+                // Only a different cluster behind the same URL (a restore) hands out older
+                // ids: start over from its horizon.
+                tracing::warn!(
+                    from,
+                    upto,
+                    "the feed's horizon went back; reading from there"
+                );
+            }
+            return Some(upto);
+        }
+        let mut after = Committed::start(from);
+        loop {
+            let rows = self.polled(changes::committed(&self.db, after, upto, FEED_PAGE).await)?;
+            Stats::add(&self.stats.feed_rows, rows.len() as u64);
+            self.behind(Kind::Chat, latest(rows.iter().map(|r| (r.chat_id, r.rev))));
+            match rows.last() {
+                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
+                _ => break,
             }
         }
-        let chat_ids: Vec<i64> = self.tables().chats.keys().copied().collect();
-        for chunk in chat_ids.chunks(POLL_CHUNK) {
-            match chats::revs(&self.db, chunk).await {
-                Ok(rows) => self.behind(Kind::Chat, rows),
-                Err(e) => {
-                    Stats::add(&self.stats.poll_failures, 1);
-                    tracing::warn!(error = %e, "poll failed; retrying with backoff");
-                    ok = false;
-                }
+        let mut after = MemberCommitted::start(from);
+        loop {
+            let rows =
+                self.polled(changes::members_committed(&self.db, after, upto, FEED_PAGE).await)?;
+            Stats::add(&self.stats.feed_rows, rows.len() as u64);
+            self.behind(
+                Kind::User,
+                latest(rows.iter().map(|r| (r.user_id, r.member_rev))),
+            );
+            match rows.last() {
+                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
+                _ => break,
             }
         }
-        let user_ids: Vec<i64> = self.tables().users.keys().copied().collect();
-        for chunk in user_ids.chunks(POLL_CHUNK) {
-            match users::member_revs(&self.db, chunk).await {
-                Ok(rows) => self.behind(Kind::User, rows),
-                Err(e) => {
-                    Stats::add(&self.stats.poll_failures, 1);
-                    tracing::warn!(error = %e, "poll failed; retrying with backoff");
-                    ok = false;
-                }
+        let mut after = EndedCommitted::start(from);
+        loop {
+            let rows =
+                self.polled(sessions::ended_committed(&self.db, after, upto, FEED_PAGE).await)?;
+            Stats::add(&self.stats.feed_rows, rows.len() as u64);
+            self.end_sessions(&rows);
+            match rows.last() {
+                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
+                _ => break,
             }
         }
-        ok
+        Some(upto)
+    }
+
+    /// Counts a poller query, and its failure.
+    fn polled<T>(&self, result: Result<T, sqlx::Error>) -> Option<T> {
+        Stats::add(&self.stats.poll_queries, 1);
+        result
+            .inspect_err(|e| {
+                Stats::add(&self.stats.poll_failures, 1);
+                tracing::warn!(error = %e, "poll failed; retrying with backoff");
+            })
+            .ok()
     }
 
     /// Nudges the connections of every route Postgres has ahead of what was seen.
@@ -765,6 +871,76 @@ impl Hub {
             }
         }
     }
+
+    /// The changes of `chat_id` after `after_rev` (a page of [`CATCH_UP_PAGE`]), read once for
+    /// every caller that asks for the same page while a read of it is under way. The read runs
+    /// on a task of its own, so a caller that goes away cancels nothing for the others; the
+    /// page is forgotten as soon as it is read.
+    ///
+    /// A caller joins a read only if the hub has seen nothing newer of the chat since the read
+    /// was sent (every rev a connection hears of, from an event or the feed, passes through
+    /// the hub first), so a shared page is never older than what the caller was told. A rev a
+    /// connection read from Postgres itself may postdate a shared page; the feed then nudges
+    /// it again within the poll bound. A chat not routed here is read for its caller alone.
+    pub async fn catch_up(self: &Arc<Self>, chat_id: i64, after_rev: i64) -> CatchUp {
+        let seen = self.tables().chats.get(&chat_id).map(|r| r.seen);
+        let page = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match (seen, flights.get(&(chat_id, after_rev))) {
+                (Some(seen), Some(flight)) if flight.seen == seen => {
+                    Stats::add(&self.stats.catch_up_coalesced, 1);
+                    flight.page.clone()
+                }
+                _ => {
+                    Stats::add(&self.stats.catch_up_queries, 1);
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    // Sent while `flights` is locked: the read cannot land (and remove its
+                    // entry) before the entry is in.
+                    let page = self.read_page(chat_id, after_rev, id);
+                    if let Some(seen) = seen {
+                        let flight = Flight {
+                            id,
+                            seen,
+                            page: page.clone(),
+                        };
+                        flights.insert((chat_id, after_rev), flight);
+                    }
+                    page
+                }
+            }
+        };
+        page.await
+    }
+
+    /// Starts one catch-up read; it removes its own entry from `flights` when it lands.
+    fn read_page(
+        self: &Arc<Self>,
+        chat_id: i64,
+        after_rev: i64,
+        id: u64,
+    ) -> Shared<BoxFuture<'static, CatchUp>> {
+        let db = self.db.clone();
+        let hub = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let page = changes::after(&db, chat_id, after_rev, CATCH_UP_PAGE).await;
+            if let Some(hub) = hub.upgrade() {
+                let mut flights = hub.flights.lock().unwrap_or_else(|e| e.into_inner());
+                if flights
+                    .get(&(chat_id, after_rev))
+                    .is_some_and(|f| f.id == id)
+                {
+                    flights.remove(&(chat_id, after_rev));
+                }
+            }
+            page.map(Arc::new).map_err(Arc::new)
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|_| Err(Arc::new(sqlx::Error::WorkerCrashed)))
+        }
+        .boxed()
+        .shared()
+    }
 }
 
 /// The queues (and kill switches) of these connections, taken under the lock.
@@ -796,6 +972,17 @@ fn deliver(targets: Vec<(mpsc::Sender<Item>, Arc<Signals>)>, live: &Item) {
     }
 }
 
+/// The highest value of each id among these rows (a chat's rev, a user's `member_rev`): one
+/// nudge per chat however many of its changes a page holds.
+fn latest(rows: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, i64)> {
+    let mut latest: HashMap<i64, i64> = HashMap::new();
+    for (id, value) in rows {
+        let entry = latest.entry(id).or_insert(value);
+        *entry = (*entry).max(value);
+    }
+    latest.into_iter().collect()
+}
+
 fn remove_from(routes: &mut HashMap<i64, Route>, key: i64, conn: ConnId) {
     if let Some(route) = routes.get_mut(&key) {
         route.conns.remove(&conn);
@@ -806,23 +993,39 @@ fn remove_from(routes: &mut HashMap<i64, Route>, key: i64, conn: ConnId) {
     }
 }
 
-async fn poll_loop(hub: Weak<Hub>, interval: Duration) {
+async fn poll_loop(hub: Weak<Hub>, interval: Duration, mut from: Horizon) {
     let mut backoff = 1;
     loop {
         tokio::time::sleep(interval * backoff).await;
         let Some(hub) = hub.upgrade() else { break };
         let started = std::time::Instant::now();
-        let ok = hub.poll_once().await;
+        let polled = hub.poll_once(from).await;
         metrics::histogram!("windi_relay_poll_duration_seconds").record(started.elapsed());
-        backoff = if ok {
-            // time() minus this is how stale the poller's view of Postgres is.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            metrics::gauge!("windi_relay_poll_last_success_timestamp_seconds").set(now);
-            1
-        } else {
-            (backoff * 2).min(MAX_POLL_BACKOFF)
+        backoff = match polled {
+            Some(upto) => {
+                from = upto;
+                Stats::add(&hub.stats.polls, 1);
+                // time() minus this is how stale the poller's view of Postgres is.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                metrics::gauge!("windi_relay_poll_last_success_timestamp_seconds").set(now);
+                1
+            }
+            None => (backoff * 2).min(MAX_POLL_BACKOFF),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_of_the_feed_nudges_each_chat_once_at_its_highest_rev() {
+        let mut rows = latest([(7, 3), (9, 1), (7, 5), (7, 4), (9, 2)].into_iter());
+        rows.sort_unstable();
+        assert_eq!(rows, vec![(7, 5), (9, 2)]);
+        assert!(latest(std::iter::empty()).is_empty());
     }
 }

@@ -8,17 +8,21 @@
 //!   message, an edit, a deletion, a reaction, a member joining or leaving) has the chat's next
 //!   rev, so a connection always knows what it should receive next and fills any gap from the
 //!   change log, whether the event was dropped by a full buffer, a broker restart, or a handler
-//!   that died between commit and publish (a poller finds those within
-//!   [`RelaySettings::poll_interval`]).
-//! - **No duplicates, in order.** Per connection and chat ([`cursor`]), a change below the next
+//!   that died between commit and publish (a poller reading what was committed since its
+//!   last look finds those within [`RelaySettings::poll_interval`]; see [`hub`] for the bound).
+//! - **No duplicates, in order.** Per connection and chat ([`delivery`]), a change below the next
 //!   expected rev is dropped and one above it waits for the gap to be filled.
 //! - **Bounded memory.** Each connection has a bounded queue; a client that cannot keep up is
 //!   told so and disconnected, and resumes later from its last rev.
 //!
+//! - **Its own pool.** The relay reads Postgres through a pool of its own
+//!   ([`RelaySettings::database_pool_size`], [`with_own_pool`]), so a storm of catch-ups
+//!   after a restart waits for the relay's connections, never the API's.
+//!
 //! See docs/relay-protocol.md for the protocol; [`protocol`] has the frames.
 
 pub mod connection;
-pub mod cursor;
+pub mod delivery;
 pub mod hub;
 pub mod protocol;
 
@@ -82,6 +86,13 @@ pub struct RelaySettings {
     pub subscription_capacity: usize,
     /// Who may read the relay's `GET /metrics` (`METRICS_TOKEN`).
     pub metrics: windi_shared::metrics::MetricsAccess,
+    /// The delivery machine's timings: how long a new connection holds live changes for the
+    /// client's `resume`, the reorder window, retries, how often a client may resume.
+    pub delivery: delivery::Timing,
+    /// Connections of the relay's own pool (`RELAY_DATABASE_POOL_SIZE`): the poller takes one
+    /// at a time; connects, resumes and catch-ups (one per chat, however many sockets ask)
+    /// share the rest, and wait for one rather than take the API's.
+    pub database_pool_size: u32,
 }
 
 impl Default for RelaySettings {
@@ -102,6 +113,8 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_secs(1),
             subscription_capacity: 65_536,
             metrics: windi_shared::metrics::MetricsAccess::default(),
+            delivery: delivery::Timing::default(),
+            database_pool_size: 10,
         }
     }
 }
@@ -109,7 +122,7 @@ impl Default for RelaySettings {
 impl RelaySettings {
     /// `RELAY_PORT`, `RELAY_ALLOWED_ORIGINS` (comma-separated, or `*`),
     /// `RELAY_MAX_CONNECTIONS_PER_USER`, `RELAY_QUEUE_CAPACITY`, `RELAY_IDLE_TIMEOUT_SECS`,
-    /// `RELAY_POLL_INTERVAL_MS`.
+    /// `RELAY_POLL_INTERVAL_MS`, `RELAY_DATABASE_POOL_SIZE`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let allowed_origins = match optional("RELAY_ALLOWED_ORIGINS").as_deref() {
@@ -130,6 +143,13 @@ impl RelaySettings {
                 reason: "must be at least 2".into(),
             });
         }
+        let database_pool_size = parsed_or("RELAY_DATABASE_POOL_SIZE", d.database_pool_size)?;
+        if database_pool_size < 1 {
+            return Err(ConfigError::Invalid {
+                var: "RELAY_DATABASE_POOL_SIZE",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Self {
             port: parsed_or("RELAY_PORT", d.port)?,
             allowed_origins,
@@ -143,6 +163,7 @@ impl RelaySettings {
             ping_interval: Duration::from_secs((idle / 3).max(1)),
             poll_interval: Duration::from_millis(poll.max(100)),
             metrics: windi_shared::metrics::MetricsAccess::from_env(),
+            database_pool_size,
             ..d
         })
     }
@@ -228,6 +249,28 @@ pub async fn subscriber_for(
     }
 }
 
+/// `state` with a pool of the relay's own: [`RelaySettings::database_pool_size`] connections
+/// to `database_url`, for a relay that runs in the API's process (`windi serve`). Everything
+/// else (token keys, the bus) stays shared.
+pub async fn with_own_pool(
+    state: &AppState,
+    database_url: &str,
+    settings: &RelaySettings,
+) -> Result<AppState, String> {
+    let db = windi_shared::db::connect(database_url, settings.database_pool_size)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect the relay's pool to DATABASE_URL ({}): {e}",
+                windi_shared::config::redact_url(database_url)
+            )
+        })?;
+    Ok(AppState {
+        db,
+        ..state.clone()
+    })
+}
+
 /// Subscribes to every user's topic at once and hands what arrives to the hub.
 async fn feed_users(hub: &Arc<Hub>, feed: UserFeed) -> Result<(), String> {
     let subject = format!("{}.user.*", feed.prefix);
@@ -290,14 +333,20 @@ impl RelayHandle {
         self.hub.snapshot()
     }
 
+    /// The relay's hub (tests drive [`Hub::catch_up`] through it).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     /// Resolves when the server task ends (after [`RelayHandle::stop`] or a fatal error).
     pub async fn wait(&mut self) {
         let _ = (&mut self.server).await;
     }
 }
 
-/// Starts a relay on `listener`, sharing `state` (pool, token keys, publisher) with the caller
-/// and receiving events from `subscriber` (see [`subscriber_for`]).
+/// Starts a relay on `listener`, with `state` (pool, token keys, publisher; give it a pool of
+/// its own with [`with_own_pool`]) and receiving events from `subscriber` (see
+/// [`subscriber_for`]). Fails if Postgres does not answer the feed's first read.
 pub async fn start(
     state: AppState,
     subscriber: Subscriber,
@@ -314,7 +363,9 @@ pub async fn start(
     if let Some(feed) = subscriber.users {
         feed_users(&hub, feed).await?;
     }
-    hub.start(settings.poll_interval);
+    hub.start(settings.poll_interval)
+        .await
+        .map_err(|e| format!("cannot read the relay's feed from Postgres: {e}"))?;
     export_metrics(&hub);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let relay = Relay {
@@ -367,7 +418,7 @@ fn export_metrics(hub: &Arc<Hub>) {
         windi_shared::metrics::add_collector(|| {
             let Ok(mut hubs) = HUBS.lock() else { return };
             hubs.retain(|h| h.strong_count() > 0);
-            let mut total = [0u64; 10];
+            let mut total = [0u64; 15];
             for hub in hubs.iter().filter_map(std::sync::Weak::upgrade) {
                 let s = hub.snapshot();
                 let values = [
@@ -381,6 +432,11 @@ fn export_metrics(hub: &Arc<Hub>) {
                     s.reconciles,
                     s.poll_failures,
                     s.broker_dropped,
+                    s.polls,
+                    s.poll_queries,
+                    s.feed_rows,
+                    s.catch_up_queries,
+                    s.catch_up_coalesced,
                 ];
                 for (t, v) in total.iter_mut().zip(values) {
                     *t += v;
@@ -397,6 +453,11 @@ fn export_metrics(hub: &Arc<Hub>) {
                 reconciles,
                 poll_failures,
                 dropped,
+                polls,
+                poll_queries,
+                feed_rows,
+                catch_up_queries,
+                catch_up_coalesced,
             ] = total;
             metrics::gauge!("windi_relay_connections").set(connections as f64);
             metrics::counter!("windi_relay_deliveries_total").absolute(delivered);
@@ -408,6 +469,11 @@ fn export_metrics(hub: &Arc<Hub>) {
             metrics::counter!("windi_relay_reconciles_total").absolute(reconciles);
             metrics::counter!("windi_relay_poll_failures_total").absolute(poll_failures);
             metrics::counter!("windi_relay_broker_dropped_total").absolute(dropped);
+            metrics::counter!("windi_relay_polls_total").absolute(polls);
+            metrics::counter!("windi_relay_poll_queries_total").absolute(poll_queries);
+            metrics::counter!("windi_relay_feed_rows_total").absolute(feed_rows);
+            metrics::counter!("windi_relay_catch_up_queries_total").absolute(catch_up_queries);
+            metrics::counter!("windi_relay_catch_up_coalesced_total").absolute(catch_up_coalesced);
         });
     });
 }

@@ -1,5 +1,6 @@
 //! `ws-relay`: the standalone relay. Needs `DATABASE_URL`, `JWT_SECRET_KEY` and `NATS_URL`
 //! (several relays share events only through NATS); listens on `RELAY_PORT` (default 8001).
+//! Its pool has `RELAY_DATABASE_POOL_SIZE` connections, as the relay inside `windi` does.
 
 use std::{net::SocketAddr, process::ExitCode};
 
@@ -26,6 +27,11 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let settings = RelaySettings::from_env().map_err(|e| e.to_string())?;
+    // The process is the relay: its one pool is the relay's.
+    let config = Config {
+        db_max_connections: settings.database_pool_size,
+        ..config
+    };
     let state = AppState::connect(&config, Broker::Required, "ws-relay").await?;
     windi_shared::metrics::watch_pool(&state.db, "relay");
     let subscriber = ws_relay::subscriber_for(

@@ -3,6 +3,11 @@
 //! "Everything after rev R" is one range of the primary key `(chat_id, rev)`. A message change
 //! row points at the message, whose row holds its current state; the page joins it in, so a
 //! client applying the page ends with every message as it is now.
+//!
+//! The same log read in commit order is the relay's feed ([`horizon`], [`committed`], with
+//! [`members_committed`] and `sessions::ended_committed`): each row carries the id of the
+//! transaction that wrote it, and a reader that remembers how far it has read asks only for
+//! what was committed since.
 
 use std::collections::HashMap;
 
@@ -68,6 +73,124 @@ pub async fn after(
         .filter_map(|row| change(chat_id, row, &messages))
         .collect();
     Ok(ChangesPage { changes, rev, more })
+}
+
+/// A point of the feed, as a number: every transaction whose id is below it has ended, so no
+/// row stamped below it can appear any more. (Postgres's `xid8`, which never wraps, carried as
+/// text to and from SQL, since the driver has no type for it.)
+pub type Horizon = i64;
+
+/// The feed's horizon now: the id of the oldest transaction of this database still running,
+/// or the next id to be handed out if none is. Rows stamped in `[h, horizon())` are complete
+/// once this returns: each of their transactions has committed (and is visible to any later
+/// read) or rolled back.
+///
+/// Transactions of other databases of the server are left out, by their `backend_xid` in
+/// `pg_stat_activity`, as they cannot write here: a long transaction elsewhere on a shared
+/// server does not hold this database's feed back. One that cannot be told apart (no
+/// privilege to see it, a prepared transaction) counts as this database's: the horizon then
+/// waits, it never skips. A long transaction of this database holds the horizon where it
+/// started until it ends; that, not the poll interval, is then the feed's delay.
+pub async fn horizon(db: impl PgExecutor<'_>) -> sqlx::Result<Horizon> {
+    sqlx::query_scalar(
+        "WITH snap AS (SELECT pg_current_snapshot() AS s),
+         elsewhere AS (
+             SELECT backend_xid FROM pg_stat_activity
+             WHERE backend_xid IS NOT NULL
+               AND datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))
+         SELECT coalesce(
+             (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) AS x
+              WHERE NOT EXISTS (SELECT 1 FROM elsewhere e WHERE e.backend_xid = x::xid)),
+             (SELECT pg_snapshot_xmax(s) FROM snap))::text::bigint",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// One change as the feed lists it: where it is in the feed, and which rev of which chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Committed {
+    pub xid: Horizon,
+    pub chat_id: i64,
+    pub rev: i64,
+}
+
+impl Committed {
+    /// Where a feed read from `from` starts: before every row stamped `from`.
+    pub fn start(from: Horizon) -> Self {
+        Self {
+            xid: from,
+            chat_id: i64::MIN,
+            rev: i64::MIN,
+        }
+    }
+}
+
+/// Changes stamped by transactions in `[after.xid, upto)`, after the row `after` (see
+/// [`Committed::start`]), at most `limit`, in feed order: one range of `chat_changes_xid_idx`.
+/// `upto` must be a past [`horizon`], so the range is final and can be paged through.
+pub async fn committed(
+    db: impl PgExecutor<'_>,
+    after: Committed,
+    upto: Horizon,
+    limit: i64,
+) -> sqlx::Result<Vec<Committed>> {
+    sqlx::query_as(
+        "SELECT ch.xid::text::bigint AS xid, ch.chat_id, ch.rev FROM chat_changes ch
+         WHERE ch.xid >= $1::text::xid8 AND ch.xid < $4::text::xid8
+           AND (ch.xid, ch.chat_id, ch.rev) > ($1::text::xid8, $2, $3)
+         ORDER BY ch.xid, ch.chat_id, ch.rev LIMIT $5",
+    )
+    .bind(after.xid)
+    .bind(after.chat_id)
+    .bind(after.rev)
+    .bind(upto)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A user's chats changed: their `member_rev` moved, in the transaction `xid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemberCommitted {
+    pub xid: Horizon,
+    pub user_id: i64,
+    pub member_rev: i64,
+}
+
+impl MemberCommitted {
+    /// Where a feed read from `from` starts.
+    pub fn start(from: Horizon) -> Self {
+        Self {
+            xid: from,
+            user_id: i64::MIN,
+            member_rev: 0,
+        }
+    }
+}
+
+/// Users whose `member_rev` was last moved by a transaction in `[after.xid, upto)`, after
+/// `after`, at most `limit`, in feed order (a trigger stamps `users.member_xid`; see the
+/// migration `relay_feed`). A user moved again later has left this range for a later one, with
+/// the newer `member_rev`: nothing is lost, and rows only ever leave a past range.
+pub async fn members_committed(
+    db: impl PgExecutor<'_>,
+    after: MemberCommitted,
+    upto: Horizon,
+    limit: i64,
+) -> sqlx::Result<Vec<MemberCommitted>> {
+    sqlx::query_as(
+        "SELECT u.member_xid::text::bigint AS xid, u.id AS user_id, u.member_rev FROM users u
+         WHERE u.member_xid >= $1::text::xid8 AND u.member_xid < $3::text::xid8
+           AND (u.member_xid, u.id) > ($1::text::xid8, $2)
+         ORDER BY u.member_xid, u.id LIMIT $4",
+    )
+    .bind(after.xid)
+    .bind(after.user_id)
+    .bind(upto)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 /// The client-facing change of a log row; `None` for one superseded by a later change.

@@ -99,6 +99,24 @@ pub async fn remove(
     Ok(removed.is_some())
 }
 
+/// The rev of `user_id`'s latest leaving of each of these chats (chats they never left are
+/// missing): where a device that still lists a chat it was removed from is told it ended.
+pub async fn left_revs(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    chat_ids: &[i64],
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    sqlx::query_as(
+        "SELECT chat_id, max(rev) FROM chat_changes
+         WHERE chat_id = ANY($1) AND kind = 'member_left' AND user_id = $2
+         GROUP BY chat_id",
+    )
+    .bind(chat_ids)
+    .bind(user_id)
+    .fetch_all(db)
+    .await
+}
+
 /// Makes the longest-standing remaining member the owner, when a group's owner leaves.
 pub async fn promote_eldest(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(

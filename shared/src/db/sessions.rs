@@ -1,6 +1,7 @@
 //! `sessions` and `used_refresh_tokens`: who is logged in where, and which refresh tokens are
-//! used up. A session ends by getting an `ended_at`; it is never deleted, so a used refresh
-//! token presented later still finds the session it belonged to.
+//! used up. A session ends by getting an `ended_at` (and `ended_xid`, the ending transaction,
+//! which puts the ending in the relay's feed: [`ended_committed`]); it is never deleted, so a
+//! used refresh token presented later still finds the session it belonged to.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
@@ -122,7 +123,7 @@ pub async fn end(
     session_ids: &[i64],
 ) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
-        "UPDATE sessions SET ended_at = now()
+        "UPDATE sessions SET ended_at = now(), ended_xid = pg_current_xact_id()
          WHERE user_id = $1 AND id = ANY($2) AND ended_at IS NULL RETURNING id",
     )
     .bind(user_id)
@@ -138,7 +139,7 @@ pub async fn end_all(
     keep: Option<i64>,
 ) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
-        "UPDATE sessions SET ended_at = now()
+        "UPDATE sessions SET ended_at = now(), ended_xid = pg_current_xact_id()
          WHERE user_id = $1 AND ended_at IS NULL AND id IS DISTINCT FROM $2 RETURNING id",
     )
     .bind(user_id)
@@ -174,10 +175,43 @@ pub async fn ended_since(
     .await
 }
 
-/// Which of these sessions have ended (for the relay's poller).
-pub async fn ended_among(db: impl PgExecutor<'_>, session_ids: &[i64]) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar("SELECT id FROM sessions WHERE id = ANY($1) AND ended_at IS NOT NULL")
-        .bind(session_ids)
-        .fetch_all(db)
-        .await
+/// A session that ended, where the feed has it (see [`crate::db::changes::horizon`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct EndedCommitted {
+    pub xid: crate::db::changes::Horizon,
+    pub session_id: i64,
+    pub user_id: i64,
+}
+
+impl EndedCommitted {
+    /// Where a feed read from `from` starts.
+    pub fn start(from: crate::db::changes::Horizon) -> Self {
+        Self {
+            xid: from,
+            session_id: i64::MIN,
+            user_id: 0,
+        }
+    }
+}
+
+/// Sessions ended by transactions in `[after.xid, upto)`, after `after`, at most `limit`, in
+/// feed order (for the relay's poller; `upto` a past horizon, so the range is final).
+pub async fn ended_committed(
+    db: impl PgExecutor<'_>,
+    after: EndedCommitted,
+    upto: crate::db::changes::Horizon,
+    limit: i64,
+) -> sqlx::Result<Vec<EndedCommitted>> {
+    sqlx::query_as(
+        "SELECT s.ended_xid::text::bigint AS xid, s.id AS session_id, s.user_id FROM sessions s
+         WHERE s.ended_xid >= $1::text::xid8 AND s.ended_xid < $3::text::xid8
+           AND (s.ended_xid, s.id) > ($1::text::xid8, $2)
+         ORDER BY s.ended_xid, s.id LIMIT $4",
+    )
+    .bind(after.xid)
+    .bind(after.session_id)
+    .bind(upto)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
