@@ -337,7 +337,6 @@ async fn concurrent_catch_ups_of_one_page_share_one_read_and_keep_nothing() {
 /// Once the connection reads through `Hub::catch_up` (issue 18), a lost event in a group costs
 /// one read on the relay, not one per socket.
 #[tokio::test]
-#[ignore = "until ws-relay/src/connection.rs reads pages through Hub::catch_up"]
 async fn sockets_of_one_chat_missing_the_same_event_cause_one_catch_up_query() {
     let app = TestApp::spawn().await;
     let relay = app.relay(relay_settings()).await;

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
     auth::TokenSubject,
-    db::{changes, chats, members, messages, users},
+    db::{chats, members, messages, users},
     events::Event,
     model::Change,
     send::{Outgoing, Target, send_message},
@@ -57,8 +57,6 @@ pub mod close_code {
 /// Live events written before one flush, at most (bounded, so a connection's turn of the
 /// loop stays short and its other signals are heard).
 const MAX_BATCH: usize = 32;
-/// Changes read from Postgres per query when catching up.
-const BACKFILL_PAGE: i64 = 200;
 /// A client may send one typing frame per chat this often; extra ones are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
 
@@ -526,19 +524,17 @@ impl Session {
         Ok(())
     }
 
-    /// One page of a chat's log after `after`, handed to the machine.
+    /// One page of a chat's log after `after`, handed to the machine. Read through the hub, so
+    /// every connection of this relay asking for the same page at once shares one query.
     async fn read(&mut self, chat_id: i64, after: i64) -> Vec<Action<Payload>> {
-        match changes::after(&self.state.db, chat_id, after, BACKFILL_PAGE).await {
+        match self.hub.catch_up(chat_id, after).await {
             Ok(page) => {
                 let entries = page
                     .changes
-                    .into_iter()
+                    .iter()
                     .map(|change| {
-                        (
-                            change.rev,
-                            self.kind_of_change(&change),
-                            Payload::Stored(Box::new(change)),
-                        )
+                        let kind = self.kind_of_change(change);
+                        (change.rev, kind, Payload::Stored(Box::new(change.clone())))
                     })
                     .collect();
                 self.delivery

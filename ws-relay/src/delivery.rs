@@ -108,6 +108,9 @@ struct Chat {
     member_now: Option<i64>,
     /// The connection receives the chat's live events.
     routed: bool,
+    /// Read the log (again) even if no rev beyond the cursor is known: the last page said
+    /// there is more, or the user left and the log holds the leaving.
+    force: bool,
 }
 
 impl Chat {
@@ -119,13 +122,14 @@ impl Chat {
             member: true,
             member_now: Some(joined_rev),
             routed: true,
+            force: false,
         }
     }
 
     /// Changes up to `known` remain to be read from the log: while the user is in the chat,
     /// or while they are out of it but in it again now (their re-join is ahead in the log).
     fn behind(&self) -> bool {
-        self.next <= self.known && (self.member || self.rejoins())
+        (self.next <= self.known || self.force) && (self.member || self.rejoins())
     }
 
     /// The user is out of the chat at the cursor but in it now, from a later join.
@@ -320,6 +324,7 @@ impl<P> Delivery<P> {
                     member: true,
                     member_now: Some(p.joined_rev),
                     routed: true,
+                    force: false,
                 },
             );
         }
@@ -433,17 +438,14 @@ impl<P> Delivery<P> {
             return out;
         };
         chat.next = chat.next.max(up_to + 1);
-        if more {
-            chat.known = chat.known.max(chat.next);
-        } else {
-            // Everything Postgres has: what was believed beyond it does not exist.
-            chat.known = chat.next - 1;
-            if chat.member && chat.member_now.is_none() {
-                // The user is not in the chat now, and the log did not say when they left
-                // (a removal older than the log): it ends here.
-                let rev = chat.next - 1;
-                self.close(chat_id, rev, &mut out);
-            }
+        chat.force = more;
+        // A page shared with other connections may have been read before a rev this one knows
+        // of: then the chat is still behind, and read again.
+        if !more && chat.next > chat.known && chat.member && chat.member_now.is_none() {
+            // The user is not in the chat now, and the log did not say when they left (a
+            // removal older than the log): it ends here.
+            let rev = chat.next - 1;
+            self.close(chat_id, rev, &mut out);
         }
         self.release_held(chat_id, &mut out);
         self.read_if_behind(chat_id, &mut out);
@@ -492,7 +494,7 @@ impl<P> Delivery<P> {
         for chat in self.chats.values_mut() {
             if chat.member && chat.member_now.is_none() && chat.routed {
                 // Left: read the log up to the removal, which ends the chat.
-                chat.known = chat.known.max(chat.next);
+                chat.force = true;
             }
         }
         if !routes.is_empty() {

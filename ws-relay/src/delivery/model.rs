@@ -57,6 +57,11 @@ enum Op {
     FailReads {
         count: u8,
     },
+    /// The next read of the log is a page another connection's read already had under way:
+    /// it misses the latest changes.
+    StaleRead {
+        lag: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -70,6 +75,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reconnect),
         3 => Just(Op::ResumeArrives),
         1 => (1u8..3).prop_map(|count| Op::FailReads { count }),
+        1 => (1u8..3).prop_map(|lag| Op::StaleRead { lag }),
     ]
 }
 
@@ -158,19 +164,16 @@ impl World {
     }
 
     /// A read of the log after `after`, as `changes::after` answers it.
-    fn page(&self, chat: i64, after: i64) -> Page {
-        let all: Vec<i64> = (after + 1..=self.rev(chat)).collect();
+    fn page(&self, chat: i64, after: i64, lag: u8) -> Page {
+        let last = (self.rev(chat) - i64::from(lag)).max(after);
+        let all: Vec<i64> = (after + 1..=last).collect();
         let more = all.len() > PAGE;
         let revs = &all[..all.len().min(PAGE)];
         let changes = revs
             .iter()
             .map(|&r| (r, self.kind(chat, r), (chat, r)))
             .collect();
-        let up_to = if more {
-            revs[PAGE - 1]
-        } else {
-            self.rev(chat).max(after)
-        };
+        let up_to = if more { revs[PAGE - 1] } else { last };
         (changes, up_to, more)
     }
 }
@@ -274,6 +277,7 @@ struct Run {
     /// Membership news pending for the user's subject.
     user_news: bool,
     failing_reads: u8,
+    stale_by: u8,
     timing: Timing,
 }
 
@@ -291,6 +295,7 @@ impl Run {
             bus: Vec::new(),
             user_news: false,
             failing_reads: 0,
+            stale_by: 0,
             world,
             timing,
         };
@@ -384,6 +389,10 @@ impl Run {
                 self.failing_reads = count;
                 Ok(())
             }
+            Op::StaleRead { lag } => {
+                self.stale_by = lag;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -421,7 +430,8 @@ impl Run {
                         self.machine.read_failed(chat_id, self.now);
                         continue;
                     }
-                    let (changes, up_to, more) = self.world.page(chat_id, after);
+                    let lag = std::mem::take(&mut self.stale_by);
+                    let (changes, up_to, more) = self.world.page(chat_id, after, lag);
                     queue.extend(self.machine.page(chat_id, after, changes, up_to, more));
                 }
                 Action::Route(chats) => {
@@ -457,6 +467,7 @@ impl Run {
     /// and reports membership news, time passes beyond every timer.
     fn settle(&mut self) -> Result<(), String> {
         self.failing_reads = 0;
+        self.stale_by = 0;
         self.step(&Op::ResumeArrives)?;
         while !self.bus.is_empty() {
             self.step(&Op::Deliver {
