@@ -447,13 +447,11 @@ async fn the_user_removed_and_re_added_while_disconnected_converges_on_resume() 
 }
 
 #[tokio::test]
-#[ignore = "issue 18, not done yet: read markers are not changes, so `resume` does not recover one moved while away"]
 async fn the_users_own_read_marker_converges_across_a_reconnect() {
     converges(&OWN_READ_MARKER).await;
 }
 
 #[tokio::test]
-#[ignore = "issue 18, not done yet: a summary carries only the caller's marker, so group ticks cannot be derived, and a lost `read` is not recovered"]
 async fn another_members_read_marker_converges_in_the_ticks_across_a_reconnect() {
     converges(&OTHER_READ_MARKER).await;
 }

@@ -59,6 +59,55 @@ async fn a_change_whose_event_was_lost_reaches_a_connected_socket_within_the_pol
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn a_read_marker_whose_event_was_lost_reaches_a_connected_socket_within_the_poll_bound() {
+    let app = TestApp::spawn_with_nats().await;
+    let relay = app.relay(relay_settings()).await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    let group = app.group(&alice, &[&bob]).await;
+    let message = app.send_to_chat(&alice, group, "read me").await;
+    let mut alice_ws = connect(&app, relay.addr, &alice, &[group]).await;
+    let silent = app.silent_twin().await;
+    let before = relay.stats();
+
+    let (status, _) = silent
+        .mark_read(&bob, message["id"].as_i64().unwrap())
+        .await;
+    assert!(status.is_success(), "{status}");
+    let committed = std::time::Instant::now();
+    // (The resume may repeat markers that moved at the rev it resumed from: Alice's own.)
+    let read = loop {
+        let read = alice_ws.expect("read", WAIT).await;
+        if read["user_id"] == bob.id {
+            break read;
+        }
+    };
+    let latency = committed.elapsed();
+
+    assert_eq!(
+        (
+            read["chat_id"].clone(),
+            read["user_id"].clone(),
+            read["last_read_seq"].clone()
+        ),
+        (json!(group), json!(bob.id), message["seq"].clone())
+    );
+    assert!(latency < POLL_BOUND, "took {latency:?}");
+    assert!(relay.stats().markers_recovered > before.markers_recovered);
+    // Once: a marker the relay has passed on is not passed on again.
+    loop {
+        match alice_ws.next(Duration::from_millis(600)).await {
+            Received::Frame(f) if f["type"] == "read" && f["user_id"] == bob.id => {
+                panic!("Bob's marker again: {f}")
+            }
+            Received::Frame(_) => continue,
+            Received::Silent => break,
+            other => panic!("the connection ended while waiting for silence: {other:?}"),
+        }
+    }
+    relay.stop().await;
+}
+
 /// Transaction ids are handed out in start order: a transaction that took its id first and
 /// commits last must not be skipped by a feed that has already read later ids.
 #[tokio::test]
@@ -282,7 +331,8 @@ async fn a_poll_reads_only_what_changed_however_many_chats_users_and_sessions_it
     let sent = silent.send_to_chat(&alice, last, "one change").await;
     assert_eq!(sockets[0].messages(1, WAIT).await[0]["message"], sent);
     let changed = relay.stats();
-    assert_eq!(changed.feed_rows, idle.feed_rows + 1, "{changed:?}");
+    // The message's change, and the sender's read marker that sending moved.
+    assert_eq!(changed.feed_rows, idle.feed_rows + 2, "{changed:?}");
     let polls = changed.polls - idle.polls;
     let queries = changed.poll_queries - idle.poll_queries;
     assert!(

@@ -677,9 +677,47 @@ impl Session {
         };
         let now = self.now();
         match self.delivery.resume(&listed, &positions, &left, now) {
-            Ok(actions) => self.carry_out(actions).await,
-            Err(wait) => self.resume_refused(wait).await,
+            Ok(actions) => self.carry_out(actions).await?,
+            Err(wait) => return self.resume_refused(wait).await,
         }
+        self.markers_since(&listed).await
+    }
+
+    /// Read markers are not changes, so a replay does not carry them: after it, the markers of
+    /// the listed chats that moved at or after the client's rev are sent as `read` frames.
+    async fn markers_since(&mut self, listed: &BTreeMap<i64, i64>) -> Result<(), Closed> {
+        let chats: Vec<(i64, i64)> = listed
+            .iter()
+            .filter(|&(&chat_id, _)| self.delivery.delivers(chat_id))
+            .map(|(&chat_id, &rev)| (chat_id, rev))
+            .collect();
+        if chats.is_empty() {
+            return Ok(());
+        }
+        let markers = match members::markers_since(&self.state.db, &chats).await {
+            Ok(markers) => markers,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read markers for resume");
+                return self
+                    .error(
+                        "read markers could not be loaded; resume again",
+                        "unavailable",
+                    )
+                    .await;
+            }
+        };
+        for m in markers {
+            if let Some(rev) = self.delivery.position(m.chat_id) {
+                self.frame(&ServerFrame::Read {
+                    chat_id: m.chat_id,
+                    user_id: m.user_id,
+                    last_read_seq: m.last_read_seq,
+                    rev,
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// The message-only form: each listed chat from the message after this seq, in rev order.

@@ -9,11 +9,11 @@
 //! Nothing here is trusted to be complete. A bus may drop an event (a full subscription
 //! buffer, a restart, a handler that died between commit and publish), so a poller reads what
 //! was committed since its last look: the feed ordered by commit (`chat_changes`, `member_rev`
-//! moves and ended sessions, each stamped with its transaction; see
+//! moves, read marker moves and ended sessions, each stamped with its transaction; see
 //! [`windi_shared::db::changes::horizon`]). From it the hub nudges the connections of every
 //! routed chat that moved past the highest rev seen, has the connections of every connected
-//! user whose `member_rev` moved re-read their chats, and closes the connections of ended
-//! sessions. A poll costs O(changes since the last poll), read in pages of [`FEED_PAGE`],
+//! user whose `member_rev` moved re-read their chats, passes on the markers that moved further
+//! than their events said, and closes the connections of ended sessions. A poll costs O(changes since the last poll), read in pages of [`FEED_PAGE`],
 //! whatever the number of chats, users and sessions served.
 //!
 //! **The bound.** A committed change whose event was lost reaches its connections within
@@ -63,6 +63,7 @@ use tokio::{
 use windi_shared::{
     db::{
         changes::{self, Committed, Horizon, MemberCommitted},
+        members::{self, MarkerCommitted},
         sessions::{self, EndedCommitted},
     },
     events::{Bus, Event, EventStream, Topic},
@@ -229,12 +230,15 @@ pub struct Stats {
     /// Queries the poller sent (failed ones included): per poll, one for the horizon and, when
     /// it moved, one per page of each feed.
     pub poll_queries: AtomicU64,
-    /// Rows the poller read from the feed (changes, `member_rev` moves, ended sessions).
+    /// Rows the poller read from the feed (changes, `member_rev` moves, marker moves, ended
+    /// sessions).
     pub feed_rows: AtomicU64,
     /// Catch-up reads sent to Postgres ([`Hub::catch_up`]).
     pub catch_up_queries: AtomicU64,
     /// Catch-up callers served by a read another caller had under way.
     pub catch_up_coalesced: AtomicU64,
+    /// Read markers the poller found moved with no event seen ([`Hub::markers_moved`]).
+    pub markers_recovered: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -255,6 +259,7 @@ pub struct StatsSnapshot {
     pub feed_rows: u64,
     pub catch_up_queries: u64,
     pub catch_up_coalesced: u64,
+    pub markers_recovered: u64,
 }
 
 impl Stats {
@@ -281,6 +286,7 @@ impl Stats {
             feed_rows: get(&self.feed_rows),
             catch_up_queries: get(&self.catch_up_queries),
             catch_up_coalesced: get(&self.catch_up_coalesced),
+            markers_recovered: get(&self.markers_recovered),
         }
     }
 }
@@ -307,6 +313,9 @@ struct Route {
     ready: watch::Receiver<bool>,
     /// Tells a subscription that finishes late whether its route is still the same one.
     generation: u64,
+    /// The highest read marker of each member this hub has seen (chat routes only), so the
+    /// poller passes on only the markers whose event did not come.
+    markers: HashMap<i64, i64>,
 }
 
 #[derive(Debug)]
@@ -588,6 +597,7 @@ impl Hub {
                 sub: None,
                 ready,
                 generation,
+                markers: HashMap::new(),
             },
         );
         created.push(NewRoute {
@@ -707,6 +717,19 @@ impl Hub {
                     if let Some((_, rev)) = event.change() {
                         route.seen = route.seen.max(rev);
                     }
+                    if let Event::MessageRead {
+                        user_id,
+                        last_read_seq,
+                        ..
+                    } = &*event
+                    {
+                        let seen = route.markers.entry(*user_id).or_default();
+                        if *last_read_seq <= *seen {
+                            // Passed on already (by the poller, or a repeated publish).
+                            return;
+                        }
+                        *seen = *last_read_seq;
+                    }
                     queues(conns, route.conns.iter())
                 };
                 let live = Arc::new(Live::new(event));
@@ -812,6 +835,17 @@ impl Hub {
                 _ => break,
             }
         }
+        let mut after = MarkerCommitted::start(from);
+        loop {
+            let rows =
+                self.polled(members::markers_committed(&self.db, after, upto, FEED_PAGE).await)?;
+            Stats::add(&self.stats.feed_rows, rows.len() as u64);
+            self.markers_moved(&rows);
+            match rows.last() {
+                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
+                _ => break,
+            }
+        }
         let mut after = EndedCommitted::start(from);
         loop {
             let rows =
@@ -824,6 +858,34 @@ impl Hub {
             }
         }
         Some(upto)
+    }
+
+    /// Passes on the markers of routed chats that moved further than their events said: a
+    /// lost `message.read` reaches connected members within the poll bound, like a change.
+    fn markers_moved(&self, rows: &[MarkerCommitted]) {
+        let mut missed = Vec::new();
+        {
+            let mut tables = self.tables();
+            for row in rows {
+                let Some(route) = tables.chats.get_mut(&row.chat_id) else {
+                    continue;
+                };
+                let seen = route.markers.get(&row.user_id).copied().unwrap_or_default();
+                if row.last_read_seq > seen {
+                    missed.push(Event::MessageRead {
+                        chat_id: row.chat_id,
+                        user_id: row.user_id,
+                        last_read_seq: row.last_read_seq,
+                        rev: route.seen,
+                    });
+                }
+            }
+        }
+        // Dispatched like a live event, which records the marker as seen.
+        for event in missed {
+            Stats::add(&self.stats.markers_recovered, 1);
+            self.dispatch(Arc::new(event));
+        }
     }
 
     /// Counts a poller query, and its failure.

@@ -418,7 +418,7 @@ fn export_metrics(hub: &Arc<Hub>) {
         windi_shared::metrics::add_collector(|| {
             let Ok(mut hubs) = HUBS.lock() else { return };
             hubs.retain(|h| h.strong_count() > 0);
-            let mut total = [0u64; 15];
+            let mut total = [0u64; 16];
             for hub in hubs.iter().filter_map(std::sync::Weak::upgrade) {
                 let s = hub.snapshot();
                 let values = [
@@ -437,6 +437,7 @@ fn export_metrics(hub: &Arc<Hub>) {
                     s.feed_rows,
                     s.catch_up_queries,
                     s.catch_up_coalesced,
+                    s.markers_recovered,
                 ];
                 for (t, v) in total.iter_mut().zip(values) {
                     *t += v;
@@ -458,6 +459,7 @@ fn export_metrics(hub: &Arc<Hub>) {
                 feed_rows,
                 catch_up_queries,
                 catch_up_coalesced,
+                markers_recovered,
             ] = total;
             metrics::gauge!("windi_relay_connections").set(connections as f64);
             metrics::counter!("windi_relay_deliveries_total").absolute(delivered);
@@ -474,6 +476,7 @@ fn export_metrics(hub: &Arc<Hub>) {
             metrics::counter!("windi_relay_feed_rows_total").absolute(feed_rows);
             metrics::counter!("windi_relay_catch_up_queries_total").absolute(catch_up_queries);
             metrics::counter!("windi_relay_catch_up_coalesced_total").absolute(catch_up_coalesced);
+            metrics::counter!("windi_relay_markers_recovered_total").absolute(markers_recovered);
         });
     });
 }

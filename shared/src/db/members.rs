@@ -117,6 +117,78 @@ pub async fn left_revs(
     .await
 }
 
+/// A member's read marker, as the relay sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Marker {
+    pub chat_id: i64,
+    pub user_id: i64,
+    pub last_read_seq: i64,
+}
+
+/// The markers of these chats that moved at or after the given rev of each (`chats`: pairs of
+/// chat and rev): what a device that resumes from those revs may have missed.
+pub async fn markers_since(
+    db: impl PgExecutor<'_>,
+    chats: &[(i64, i64)],
+) -> sqlx::Result<Vec<Marker>> {
+    let (ids, revs): (Vec<i64>, Vec<i64>) = chats.iter().copied().unzip();
+    sqlx::query_as(
+        "SELECT m.chat_id, m.user_id, m.last_read_seq
+         FROM unnest($1::bigint[], $2::bigint[]) AS r (chat_id, rev)
+         JOIN chat_members m ON m.chat_id = r.chat_id AND m.read_rev >= r.rev AND m.read_rev > 0
+         ORDER BY m.chat_id, m.user_id",
+    )
+    .bind(ids)
+    .bind(revs)
+    .fetch_all(db)
+    .await
+}
+
+/// One marker move as the relay's feed lists it (see [`super::changes::horizon`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct MarkerCommitted {
+    pub xid: super::changes::Horizon,
+    pub chat_id: i64,
+    pub user_id: i64,
+    pub last_read_seq: i64,
+}
+
+impl MarkerCommitted {
+    /// Where a feed read from `from` starts: before every row stamped `from`.
+    pub fn start(from: super::changes::Horizon) -> Self {
+        Self {
+            xid: from,
+            chat_id: i64::MIN,
+            user_id: i64::MIN,
+            last_read_seq: 0,
+        }
+    }
+}
+
+/// Markers moved by transactions from `after` (exclusive, in feed order) to the horizon `upto`
+/// (exclusive), at most `limit`.
+pub async fn markers_committed(
+    db: impl PgExecutor<'_>,
+    after: MarkerCommitted,
+    upto: super::changes::Horizon,
+    limit: i64,
+) -> sqlx::Result<Vec<MarkerCommitted>> {
+    sqlx::query_as(
+        "SELECT read_xid::text::bigint AS xid, chat_id, user_id, last_read_seq
+         FROM chat_members
+         WHERE read_xid >= $1::text::xid8 AND read_xid < $4::text::xid8
+           AND (read_xid, chat_id, user_id) > ($1::text::xid8, $2, $3)
+         ORDER BY read_xid, chat_id, user_id LIMIT $5",
+    )
+    .bind(after.xid)
+    .bind(after.chat_id)
+    .bind(after.user_id)
+    .bind(upto)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// Makes the longest-standing remaining member the owner, when a group's owner leaves.
 pub async fn promote_eldest(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
@@ -141,9 +213,11 @@ pub async fn advance_read(
     seq: i64,
 ) -> sqlx::Result<Option<(i64, i64)>> {
     sqlx::query_as(
-        "UPDATE chat_members SET last_read_seq = $3
+        "UPDATE chat_members
+         SET last_read_seq = $3, read_rev = (SELECT rev FROM chats WHERE id = $1),
+             read_xid = pg_current_xact_id()
          WHERE chat_id = $1 AND user_id = $2 AND last_read_seq < $3
-         RETURNING last_read_seq, (SELECT rev FROM chats WHERE id = $1)",
+         RETURNING last_read_seq, read_rev",
     )
     .bind(chat_id)
     .bind(user_id)

@@ -85,7 +85,9 @@ pub async fn insert(
              INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
              SELECT chat_id, rev, 'message', id, sender_id FROM m),
          mk AS (
-             UPDATE chat_members me SET last_read_seq = m.seq FROM m
+             UPDATE chat_members me
+             SET last_read_seq = m.seq, read_rev = m.rev, read_xid = pg_current_xact_id()
+             FROM m
              WHERE me.chat_id = m.chat_id AND me.user_id = m.sender_id AND me.last_read_seq < m.seq
              RETURNING me.last_read_seq)
          SELECT ",
