@@ -79,6 +79,9 @@ pub enum Event {
         chat_id: i64,
         rev: i64,
         user_id: i64,
+        /// The member's name (absent from events published before it was added).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// On `<prefix>.chat.<chat_id>`.
     #[serde(rename = "member.left")]

@@ -120,6 +120,10 @@ pub struct Change {
     /// For `member`: who joined or left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
+    /// For `member`: their name now (so a client can show a member it shares no other chat
+    /// with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// For message changes: the message in its current state (a later change of the same
     /// message may already show in it).
     #[serde(skip_serializing_if = "Option::is_none")]

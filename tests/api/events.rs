@@ -123,7 +123,8 @@ async fn committed_changes_are_published_with_their_payloads_and_ids() {
     assert_eq!(subject, format!("{p}.chat.{group}"));
     assert_eq!(
         event,
-        json!({"type": "member.joined", "chat_id": group, "rev": 1, "user_id": carol.id})
+        json!({"type": "member.joined", "chat_id": group, "rev": 1, "user_id": carol.id,
+               "name": "Carol"})
     );
     let (subject, _, event) = events.next().await;
     assert_eq!(subject, format!("{p}.user.{}", carol.id));

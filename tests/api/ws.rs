@@ -150,7 +150,7 @@ async fn members_added_or_removed_while_connected(mode: Mode) {
     assert_eq!(
         joined,
         json!({"type": "member", "chat_id": group, "user_id": carol.id, "change": "joined",
-               "rev": 2})
+               "rev": 2, "name": "Carol"})
     );
 
     let welcome = app.send_to_chat(&alice, group, "welcome carol").await;

@@ -680,12 +680,13 @@ impl Session {
             Ok(actions) => self.carry_out(actions).await?,
             Err(wait) => return self.resume_refused(wait).await,
         }
-        self.markers_since(&listed).await
+        self.news_since(&listed).await
     }
 
-    /// Read markers are not changes, so a replay does not carry them: after it, the markers of
-    /// the listed chats that moved at or after the client's rev are sent as `read` frames.
-    async fn markers_since(&mut self, listed: &BTreeMap<i64, i64>) -> Result<(), Closed> {
+    /// Read markers and names are not changes, so a replay does not carry them: after it, the
+    /// markers of the listed chats that moved at or after the client's rev are sent as `read`
+    /// frames, and the names of their members changed since as `user_updated`.
+    async fn news_since(&mut self, listed: &BTreeMap<i64, i64>) -> Result<(), Closed> {
         let chats: Vec<(i64, i64)> = listed
             .iter()
             .filter(|&(&chat_id, _)| self.delivery.delivers(chat_id))
@@ -694,18 +695,36 @@ impl Session {
         if chats.is_empty() {
             return Ok(());
         }
-        let markers = match members::markers_since(&self.state.db, &chats).await {
-            Ok(markers) => markers,
+        let db = &self.state.db;
+        let news = match members::markers_since(db, &chats).await {
+            Ok(markers) => users::renamed_since(db, &chats)
+                .await
+                .map(|names| (markers, names)),
+            Err(e) => Err(e),
+        };
+        let (markers, names) = match news {
+            Ok(news) => news,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read markers for resume");
+                tracing::warn!(error = %e, "cannot read markers and names for resume");
                 return self
                     .error(
-                        "read markers could not be loaded; resume again",
+                        "read markers and names could not be loaded; resume again",
                         "unavailable",
                     )
                     .await;
             }
         };
+        for n in names {
+            if let Some(rev) = self.delivery.position(n.chat_id) {
+                self.frame(&ServerFrame::UserUpdated {
+                    chat_id: n.chat_id,
+                    user_id: n.user_id,
+                    name: &n.name,
+                    rev,
+                })
+                .await?;
+            }
+        }
         for m in markers {
             if let Some(rev) = self.delivery.position(m.chat_id) {
                 self.frame(&ServerFrame::Read {

@@ -134,11 +134,13 @@ impl Live {
                         chat_id,
                         rev,
                         user_id,
+                        name,
                     } => ServerFrame::Member {
                         chat_id: *chat_id,
                         user_id: *user_id,
                         change: "joined",
                         rev: *rev,
+                        name: name.as_deref(),
                     },
                     Event::MemberLeft {
                         chat_id,
@@ -149,6 +151,7 @@ impl Live {
                         user_id: *user_id,
                         change: "left",
                         rev: *rev,
+                        name: None,
                     },
                     _ => return None,
                 };

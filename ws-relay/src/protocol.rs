@@ -74,6 +74,9 @@ pub enum ServerFrame<'a> {
         user_id: i64,
         change: &'a str,
         rev: i64,
+        /// Their name (for `joined`), so a member you share no other chat with has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
     },
     /// A member of this chat changed their name (not a change of the chat: `rev` is where
     /// the chat is, as for typing). Sent once per chat you share with them.
@@ -133,6 +136,7 @@ impl ServerFrame<'_> {
                 user_id,
                 change: change.change.as_deref().unwrap_or("joined"),
                 rev,
+                name: change.name.as_deref(),
             }),
             _ => None,
         }

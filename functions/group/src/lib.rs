@@ -59,16 +59,8 @@ async fn create_group(
     let mut tx = state.db.begin().await?;
     let chat = chats::insert_group(&mut *tx, &name, user.id).await?;
     // The members a group starts with are its initial state: no revs.
-    members::add(&mut *tx, chat.id, &[user.id], "owner", false).await?;
-    let mut added = members::add(&mut *tx, chat.id, &ids, "member", false).await?;
-    added.insert(
-        0,
-        members::Added {
-            user_id: user.id,
-            joined_seq: 0,
-            joined_rev: 0,
-        },
-    );
+    let mut added = members::add(&mut *tx, chat.id, &[user.id], "owner", false).await?;
+    added.extend(members::add(&mut *tx, chat.id, &ids, "member", false).await?);
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
     let member_revs = users::bump_member_revs(&mut *tx, &participant_ids).await?;
     windi_shared::deadline::commit(tx).await?;
@@ -284,6 +276,7 @@ async fn publish_added(
             chat_id,
             rev: a.joined_rev,
             user_id: a.user_id,
+            name: Some(a.name.clone()),
         }));
     }
     let member_revs: std::collections::HashMap<i64, i64> = member_revs.iter().copied().collect();

@@ -22,6 +22,8 @@ struct Row {
     kind: String,
     message_id: Option<i64>,
     user_id: Option<i64>,
+    /// The member's name, for membership rows.
+    name: Option<String>,
     /// The chat's rev when the page was read (the same in every row).
     chat_rev: i64,
 }
@@ -40,9 +42,10 @@ pub async fn after(
     limit: i64,
 ) -> sqlx::Result<ChangesPage> {
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT ch.rev, ch.kind, ch.message_id, ch.user_id,
+        "SELECT ch.rev, ch.kind, ch.message_id, ch.user_id, u.name,
                 (SELECT rev FROM chats WHERE id = $1) AS chat_rev
          FROM chat_changes ch
+         LEFT JOIN users u ON u.id = ch.user_id AND ch.kind = 'member_joined'
          WHERE ch.chat_id = $1 AND ch.rev > $2
          ORDER BY ch.rev LIMIT $3",
     )
@@ -206,6 +209,11 @@ fn change(chat_id: i64, row: &Row, messages: &HashMap<i64, MessageOut>) -> Optio
         chat_id,
         change: change.map(str::to_owned),
         user_id: if kind == "member" { row.user_id } else { None },
+        name: if kind == "member" {
+            row.name.clone()
+        } else {
+            None
+        },
         message,
     })
 }

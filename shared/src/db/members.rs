@@ -7,7 +7,7 @@
 use sqlx::PgExecutor;
 
 /// A member just added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Added {
     pub user_id: i64,
     /// The chat's seq when they joined: their read marker starts there, so history stays
@@ -15,6 +15,8 @@ pub struct Added {
     pub joined_seq: i64,
     /// The rev of their join (the chat's rev at creation for its initial members).
     pub joined_rev: i64,
+    /// Their name, which `member` frames carry so every member can show who joined.
+    pub name: String,
 }
 
 /// Adds the users who are not members yet, ascending by id. With `as_changes`, each addition is
@@ -45,7 +47,8 @@ pub async fn add(
          bump AS (
              UPDATE chats SET rev = rev + (SELECT count(*) FROM ins)
              WHERE id = $1 AND $4)
-         SELECT user_id, last_read_seq AS joined_seq, joined_rev FROM ins ORDER BY user_id",
+         SELECT ins.user_id, ins.last_read_seq AS joined_seq, ins.joined_rev, u.name
+         FROM ins JOIN users u ON u.id = ins.user_id ORDER BY ins.user_id",
     )
     .bind(chat_id)
     .bind(user_ids)

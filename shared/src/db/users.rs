@@ -57,7 +57,7 @@ pub async fn me(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Option<Me>> {
 /// Renames a live user; answers the profile.
 pub async fn rename(db: impl PgExecutor<'_>, id: i64, name: &str) -> sqlx::Result<Option<Me>> {
     sqlx::query_as(
-        "UPDATE users SET name = $2 WHERE id = $1 AND deleted_at IS NULL
+        "UPDATE users SET name = $2, renamed_at = now() WHERE id = $1 AND deleted_at IS NULL
          RETURNING id, name, email, created_at",
     )
     .bind(id)
@@ -83,7 +83,8 @@ pub const DELETED_NAME: &str = "Deleted user";
 /// The row stays: messages, chats and changes point at it.
 pub async fn tombstone(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE users SET email = NULL, password_hash = '', name = $2, deleted_at = now()
+        "UPDATE users SET email = NULL, password_hash = '', name = $2, deleted_at = now(),
+             renamed_at = now()
          WHERE id = $1",
     )
     .bind(id)
@@ -91,6 +92,40 @@ pub async fn tombstone(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
     .execute(db)
     .await
     .map(drop)
+}
+
+/// A member's name, as the relay sends it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Named {
+    pub chat_id: i64,
+    pub user_id: i64,
+    pub name: String,
+}
+
+/// The members of these chats who changed their name since the given rev of each was
+/// committed (`chats`: pairs of chat and rev): what a device that resumes from those revs may
+/// have missed. With a margin of the longest a transaction may run (a rename that started
+/// before the rev's transaction may have committed after it): a name sent twice changes
+/// nothing.
+pub async fn renamed_since(
+    db: impl PgExecutor<'_>,
+    chats: &[(i64, i64)],
+) -> sqlx::Result<Vec<Named>> {
+    let (ids, revs): (Vec<i64>, Vec<i64>) = chats.iter().copied().unzip();
+    sqlx::query_as(
+        "SELECT r.chat_id, m.user_id, u.name
+         FROM unnest($1::bigint[], $2::bigint[]) AS r (chat_id, rev)
+         JOIN chat_members m ON m.chat_id = r.chat_id
+         JOIN users u ON u.id = m.user_id
+         WHERE u.renamed_at > coalesce(
+             (SELECT c.created_at FROM chat_changes c WHERE c.chat_id = r.chat_id AND c.rev = r.rev),
+             '-infinity') - interval '10 seconds'
+         ORDER BY r.chat_id, m.user_id",
+    )
+    .bind(ids)
+    .bind(revs)
+    .fetch_all(db)
+    .await
 }
 
 /// Every chat the user is a member of, ascending (the order membership locks are taken in).
