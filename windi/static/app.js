@@ -137,7 +137,7 @@ function applySummary(chat, s) {
   chat.name = s.name;
   chat.role = s.role ?? chat.role;
   chat.memberIds = s.member_ids;
-  // Display names, by user id (members who join later show as #id until the next refresh).
+  // Display names, by user id (a joiner's comes with their `member` frame).
   chat.names = new Map((s.members ?? []).map((m) => [m.id, m.name]));
   // Its unread count, unless we already know more (live messages, or our own newer marker).
   if (s.last_seq >= chat.countedSeq && s.last_read_seq >= chat.myReadSeq) {
@@ -584,14 +584,14 @@ function onChatRemoved(chatId) {
 }
 
 /** Someone else joined or left one of our chats. */
-function onMember({ chat_id: chatId, user_id: userId, change, rev }) {
+function onMember({ chat_id: chatId, user_id: userId, change, rev, name }) {
   const chat = state.chats.get(chatId);
   if (!chat) return;
   advanceRev(chat, rev);
   const others = chat.memberIds.filter((id) => id !== userId);
   chat.memberIds = change === 'joined' ? [...others, userId] : others;
-  // The frame has no name; the chat list has, and until it answers the newcomer shows as #id.
-  if (change === 'joined') refreshChats();
+  // A joiner comes with their name.
+  if (change === 'joined' && name) chat.names?.set(userId, name);
   if (chatId === state.openChatId) renderHeader();
 }
 
