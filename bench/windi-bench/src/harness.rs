@@ -54,7 +54,7 @@ pub const RAISED_LIMITS: &[(&str, &str)] = &[
 ];
 
 /// The run's settings, shared by every scenario.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ctx {
     /// The CI smoke: tiny sizes, a few seconds per scenario.
     pub quick: bool,
@@ -69,6 +69,11 @@ pub struct Ctx {
     pub nats_url: String,
     /// `connections`: how many idle sockets (`--sockets`).
     pub sockets: usize,
+    /// `storm`: how many sockets reconnect at once (`--storm-sockets`).
+    pub storm_sockets: usize,
+    /// `windi` and `ws-relay` of an earlier revision (`PREVIOUS_WINDI_BIN`,
+    /// `PREVIOUS_WS_RELAY_BIN`): `recovery` and `storm` run them as their baseline when set.
+    pub previous: Option<(PathBuf, PathBuf)>,
     /// A client for setup calls (not the load generator).
     pub http: reqwest::Client,
 }
@@ -77,6 +82,30 @@ impl Ctx {
     /// `quick` in a `--quick` run, else `full`.
     pub fn pick<T>(&self, quick: T, full: T) -> T {
         if self.quick { quick } else { full }
+    }
+
+    /// These settings with other binaries (an earlier revision's, as a baseline).
+    pub fn with_binaries(&self, windi_bin: &Path, relay_bin: &Path) -> Self {
+        Self {
+            windi_bin: windi_bin.to_owned(),
+            relay_bin: relay_bin.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+/// `PREVIOUS_WINDI_BIN` and `PREVIOUS_WS_RELAY_BIN`, both or neither (absolute paths).
+pub fn previous_binaries() -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    match (
+        std::env::var_os("PREVIOUS_WINDI_BIN"),
+        std::env::var_os("PREVIOUS_WS_RELAY_BIN"),
+    ) {
+        (None, None) => Ok(None),
+        (Some(windi), Some(relay)) => Ok(Some((
+            std::path::absolute(windi)?,
+            std::path::absolute(relay)?,
+        ))),
+        _ => bail!("set both PREVIOUS_WINDI_BIN and PREVIOUS_WS_RELAY_BIN, or neither"),
     }
 }
 
@@ -263,6 +292,7 @@ pub struct Windi {
     nats_url: String,
     options: WindiOptions,
     env: Vec<(String, String)>,
+    windi_bin: PathBuf,
     relay_bin: PathBuf,
     api: Child,
     relay_child: Option<Child>,
@@ -316,6 +346,7 @@ impl Windi {
             nats_url: ctx.nats_url.clone(),
             options,
             env,
+            windi_bin: ctx.windi_bin.clone(),
             relay_bin: ctx.relay_bin.clone(),
             api,
             relay_child: None,
@@ -333,7 +364,9 @@ impl Windi {
         Ok(windi)
     }
 
-    async fn start_relay(&mut self, ctx: &Ctx) -> anyhow::Result<()> {
+    /// Starts the separate relay (after [`Windi::stop_relay`]); answers when its `/health`
+    /// answers.
+    pub async fn start_relay(&mut self, ctx: &Ctx) -> anyhow::Result<()> {
         let mut child = spawn(&self.relay_bin, &[], &self.env)?;
         let url = format!("http://{}/health", self.relay);
         let healthy = wait_healthy(&ctx.http, &url, &mut child).await;
@@ -356,6 +389,17 @@ impl Windi {
     /// The process that serves WebSockets: `ws-relay` when separate, else `windi serve`.
     pub fn relay_pid(&self) -> u32 {
         self.relay_child.as_ref().map_or(self.api.id(), Child::id)
+    }
+
+    /// Stops the separate relay with SIGTERM (clients get close 1012) and waits for its exit;
+    /// [`Windi::start_relay`] starts it again on the same port.
+    pub async fn stop_relay(&mut self) -> anyhow::Result<()> {
+        let child = self
+            .relay_child
+            .take()
+            .context("no separate relay to stop")?;
+        terminate(child).await;
+        Ok(())
     }
 
     /// Stops the relay with SIGTERM (clients get close 1012) and starts it again on the same
@@ -399,6 +443,66 @@ impl Windi {
     /// The database this windi serves.
     pub fn db(&self) -> &BenchDb {
         self.db.as_ref().expect("the database is there until stop")
+    }
+
+    /// A second `windi serve` (the same binary) on this windi's database that publishes no
+    /// event anywhere (NATS off, no relay): what it commits reaches the relay only through
+    /// Postgres, like a change whose event was lost.
+    pub async fn silent_twin(&self, ctx: &Ctx) -> anyhow::Result<Twin> {
+        let port = free_port()?;
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "NATS_URL" | "PORT" | "RELAY_PORT" | "WINDI_RELAY"
+                )
+            })
+            .cloned()
+            .collect();
+        env.extend([
+            ("PORT".into(), port.to_string()),
+            ("RELAY_PORT".into(), free_port()?.to_string()),
+            ("WINDI_RELAY".into(), "off".into()),
+        ]);
+        let mut child = spawn(&self.windi_bin, &["serve"], &env)?;
+        let api_url = format!("http://127.0.0.1:{port}");
+        let healthy = wait_healthy(&ctx.http, &format!("{api_url}/health"), &mut child).await;
+        let twin = Twin { api_url, child };
+        healthy.map(|()| twin)
+    }
+
+    /// The relay's `/health` counters (JSON; a counter an older relay lacks is absent).
+    pub async fn relay_health(&self, ctx: &Ctx) -> anyhow::Result<Value> {
+        let url = format!("http://{}/health", self.relay);
+        let response = ctx.http.get(&url).send().await?.error_for_status()?;
+        Ok(response.json().await?)
+    }
+}
+
+/// A `windi serve` whose events go nowhere ([`Windi::silent_twin`]); killed when dropped.
+#[derive(Debug)]
+pub struct Twin {
+    /// `http://127.0.0.1:<port>`.
+    pub api_url: String,
+    child: Child,
+}
+
+impl Twin {
+    /// A client of this process's HTTP API.
+    pub fn api(&self, ctx: &Ctx) -> Api {
+        Api {
+            base: self.api_url.clone(),
+            http: ctx.http.clone(),
+        }
+    }
+}
+
+impl Drop for Twin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -708,8 +812,13 @@ impl Ws {
     }
 
     pub async fn send_json(&mut self, frame: &Value) -> anyhow::Result<()> {
+        self.send_text(&frame.to_string()).await
+    }
+
+    /// Sends a text frame already encoded (e.g. one `resume` frame per user, built once).
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
         self.stream
-            .send(Message::text(frame.to_string()))
+            .send(Message::text(text))
             .await
             .map_err(Into::into)
     }

@@ -39,6 +39,10 @@ mod chatlist;
 mod history;
 mod login;
 
+mod pg_activity;
+mod recovery;
+mod storm;
+
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use clap::Parser;
@@ -57,6 +61,8 @@ const SCENARIOS: &[&str] = &[
     "history",
     "chatlist",
     "login",
+    "recovery",
+    "storm",
     "capacity",
 ];
 
@@ -64,12 +70,14 @@ const SCENARIOS: &[&str] = &[
 ///
 /// Needs the shared Postgres (BENCH_ADMIN_URL, default postgres://postgres@127.0.0.1:5432/postgres),
 /// NATS (NATS_URL, default nats://127.0.0.1:4222), and `wrk` and `pgbench` on PATH. Builds
-/// windi in release mode unless WINDI_BIN (and WS_RELAY_BIN) are set.
+/// windi in release mode unless WINDI_BIN (and WS_RELAY_BIN) are set. With PREVIOUS_WINDI_BIN
+/// and PREVIOUS_WS_RELAY_BIN (an earlier revision's binaries), `recovery` and `storm` run them
+/// as their baseline.
 #[derive(Debug, Parser)]
 #[command(name = "windi-bench")]
 struct Cli {
     /// Scenarios to run: send, latency, fanout, connections, history, chatlist, login,
-    /// capacity, or all.
+    /// recovery, storm, capacity, or all.
     #[arg(required = true, value_parser = scenario_name)]
     scenarios: Vec<String>,
     /// The CI smoke: tiny sizes, a few seconds per scenario (figures are real but noisy).
@@ -84,6 +92,10 @@ struct Cli {
     /// `connections`: idle authenticated sockets to open (200 with --quick unless given).
     #[arg(long)]
     sockets: Option<usize>,
+    /// `storm`: sockets that reconnect at once after the relay restarts (200 with --quick
+    /// unless given); an even multiple of 100.
+    #[arg(long)]
+    storm_sockets: Option<usize>,
 }
 
 fn scenario_name(raw: &str) -> Result<String, String> {
@@ -103,6 +115,8 @@ async fn run_scenario(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         "history" => history::run(ctx).await,
         "chatlist" => chatlist::run(ctx).await,
         "login" => login::run(ctx).await,
+        "recovery" => recovery::run(ctx).await,
+        "storm" => storm::run(ctx).await,
         // capacity reads the figures measured before it; see the loop in `run`.
         "capacity" => capacity::run(ctx, &[]).await,
         other => anyhow::bail!("unknown scenario {other}"),
@@ -138,6 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
         sockets: cli.sockets.unwrap_or(if cli.quick { 200 } else { 10_000 }),
+        storm_sockets: cli
+            .storm_sockets
+            .unwrap_or(if cli.quick { 200 } else { 10_000 }),
+        previous: harness::previous_binaries()?,
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()?,
