@@ -16,6 +16,10 @@ use windi_tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(15);
+/// Queries a poll sends at most when nothing fills a page: the horizon, then one per feed
+/// (changes, memberships, read markers, ended sessions) when the horizon moved, which other
+/// databases' transactions on a shared server also make it do.
+const PER_POLL: u64 = 5;
 /// relay_settings() polls every 200 ms: the bound is that plus a few queries, with a margin
 /// for a loaded machine.
 const POLL_BOUND: Duration = Duration::from_millis(1500);
@@ -323,7 +327,7 @@ async fn a_poll_reads_only_what_changed_however_many_chats_users_and_sessions_it
     let polls = idle.polls - before.polls;
     let queries = idle.poll_queries - before.poll_queries;
     assert!(
-        queries <= 4 * (polls + 1),
+        queries <= PER_POLL * (polls + 1),
         "{queries} queries in {polls} polls"
     );
 
@@ -336,7 +340,7 @@ async fn a_poll_reads_only_what_changed_however_many_chats_users_and_sessions_it
     let polls = changed.polls - idle.polls;
     let queries = changed.poll_queries - idle.poll_queries;
     assert!(
-        queries <= 4 * (polls + 1),
+        queries <= PER_POLL * (polls + 1),
         "{queries} queries in {polls} polls"
     );
     relay.stop().await;
