@@ -814,53 +814,60 @@ impl Hub {
             }
             return Some(upto);
         }
-        let mut after = Committed::start(from);
-        loop {
-            let rows = self.polled(changes::committed(&self.db, after, upto, FEED_PAGE).await)?;
-            Stats::add(&self.stats.feed_rows, rows.len() as u64);
-            self.behind(Kind::Chat, latest(rows.iter().map(|r| (r.chat_id, r.rev))));
-            match rows.last() {
-                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
-                _ => break,
-            }
-        }
-        let mut after = MemberCommitted::start(from);
-        loop {
-            let rows =
-                self.polled(changes::members_committed(&self.db, after, upto, FEED_PAGE).await)?;
-            Stats::add(&self.stats.feed_rows, rows.len() as u64);
-            self.behind(
-                Kind::User,
-                latest(rows.iter().map(|r| (r.user_id, r.member_rev))),
-            );
-            match rows.last() {
-                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
-                _ => break,
-            }
-        }
-        let mut after = MarkerCommitted::start(from);
-        loop {
-            let rows =
-                self.polled(members::markers_committed(&self.db, after, upto, FEED_PAGE).await)?;
-            Stats::add(&self.stats.feed_rows, rows.len() as u64);
-            self.markers_moved(&rows);
-            match rows.last() {
-                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
-                _ => break,
-            }
-        }
-        let mut after = EndedCommitted::start(from);
-        loop {
-            let rows =
-                self.polled(sessions::ended_committed(&self.db, after, upto, FEED_PAGE).await)?;
-            Stats::add(&self.stats.feed_rows, rows.len() as u64);
-            self.end_sessions(&rows);
-            match rows.last() {
-                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
-                _ => break,
-            }
-        }
+        let db = &self.db;
+        self.read_feed(
+            Committed::start(from),
+            |after| changes::committed(db, after, upto, FEED_PAGE),
+            |rows| self.behind(Kind::Chat, latest(rows.iter().map(|r| (r.chat_id, r.rev)))),
+        )
+        .await?;
+        self.read_feed(
+            MemberCommitted::start(from),
+            |after| changes::members_committed(db, after, upto, FEED_PAGE),
+            |rows| {
+                let moved = latest(rows.iter().map(|r| (r.user_id, r.member_rev)));
+                self.behind(Kind::User, moved);
+            },
+        )
+        .await?;
+        self.read_feed(
+            MarkerCommitted::start(from),
+            |after| members::markers_committed(db, after, upto, FEED_PAGE),
+            |rows| self.markers_moved(rows),
+        )
+        .await?;
+        self.read_feed(
+            EndedCommitted::start(from),
+            |after| sessions::ended_committed(db, after, upto, FEED_PAGE),
+            |rows| self.end_sessions(rows),
+        )
+        .await?;
         Some(upto)
+    }
+
+    /// Reads one feed from `start` up to the horizon `read` was given, a page of
+    /// [`FEED_PAGE`] at a time (each page starts after the last row of the one before), and
+    /// hands each page to `act`. `None` if a query failed.
+    async fn read_feed<R, Fut>(
+        &self,
+        start: R,
+        read: impl Fn(R) -> Fut,
+        mut act: impl FnMut(&[R]),
+    ) -> Option<()>
+    where
+        R: Copy,
+        Fut: std::future::Future<Output = sqlx::Result<Vec<R>>>,
+    {
+        let mut after = start;
+        loop {
+            let rows = self.polled(read(after).await)?;
+            Stats::add(&self.stats.feed_rows, rows.len() as u64);
+            act(&rows);
+            match rows.last() {
+                Some(&last) if rows.len() as i64 == FEED_PAGE => after = last,
+                _ => return Some(()),
+            }
+        }
     }
 
     /// Passes on the markers of routed chats that moved further than their events said: a
