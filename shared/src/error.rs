@@ -195,6 +195,20 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// `lock` or `statement` when Postgres gave up on a statement at one of the pool's
+/// `db::Timeouts` (SQLSTATE 55P03 `lock_not_available`, 57014 `query_canceled`): the request
+/// waited too long behind another, which a retry usually gets past.
+fn timed_out(e: &sqlx::Error) -> Option<&'static str> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    match db.code().as_deref() {
+        Some("55P03") => Some("lock"),
+        Some("57014") => Some("statement"),
+        _ => None,
+    }
+}
+
 /// Constraint violations become client errors by constraint name; an unreachable database is a
 /// 503; the rest are 500s.
 /// This is what lets handlers INSERT and let the database decide, instead of SELECT-then-INSERT.
@@ -221,6 +235,15 @@ impl From<sqlx::Error> for Error {
                 }
                 _ => {}
             }
+        }
+        if let Some(kind) = timed_out(&e) {
+            metrics::counter!("windi_db_timeouts_total", "kind" => kind).increment(1);
+            tracing::warn!(error = %e, kind, "a statement gave up (db::Timeouts)");
+            return Self::Unavailable(
+                "busy: the change waited too long for its turn; nothing was changed, retry in \
+                 a few seconds"
+                    .into(),
+            );
         }
         if is_unavailable(&e) {
             return database_unavailable(&e);

@@ -436,10 +436,19 @@ impl NatsBus {
         &self.prefix
     }
 
-    /// Acknowledgements awaited in the background from now on (see [`Acks::Background`]): for
-    /// long-running processes, never for Lambda.
+    /// Publishes in the background from now on (see [`Acks::Background`]): for long-running
+    /// processes, never for Lambda. Spawns the publisher task, so call it inside the runtime.
     pub fn acknowledge_in_background(mut self) -> Self {
-        self.acks = Acks::Background(Arc::new(Semaphore::new(MAX_BACKGROUND_ACKS)));
+        let (queue, mut batches) = mpsc::channel::<Vec<Event>>(PUBLISH_QUEUE);
+        let publisher = self.clone();
+        let permits = Arc::new(Semaphore::new(MAX_BACKGROUND_ACKS));
+        tokio::spawn(async move {
+            // One task, so batches reach NATS in the order their changes were answered.
+            while let Some(events) = batches.recv().await {
+                publisher.publish_all(events, Some(&permits)).await;
+            }
+        });
+        self.acks = Acks::Background(queue);
         self
     }
 
@@ -471,7 +480,9 @@ impl NatsBus {
         acks
     }
 
-    async fn publish_all(&self, events: Vec<Event>) {
+    /// Sends the events and awaits their acks: inline, or with `permits`, in a task of their
+    /// own while a permit is free.
+    async fn publish_all(&self, events: Vec<Event>, permits: Option<&Arc<Semaphore>>) {
         let count = events.len();
         let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
         let Ok(acks) = tokio::time::timeout_at(deadline, self.send_all(events)).await else {
@@ -481,9 +492,9 @@ impl NatsBus {
         if acks.is_empty() {
             return;
         }
-        if let Acks::Background(permits) = &self.acks {
-            // With no permit free (NATS is slow to acknowledge), this request waits, as under
-            // Lambda: the backlog stays bounded and the slowness shows in the answers.
+        if let Some(permits) = permits {
+            // With no permit free (NATS is slow to acknowledge), the publisher waits: its queue
+            // fills, and what does not fit is dropped and counted (the relays catch up by rev).
             if let Ok(permit) = permits.clone().try_acquire_owned() {
                 tokio::spawn(async move {
                     await_acks(acks, deadline).await;
@@ -496,21 +507,28 @@ impl NatsBus {
     }
 }
 
-/// How a publish waits for JetStream to acknowledge its events.
+/// Where a publish runs.
 #[derive(Debug, Clone)]
 enum Acks {
     /// Before the request answers: on Lambda the process may freeze right after the answer,
-    /// so an event not acknowledged by then may never be sent.
+    /// so an event not acknowledged by then may never be sent. Bounded by the request's
+    /// remaining time ([`crate::write::announce`]).
     Inline,
-    /// In a background task, at most [`MAX_BACKGROUND_ACKS`] batches at once: a long-running
-    /// process keeps running after the answer, and the relay recovers by rev from Postgres
-    /// whatever was lost, so the request need not wait a NATS round trip. A failure is still
-    /// counted and logged.
-    Background(Arc<Semaphore>),
+    /// On one publisher task fed by a bounded queue of [`PUBLISH_QUEUE`] batches: a
+    /// long-running process keeps running after the answer, so a request never waits on NATS
+    /// (a paused NATS cannot delay an answer), and batches keep their order. A batch that
+    /// finds the queue full is dropped and counted (`stage="backlog"`); the relays recover it
+    /// by rev from Postgres. Acks are awaited on tasks of their own, at most
+    /// [`MAX_BACKGROUND_ACKS`] batches at once.
+    Background(mpsc::Sender<Vec<Event>>),
 }
 
-/// Batches whose acks a long-running process awaits in the background at once; beyond it, a
-/// request waits for its own. At a few thousand sends a second and sub-millisecond acks, a
+/// Batches waiting for the background publisher. At a few thousand sends a second and a
+/// healthy NATS the queue is near empty; 4,096 absorbs a NATS pause of a second or two.
+pub const PUBLISH_QUEUE: usize = 4096;
+
+/// Batches whose acks a long-running process awaits in the background at once; beyond it, the
+/// publisher waits for its own. At a few thousand sends a second and sub-millisecond acks, a
 /// few dozen are pending; 1,024 absorbs a NATS pause of a fraction of a second.
 pub const MAX_BACKGROUND_ACKS: usize = 1024;
 
@@ -548,8 +566,20 @@ fn publish_failed(stage: &'static str) {
 impl EventBus for NatsBus {
     fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, ()> {
         async move {
-            if !events.is_empty() {
-                self.publish_all(events).await;
+            if events.is_empty() {
+                return;
+            }
+            match &self.acks {
+                Acks::Inline => self.publish_all(events, None).await,
+                Acks::Background(queue) => {
+                    if let Err(e) = queue.try_send(events) {
+                        publish_failed("backlog");
+                        tracing::warn!(
+                            error = %e,
+                            "publish queue full; the relays catch up by rev"
+                        );
+                    }
+                }
             }
         }
         .boxed()

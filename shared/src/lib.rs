@@ -35,6 +35,7 @@ pub mod send;
 pub mod session_cache;
 pub mod state;
 pub mod validate;
+pub mod write;
 
 pub use error::{Error, Result};
 pub use state::AppState;

@@ -7,6 +7,10 @@
 //! read again under that lock and checked again, since a deletion or a removal may have
 //! committed while this change waited. A request that changes nothing rolls back: it takes no
 //! rev and publishes nothing, and answers the message as it stands.
+//!
+//! A private chat closed by a block (either way) takes no new words from either side, as for
+//! sends: edits and reactions answer 403 `blocked`. Taking words back stays open: either may
+//! still delete their own messages and remove their own reactions.
 
 use axum::http::StatusCode;
 use sqlx::{Postgres, Transaction};
@@ -21,6 +25,7 @@ use crate::{
     model::{MAX_REACTIONS, MessageOut},
     state::AppState,
     validate,
+    write::{self, Pass},
 };
 
 /// New text for the caller's own message.
@@ -41,9 +46,12 @@ pub async fn edit(
         if s.deleted {
             return Err(deleted());
         }
+        if s.blocked {
+            return Err(Error::blocked());
+        }
         Ok(())
     };
-    let (mut tx, subject, rev) = begin(state, message_id, user_id, allowed).await?;
+    let (mut tx, subject, rev, _turn) = begin(state, message_id, user_id, allowed).await?;
     if subject.text == text {
         return unchanged(state, tx, message_id, user_id).await;
     }
@@ -63,7 +71,7 @@ pub async fn delete(state: &AppState, user_id: i64, message_id: i64) -> Result<M
             ))
         }
     };
-    let (mut tx, subject, rev) = begin(state, message_id, user_id, allowed).await?;
+    let (mut tx, subject, rev, _turn) = begin(state, message_id, user_id, allowed).await?;
     if subject.deleted {
         return unchanged(state, tx, message_id, user_id).await;
     }
@@ -80,8 +88,16 @@ pub async fn react(
     emoji: &str,
 ) -> Result<MessageOut> {
     validate::emoji(emoji)?;
-    let allowed = |s: &Subject| if s.deleted { Err(deleted()) } else { Ok(()) };
-    let (mut tx, _, rev) = begin(state, message_id, user_id, allowed).await?;
+    let allowed = |s: &Subject| {
+        if s.deleted {
+            Err(deleted())
+        } else if s.blocked {
+            Err(Error::blocked())
+        } else {
+            Ok(())
+        }
+    };
+    let (mut tx, _, rev, _turn) = begin(state, message_id, user_id, allowed).await?;
     if !messages::add_reaction(&mut *tx, message_id, user_id, emoji).await? {
         return unchanged(state, tx, message_id, user_id).await;
     }
@@ -109,7 +125,7 @@ pub async fn unreact(
     emoji: &str,
 ) -> Result<MessageOut> {
     validate::emoji(emoji)?;
-    let (mut tx, _, rev) = begin(state, message_id, user_id, |_| Ok(())).await?;
+    let (mut tx, _, rev, _turn) = begin(state, message_id, user_id, |_| Ok(())).await?;
     if !messages::remove_reaction(&mut *tx, message_id, user_id, emoji).await? {
         return unchanged(state, tx, message_id, user_id).await;
     }
@@ -124,20 +140,21 @@ async fn begin(
     message_id: i64,
     user_id: i64,
     allowed: impl Fn(&Subject) -> Result<()>,
-) -> Result<(Transaction<'static, Postgres>, Subject, i64)> {
+) -> Result<(Transaction<'static, Postgres>, Subject, i64, Pass)> {
     // Edits, deletions and reactions draw on the same per-user budget as sends.
     state.limits.sends.check(user_id)?;
     let before = messages::subject(&state.db, message_id, user_id, false)
         .await?
         .ok_or(Error::NotFound("message"))?;
     allowed(&before)?;
+    let turn = state.gates.enter(before.chat_id).await?;
     let mut tx = state.db.begin().await?;
     let rev = chats::take_revs(&mut *tx, before.chat_id, 1).await?;
     let now = messages::subject(&mut *tx, message_id, user_id, true)
         .await?
         .ok_or(Error::NotFound("message"))?;
     allowed(&now)?;
-    Ok((tx, now, rev))
+    Ok((tx, now, rev, turn))
 }
 
 /// A no-op: hands the rev back and answers the message as it stands.
@@ -159,16 +176,13 @@ async fn commit(
     change: &str,
     message: MessageOut,
 ) -> Result<MessageOut> {
-    crate::deadline::commit(tx).await?;
-    state
-        .events
-        .publish(vec![Event::MessageUpdated {
-            chat_id: message.chat_id,
-            rev: message.rev,
-            change: change.to_owned(),
-            message: message.clone(),
-        }])
-        .await;
+    let updated = Event::MessageUpdated {
+        chat_id: message.chat_id,
+        rev: message.rev,
+        change: change.to_owned(),
+        message: message.clone(),
+    };
+    write::commit(state, tx, vec![updated]).await?;
     Ok(message)
 }
 

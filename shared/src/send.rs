@@ -23,7 +23,7 @@ use crate::{
     events::Event,
     model::MessageOut,
     state::AppState,
-    validate,
+    validate, write,
 };
 
 /// Where a message goes.
@@ -86,6 +86,11 @@ pub async fn send_message(
     }
     state.limits.sends.check(sender)?;
 
+    // A chat that exists takes its turn before taking a connection (see `write::ChatGates`).
+    let _turn = match target {
+        Target::Chat(id) => Some(state.gates.enter(id).await?),
+        Target::Recipient(_) => None,
+    };
     let mut tx = state.db.begin().await?;
     // The chat, and the other member when this message creates their private chat. A chat
     // named by id is not looked up here: the insert checks membership itself, under the
@@ -119,7 +124,8 @@ pub async fn send_message(
         return replay(existing, chat_id, &hash);
     }
 
-    let Some(position) = messages::take_seq(&mut *tx, chat_id).await? else {
+    // Only a member takes the chat's lock: a stranger's send is refused without touching it.
+    let Some(position) = messages::take_seq(&mut *tx, chat_id, sender).await? else {
         return Err(Error::NotFound("chat"));
     };
     let new = NewMessage {
@@ -137,15 +143,12 @@ pub async fn send_message(
         // with this key that committed first.
         // Ours must not take a seq or a rev, and the answer says which it was.
         tx.rollback().await?;
-        return Err(why_not_sent(state, sender, chat_id, dedup_key, reply_to, &hash).await);
+        return why_not_sent(state, sender, chat_id, dedup_key, reply_to, &hash).await;
     };
     let member_revs = match new_peer {
         Some(peer) => users::bump_member_revs(&mut *tx, &[sender, peer]).await?,
         None => Vec::new(),
     };
-    crate::deadline::commit(tx).await?;
-    metrics::counter!("windi_messages_sent_total").increment(1);
-
     let (seq, rev) = position;
     let mut events = Vec::with_capacity(4);
     // A new private chat: both members get it from its first message (they joined at rev 0).
@@ -172,14 +175,16 @@ pub async fn send_message(
             rev,
         });
     }
-    state.events.publish(events).await;
+    write::commit(state, tx, events).await?;
+    metrics::counter!("windi_messages_sent_total").increment(1);
     Ok(Sent {
         message,
         created: true,
     })
 }
 
-/// Why an insert stored nothing, found after its rollback (the rare path).
+/// Why an insert stored nothing, found after its rollback (the rare path). A concurrent send
+/// with the same key that committed first is a replay like any other: its message is the answer.
 async fn why_not_sent(
     state: &AppState,
     sender: i64,
@@ -187,16 +192,14 @@ async fn why_not_sent(
     dedup_key: Option<&str>,
     reply_to: Option<i64>,
     hash: &[u8],
-) -> Error {
+) -> Result<Sent> {
+    if let Some(key) = dedup_key
+        && let Some(existing) = messages::by_dedup_key(&state.db, sender, key).await?
+    {
+        metrics::counter!("windi_dedup_races_total").increment(1);
+        return replay(existing, chat_id, hash);
+    }
     let found = async {
-        if let Some(key) = dedup_key
-            && let Some(existing) = messages::by_dedup_key(&state.db, sender, key).await?
-        {
-            return Ok(match replay(existing, chat_id, hash) {
-                Ok(_) => Error::Internal("replay found after a failed insert".into()),
-                Err(conflict) => conflict,
-            });
-        }
         if chats::for_member(&state.db, chat_id, sender)
             .await?
             .is_none()
@@ -213,7 +216,7 @@ async fn why_not_sent(
             None => Error::Internal("insert stored nothing for a member".into()),
         })
     };
-    found.await.unwrap_or_else(|e| e)
+    Err(found.await.unwrap_or_else(|e| e))
 }
 
 /// A stored message found under the same key: the original if the content matches, else 409.

@@ -12,6 +12,7 @@ use crate::{
     limits::{LimitSettings, Limits, LoginGuard},
     session_cache::{self, SessionCache},
     validate::PasswordRules,
+    write::ChatGates,
 };
 
 #[derive(Debug, Clone)]
@@ -21,12 +22,16 @@ pub struct AppState {
     pub passwords: Passwords,
     /// Where events go after commit (NATS, or the in-process bus of the local binary).
     pub events: Bus,
-    /// Per-user rate limits (production values unless raised with [`AppState::with_limits`]).
+    /// Rate limits per user and per client address, and which address is the client
+    /// (production values unless changed with [`AppState::with_limits`]).
     pub limits: Limits,
-    /// Failed-login lockouts per account and client address.
+    /// Failed-login lockouts per account and client address (bounded in memory).
     pub logins: Arc<LoginGuard>,
     /// Sessions recently found live; answers only while [`AppState::sync_sessions`] runs.
     pub sessions: Arc<SessionCache>,
+    /// How many of this process's requests may wait on one chat's lock at once
+    /// ([`crate::write::ChatGates`]).
+    pub gates: Arc<ChatGates>,
     /// What a new password must satisfy (the default unless set with
     /// [`AppState::with_password_rules`]; `PASSWORD_MIN_LENGTH` in production).
     pub password_rules: PasswordRules,
@@ -46,6 +51,10 @@ impl AppState {
         // Each hash holds 19 MiB for ~16 ms of CPU: two per core keeps the cores busy without
         // letting a login burst take the machine's memory.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let gates = Arc::new(ChatGates::for_pool(
+            db.options().get_max_connections(),
+            db::Timeouts::default().lock,
+        ));
         Self {
             db,
             tokens: Arc::new(Tokens::new(jwt)),
@@ -54,6 +63,7 @@ impl AppState {
             limits: Limits::default(),
             logins: Arc::default(),
             sessions: Arc::default(),
+            gates,
             password_rules: PasswordRules::default(),
         }
     }

@@ -26,7 +26,18 @@ pub fn message_text(text: &str) -> Result<()> {
     no_nul("text", text)
 }
 
-/// A display name (user or group): trimmed, 1..=[`MAX_NAME_CHARS`], no control characters.
+/// Characters that change how the text around them is laid out, or split it, without showing
+/// themselves: bidirectional embeddings, overrides and isolates (U+202A–U+202E,
+/// U+2066–U+2069), and the zero-width space, word joiner and BOM (U+200B, U+2060, U+FEFF). In a
+/// name shown next to other text, U+202E makes "Bob\u{202E}gpj.exe" read as "Bobexe.jpg", and
+/// a zero-width space makes two names that look alike differ. The joiners U+200C and U+200D
+/// stay allowed: Persian and Indic names and emoji sequences need them.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// A display name (user or group): trimmed, 1..=[`MAX_NAME_CHARS`], no control characters and
+/// no invisible layout characters (see [`is_invisible_format`]).
 pub fn name(field: &str, raw: &str) -> Result<String> {
     let name = raw.trim();
     if name.is_empty() {
@@ -40,6 +51,15 @@ pub fn name(field: &str, raw: &str) -> Result<String> {
     }
     if name.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    if let Some(c) = name.chars().find(|&c| is_invisible_format(c)) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must not contain invisible layout characters (U+{:04X})",
+                u32::from(c)
+            ),
+        ));
     }
     Ok(name.to_owned())
 }
@@ -181,6 +201,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_refuse_bidi_overrides_and_zero_width_spaces_but_keep_joiners() {
+        for bad in [
+            "Bob\u{202E}gpj.exe",
+            "\u{2067}Eve",
+            "Ali\u{200B}ce",
+            "\u{FEFF}Zed",
+        ] {
+            let e = name("name", bad).expect_err(bad).to_string();
+            assert!(
+                e.starts_with("name: must not contain invisible"),
+                "{bad:?}: {e}"
+            );
+        }
+        for good in ["می\u{200C}خواهم", "👨\u{200D}👩\u{200D}👧 family", "Ёлка"] {
+            assert!(name("name", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
     fn text_limits_are_counted_in_characters_not_bytes() {
         assert!(message_text(&"я".repeat(MAX_TEXT_CHARS)).is_ok());
         assert!(message_text(&"я".repeat(MAX_TEXT_CHARS + 1)).is_err());
@@ -291,6 +330,7 @@ mod properties {
                     prop_assert_eq!(name.as_str(), raw.trim());
                     prop_assert!(!name.is_empty() && name.chars().count() <= MAX_NAME_CHARS);
                     prop_assert!(!name.chars().any(char::is_control));
+                    prop_assert!(!name.chars().any(is_invisible_format));
                 }
                 Err(e) => prop_assert!(e.to_string().starts_with("name:"), "{}", e),
             }

@@ -32,3 +32,4 @@ mod ws_faults;
 mod ws_recovery;
 mod ws_revisions;
 mod ws_sync;
+mod write_path;

@@ -274,6 +274,20 @@ impl TestApp {
         app
     }
 
+    /// windi on an existing database and publisher, with its state changed by `adjust` before
+    /// it serves (each test says what it changes and why).
+    pub async fn start_adjusted(
+        db: TestDb,
+        events: Bus,
+        prefix: String,
+        adjust: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
+        let (mut app, listener) = Self::bind(db, events, prefix).await;
+        app.state = adjust(app.state);
+        app.serve(listener, windi::ClientConfig::default());
+        app
+    }
+
     /// A relay sharing this app's state and event carrier, on 127.0.0.1:0.
     pub async fn relay(&self, settings: RelaySettings) -> RelayHandle {
         let subscriber = ws_relay::subscriber_for(

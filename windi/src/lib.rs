@@ -267,12 +267,12 @@ fn static_client(config: ClientConfig) -> Router {
 /// database to create it when Postgres says it does not exist, so a managed Postgres whose role
 /// may not connect to `postgres` still works when the database is already there.
 pub async fn prepare_database(url: &str) -> Result<Vec<String>, sqlx::Error> {
-    let pool = match windi_shared::db::connect(url, 1).await {
+    let pool = match windi_shared::db::connect_unbounded(url, 1).await {
         Ok(pool) => pool,
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
             tracing::info!("creating the database");
             Postgres::create_database(url).await?;
-            windi_shared::db::connect(url, 1).await?
+            windi_shared::db::connect_unbounded(url, 1).await?
         }
         Err(e) => return Err(e),
     };

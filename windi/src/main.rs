@@ -206,7 +206,7 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
         ..windi::generate::Options::default()
     };
     let (config, _embedded) = prepared_config().await?;
-    let pool = windi_shared::db::connect(&config.database_url, 2)
+    let pool = windi_shared::db::connect_unbounded(&config.database_url, 2)
         .await
         .map_err(|e| e.to_string())?;
     eprintln!(
@@ -240,7 +240,7 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
 
 async fn check() -> Result<(), String> {
     let (config, _embedded) = config_and_database()?;
-    let pool = windi_shared::db::connect(&config.database_url, 2)
+    let pool = windi_shared::db::connect_unbounded(&config.database_url, 2)
         .await
         .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
     let started = Instant::now();
@@ -263,7 +263,7 @@ async fn check() -> Result<(), String> {
 
 async fn admin_command(command: AdminCommand) -> Result<(), String> {
     let (config, _embedded) = config_and_database()?;
-    let pool = windi_shared::db::connect(&config.database_url, 1)
+    let pool = windi_shared::db::connect_unbounded(&config.database_url, 1)
         .await
         .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
     let result = match command {

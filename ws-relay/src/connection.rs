@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
     auth::TokenSubject,
-    db::{chats, members, messages, users},
+    db::{blocks, chats, members, messages, users},
     events::Event,
     model::Change,
     send::{Outgoing, Target, send_message},
@@ -842,6 +842,16 @@ impl Session {
         if let Err(e) = self.state.limits.typing.check(self.user_id) {
             let body = e.body();
             return self.error(&body.detail, &body.code).await;
+        }
+        // A private chat closed by a block carries no typing either way, as it carries no
+        // messages (one indexed read, at most once per chat per TYPING_INTERVAL).
+        match blocks::in_private_chat(&self.state.db, chat_id).await {
+            Ok(false) => {}
+            Ok(true) => return self.error("blocked", "blocked").await,
+            Err(e) => {
+                tracing::debug!(error = %e, "typing not sent: the block check failed");
+                return Ok(());
+            }
         }
         self.typing_sent.insert(chat_id, now);
         self.state

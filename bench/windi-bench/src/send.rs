@@ -298,7 +298,8 @@ fn pgbench_script(data: &Data, load: Load) -> String {
 \set key :run * 1000000000000 + :client_id * 1000000000 + :n
 BEGIN;
 SELECT {columns}, m.content_hash FROM messages m WHERE m.sender_id = :sender AND m.dedup_key = CAST(:key AS text);
-UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1 WHERE id = :chat
+UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1
+    WHERE id = :chat AND EXISTS (SELECT 1 FROM chat_members WHERE chat_id = :chat AND user_id = :sender)
          RETURNING last_seq, rev \gset
 WITH m AS (
              INSERT INTO messages
@@ -318,7 +319,8 @@ WITH m AS (
              INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
              SELECT chat_id, rev, 'message', id, sender_id FROM m),
          mk AS (
-             UPDATE chat_members me SET last_read_seq = m.seq FROM m
+             UPDATE chat_members me
+             SET last_read_seq = m.seq, read_rev = m.rev, read_xid = pg_current_xact_id() FROM m
              WHERE me.chat_id = m.chat_id AND me.user_id = m.sender_id AND me.last_read_seq < m.seq
              RETURNING me.last_read_seq)
          SELECT {columns}, (SELECT last_read_seq FROM mk) AS marker FROM m;

@@ -19,7 +19,7 @@ use windi_shared::{
     events::Event,
     extract::{AuthUser, Json, Path},
     model::{AddMembers, CreateGroup, GroupOut, MAX_GROUP_MEMBERS},
-    validate,
+    validate, write,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -63,9 +63,8 @@ async fn create_group(
     added.extend(members::add(&mut *tx, chat.id, &ids, "member", false).await?);
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
     let member_revs = users::bump_member_revs(&mut *tx, &participant_ids).await?;
-    windi_shared::deadline::commit(tx).await?;
-
-    publish_added(&state, chat.id, &added, &member_revs, false).await;
+    let events = added_events(chat.id, &added, &member_revs, false);
+    write::commit(&state, tx, events).await?;
     Ok((StatusCode::CREATED, group_out(chat, participant_ids)))
 }
 
@@ -99,6 +98,7 @@ async fn add_members(
     check_users_exist(&state, &ids).await?;
     check_not_blocked(&state, user.id, &ids).await?;
 
+    let _turn = state.gates.enter(chat_id).await?;
     let mut tx = state.db.begin().await?;
     chats::lock(&mut *tx, chat_id).await?;
     // Again under the lock: the caller may have lost the group meanwhile.
@@ -110,9 +110,8 @@ async fn add_members(
     }
     let added_ids: Vec<i64> = added.iter().map(|a| a.user_id).collect();
     let member_revs = users::bump_member_revs(&mut *tx, &added_ids).await?;
-    windi_shared::deadline::commit(tx).await?;
-
-    publish_added(&state, chat_id, &added, &member_revs, true).await;
+    let events = added_events(chat_id, &added, &member_revs, true);
+    write::commit(&state, tx, events).await?;
     Ok(group_out(chat, participant_ids))
 }
 
@@ -141,6 +140,7 @@ async fn remove_member(
         require_owner(&state.db, chat_id, user.id).await?;
     }
 
+    let _turn = state.gates.enter(chat_id).await?;
     let mut tx = state.db.begin().await?;
     let rev = chats::take_revs(&mut *tx, chat_id, 1).await?;
     // Again under the chat's lock, which every membership change takes: an owner and the eldest
@@ -162,24 +162,20 @@ async fn remove_member(
         .await?
         .first()
         .map_or(0, |&(_, r)| r);
-    windi_shared::deadline::commit(tx).await?;
-
-    state
-        .events
-        .publish(vec![
-            Event::MemberLeft {
-                chat_id,
-                rev,
-                user_id: member_id,
-            },
-            Event::ChatRemoved {
-                user_id: member_id,
-                chat_id,
-                rev,
-                member_rev,
-            },
-        ])
-        .await;
+    let events = vec![
+        Event::MemberLeft {
+            chat_id,
+            rev,
+            user_id: member_id,
+        },
+        Event::ChatRemoved {
+            user_id: member_id,
+            chat_id,
+            rev,
+            member_rev,
+        },
+    ];
+    write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -263,13 +259,12 @@ fn not_owner() -> Error {
 
 /// `chat.added` to each new member, and `member.joined` on the chat for each member added to
 /// an existing group (`as_changes`); a new group's members joined at rev 0.
-async fn publish_added(
-    state: &AppState,
+fn added_events(
     chat_id: i64,
     added: &[members::Added],
     member_revs: &[(i64, i64)],
     as_changes: bool,
-) {
+) -> Vec<Event> {
     let mut events = Vec::with_capacity(added.len() * 2);
     if as_changes {
         events.extend(added.iter().map(|a| Event::MemberJoined {
@@ -287,5 +282,5 @@ async fn publish_added(
         rev: a.joined_rev,
         member_rev: member_rev(a.user_id),
     }));
-    state.events.publish(events).await;
+    events
 }

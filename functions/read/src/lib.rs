@@ -12,6 +12,7 @@ use windi_shared::{
     events::Event,
     extract::{AuthUser, Path},
     model::MessageOut,
+    write,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -36,30 +37,25 @@ async fn mark_read(
     let message = messages::for_member(&state.db, id, user.id)
         .await?
         .ok_or(Error::NotFound("message"))?;
+    let mut tx = state.db.begin().await?;
     let Some((last_read_seq, rev)) =
-        members::advance_read(&state.db, message.chat_id, user.id, message.seq).await?
+        members::advance_read(&mut *tx, message.chat_id, user.id, message.seq).await?
     else {
         // Already read that far: nothing changed, nothing to tell.
+        tx.rollback().await?;
         return Ok(axum::Json(message));
     };
-    state
-        .events
-        .publish(vec![Event::MessageRead {
-            chat_id: message.chat_id,
-            user_id: user.id,
-            last_read_seq,
-            rev,
-        }])
-        .await;
-    // Re-read so `read` reflects the marker just moved. The marker is committed already: if
-    // this read fails, the answer is the message as read before, never an error.
-    let message = match messages::for_member(&state.db, id, user.id).await {
-        Ok(Some(fresh)) => fresh,
-        Ok(None) => message,
-        Err(e) => {
-            tracing::warn!(error = %e, "re-reading a message after marking it read failed");
-            message
-        }
+    // Read again in the same transaction, so `read` reflects the marker just moved and nothing
+    // is left to fail after the commit.
+    let message = messages::for_member(&mut *tx, id, user.id)
+        .await?
+        .ok_or(Error::NotFound("message"))?;
+    let moved = Event::MessageRead {
+        chat_id: message.chat_id,
+        user_id: user.id,
+        last_read_seq,
+        rev,
     };
+    write::commit(&state, tx, vec![moved]).await?;
     Ok(axum::Json(message))
 }

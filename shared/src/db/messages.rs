@@ -41,13 +41,20 @@ pub struct Inserted {
 /// The chat's next seq and rev for a new message. The row lock this UPDATE takes is held to
 /// commit, so every change of the chat queues here and seq and rev both follow commit order; a
 /// rollback hands the numbers back.
-/// `None` if there is no such chat.
-pub async fn take_seq(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Option<(i64, i64)>> {
+/// `None` if there is no such chat or `sender` is not in it: then no lock was taken (a stranger
+/// never queues on a chat's row). [`insert`] checks membership again, after the lock.
+pub async fn take_seq(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    sender: i64,
+) -> sqlx::Result<Option<(i64, i64)>> {
     sqlx::query_as(
-        "UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1 WHERE id = $1
+        "UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1
+         WHERE id = $1 AND EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
          RETURNING last_seq, rev",
     )
     .bind(chat_id)
+    .bind(sender)
     .fetch_optional(db)
     .await
 }
@@ -159,6 +166,8 @@ pub struct Subject {
     pub is_group: bool,
     /// The caller's role in the chat.
     pub role: String,
+    /// A private chat one of whose two blocked the other: closed to new words both ways.
+    pub blocked: bool,
 }
 
 /// The message and the caller's standing, if the caller is a member of its chat. With `lock`,
@@ -173,7 +182,11 @@ pub async fn subject(
 ) -> sqlx::Result<Option<Subject>> {
     const SUBJECT: &str =
         "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
-                c.kind = 'group' AS is_group, me.role
+                c.kind = 'group' AS is_group, me.role,
+                c.kind = 'private' AND EXISTS (SELECT 1 FROM blocks b
+                    WHERE (b.blocker_id = c.private_low AND b.blocked_id = c.private_high)
+                       OR (b.blocker_id = c.private_high AND b.blocked_id = c.private_low))
+                    AS blocked
          FROM messages m JOIN chats c ON c.id = m.chat_id
          JOIN chat_members me ON me.chat_id = m.chat_id AND me.user_id = $2
          WHERE m.id = $1";
