@@ -34,11 +34,15 @@
 //      request retried, with no login;
 //  15. Bob changes his password (a wrong current one is refused);
 //  16. Alice logs out everywhere: she is at the login form and her old token is refused.
+// All of it under the Content-Security-Policy windi sends: the page must carry one without
+// 'unsafe-inline' for scripts, and any violation (a blocked script, style, image or relay
+// connection) fails the run (e2e/csp.mjs).
 // Every wait is on a condition with a timeout; nothing sleeps. Exit code 0 means it all held.
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { cspWatch, requirePolicy } from './csp.mjs';
 
 const BASE_URL = (process.argv[2] ?? process.env.WINDI_URL ?? 'http://127.0.0.1:8000')
   .replace(/\/$/, '');
@@ -146,7 +150,7 @@ function assertContiguous(seqs, from, to, who) {
 }
 
 async function register(page, name, email) {
-  await page.goto(BASE_URL);
+  await requirePolicy(await page.goto(BASE_URL), `${name}: the client page`);
   await visible(page.locator('#auth-form'), `${name}: the login form`);
   await page.click('#tab-register');
   await page.fill('#auth-name', name);
@@ -232,11 +236,14 @@ async function main() {
     timeout: WAIT_MS,
   });
   const pages = [];
+  const csp = cspWatch();
   try {
     const desktop = await browser.newContext({ viewport: { width: 1200, height: 760 } });
     const phone = await browser.newContext({
       viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true,
     });
+    await csp.watch(desktop, 'alice');
+    await csp.watch(phone, 'bob');
     const alice = await desktop.newPage();
     const bob = await phone.newPage();
     for (const [who, page] of [['alice', alice], ['bob', bob]]) {
@@ -248,7 +255,7 @@ async function main() {
 
     // 1. Register both; Alice finds Bob by name and writes to him.
     const tag = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-    await bob.goto(BASE_URL);
+    await requirePolicy(await bob.goto(BASE_URL), 'bob: the client page');
     await visible(bob.locator('#auth-form'), 'bob: the login form');
     await shot(bob, 'phone-login');
     const bobId = await register(bob, 'Bob', `bob-${tag}@example.com`);
@@ -593,12 +600,14 @@ async function main() {
     })).status, aliceToken);
     if (status !== 401) throw new Error(`alice's old token answered ${status} after logout-all`);
     log('logged out everywhere; the old token is refused');
+    csp.assertNone();
+    log('no Content-Security-Policy violation');
     console.log(`e2e passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   } catch (error) {
     for (const [who, page] of pages) {
       await page.screenshot({ path: path.join(SHOTS, `failure-${who}.png`) }).catch(() => {});
     }
-    throw error;
+    throw csp.explain(error);
   } finally {
     await browser.close();
   }

@@ -1,5 +1,7 @@
 // Swagger UI in a real headless Chromium: the Authorize button logs in with the OAuth2
 // password flow against /auth/login, and an authorized call to GET /auth/me answers 200.
+// All of it under the Content-Security-Policy windi sends for /docs: any violation fails the
+// run (e2e/csp.mjs).
 //
 //   node e2e/swagger.mjs BASE_URL EMAIL PASSWORD
 //
@@ -7,6 +9,7 @@
 // condition with a timeout. Exit code 0 means it held.
 
 import { chromium } from 'playwright-core';
+import { cspWatch, requirePolicy } from './csp.mjs';
 
 const [base, email, password] = process.argv.slice(2);
 if (!base || !email || !password) {
@@ -25,15 +28,17 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
+const csp = cspWatch();
 try {
   const page = await browser.newPage();
+  await csp.watch(page, 'docs');
   page.setDefaultTimeout(WAIT_MS);
   // Only the page's own origin may be contacted: the UI's assets are in the binary.
   const foreign = [];
   page.on('request', (request) => {
     if (!request.url().startsWith(base)) foreign.push(request.url());
   });
-  await page.goto(`${base.replace(/\/$/, '')}/docs/`);
+  await requirePolicy(await page.goto(`${base.replace(/\/$/, '')}/docs/`), 'the docs page');
 
   await page.getByRole('button', { name: 'Authorize' }).first().click();
   await page.locator('#oauth_username').fill(email);
@@ -59,6 +64,10 @@ try {
   if (foreign.length > 0) {
     throw new Error(`the docs page fetched from elsewhere: ${foreign.join(', ')}`);
   }
+  csp.assertNone();
+  console.log('no Content-Security-Policy violation');
+} catch (error) {
+  throw csp.explain(error);
 } finally {
   await browser.close();
 }

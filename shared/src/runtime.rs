@@ -14,6 +14,7 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
     trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
 };
 use utoipa_axum::router::OpenApiRouter;
@@ -230,10 +231,16 @@ pub fn with_http_settings(router: Router, settings: &HttpSettings) -> Router {
             MakeRequestUuid,
         ))
         .layer(axum::middleware::from_fn(request_id::sanitise));
-    match settings.cors_layer() {
+    let router = match settings.cors_layer() {
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    };
+    // Outermost, so CORS preflights, 404s and caught panics carry it too: no browser takes a
+    // JSON answer (local or Lambda) for a script or a stylesheet. A static value.
+    router.layer(SetResponseHeaderLayer::if_not_present(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    ))
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {

@@ -1,6 +1,7 @@
 //! The browser client in a real browser: `e2e/chat.mjs` drives headless Chromium through
 //! Playwright against a windi and relay started here, two users chatting live (see the script
-//! for the steps). Screenshots land in `target/e2e-screenshots/`.
+//! for the steps). Screenshots land in `target/e2e-screenshots/`. Both scripts run under the
+//! Content-Security-Policy windi sends and fail on any violation of it (`e2e/csp.mjs`).
 //!
 //! It needs Node.js (20 or newer, with npm) and Debian's `chromium` (or `CHROMIUM_PATH`); when
 //! either is missing the test fails and says what to install. `.ci/run` installs both.
@@ -17,6 +18,8 @@ use windi_tests::TestApp;
 
 /// The script's own budget is 150 s; this is the backstop if node itself hangs.
 const E2E_TIMEOUT: Duration = Duration::from_secs(200);
+/// What both scripts print once the page has run under windi's policy without a violation.
+const NO_VIOLATION: &str = "no Content-Security-Policy violation";
 /// `npm ci` of one package, from the registry or the local cache.
 const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -73,6 +76,7 @@ async fn two_people_chat_live_in_a_real_browser() {
         "the browser test failed (screenshots of the moment in {}):\n{output}",
         shots.display()
     );
+    assert!(output.contains(NO_VIOLATION), "{output}");
     println!("{output}");
     relay.stop().await;
 }
@@ -94,6 +98,7 @@ async fn swagger_ui_authorizes_and_calls_a_route_in_a_real_browser() {
     let (ok, output) = run(node, &log, E2E_TIMEOUT).await;
     assert!(ok, "the Swagger UI test failed:\n{output}");
     assert!(output.contains("answered 200"), "{output}");
+    assert!(output.contains(NO_VIOLATION), "{output}");
 }
 
 /// Fails with what to install unless `node` 20 or newer runs.

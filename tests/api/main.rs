@@ -7,6 +7,7 @@ mod auth;
 mod authorization;
 mod bad_input;
 mod browser;
+mod client_headers;
 mod data;
 mod docs;
 mod events;

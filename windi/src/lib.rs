@@ -10,14 +10,22 @@ pub mod cli;
 pub mod demo;
 pub mod generate;
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
 use sqlx::{Postgres, migrate::MigrateDatabase};
+use tower::util::MapResponseLayer;
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{Flow, OAuth2, Password, Scopes, SecurityScheme},
 };
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 use windi_shared::{
     AppState, SECURITY_SCHEME,
     config::{ConfigError, optional},
@@ -162,11 +170,14 @@ impl ClientConfig {
     pub fn from_env(relay_port: u16) -> Result<Self, ConfigError> {
         let relay_url = optional("RELAY_PUBLIC_URL");
         if let Some(url) = &relay_url
-            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+            && relay_source(url).is_none()
         {
             return Err(ConfigError::Invalid {
                 var: "RELAY_PUBLIC_URL",
-                reason: format!("{url:?}: write ws://host[:port]/ws or wss://host/ws"),
+                reason: format!(
+                    "{url:?}: write ws://host[:port]/ws or wss://host/ws \
+                     (ASCII, no query, no spaces, quotes, ';' or ',')"
+                ),
             });
         }
         Ok(Self {
@@ -186,9 +197,14 @@ pub fn app_with_client(state: AppState, client: ClientConfig) -> Router {
 pub fn app_with(state: AppState, client: ClientConfig, http: &HttpSettings) -> Router {
     let (router, api) = routes().split_for_parts();
     let api = with_password_minimum(api, state.password_rules.min_chars());
+    // No validator badge: it would load an image from swagger.io, which the policy forbids.
+    let docs: Router = SwaggerUi::new("/docs")
+        .url("/openapi.json", api)
+        .config(Config::default().validator_url("none"))
+        .into();
     let router = router
         .with_state(state)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(docs.layer(MapResponseLayer::new(docs_headers)))
         .merge(static_client(client))
         .merge(windi_shared::metrics::router(http.metrics.clone()));
     windi_shared::runtime::with_http_settings(router, http)
@@ -217,9 +233,11 @@ fn with_password_minimum(
     api
 }
 
-/// The browser client: plain files compiled into the binary (no build step, no CDN).
+/// The browser client: plain files compiled into the binary (no build step, no CDN), each
+/// answered with the page headers and the client's Content-Security-Policy.
 fn static_client(config: ClientConfig) -> Router {
-    use axum::{http::header, response::IntoResponse};
+    use axum::response::IntoResponse;
+    let csp = ClientCsp::new(&config);
     fn asset(content_type: &'static str, body: &'static str) -> axum::routing::MethodRouter {
         get(move || async move {
             (
@@ -258,6 +276,129 @@ fn static_client(config: ClientConfig) -> Router {
             "/client-config.json",
             get(move || async move { axum::Json(config) }),
         )
+        .layer(middleware::from_fn_with_state(csp, client_headers))
+}
+
+// The headers that keep a script from elsewhere out of the pages that hold the tokens (the
+// client keeps them in sessionStorage, where any script of the page could read them). A
+// reverse proxy in front must pass them on (docs/operations.md).
+
+/// The browser client's policy, around the relay's address (see [`ClientCsp`]): only its own
+/// files (no inline script or style, no `eval`; images from itself or `data:`, which its empty
+/// favicon is), its own API and that one WebSocket URL, no `<base>`, no plugin, no framing,
+/// and no native form submission (app.js handles every form, so a form that posted before
+/// app.js ran would put a password in the URL).
+fn client_csp(relay: &str) -> String {
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{relay}; object-src 'none'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    )
+}
+
+/// Swagger UI's policy (`/docs`): the client's, less the relay, plus one exception. Its
+/// vendored page and initializer are files, its element styles are set through the DOM (which
+/// `style-src 'self'` allows) and its icons are `data:` images in its CSS; but its logo is an
+/// SVG with a `<style>` element, `.logo_small_svg__cls-2{fill:#fff}.logo_small_svg__cls-3{fill:
+/// #85ea2d}`, allowed by its hash (that text alone, never `'unsafe-inline'`). A Swagger UI
+/// whose logo changes fails the browser test, which names the new hash.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self' 'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// The headers of a page and its assets: `csp`, no framing for browsers that predate
+/// `frame-ancestors`, no `Referer` to anywhere, no MIME sniffing.
+fn set_page_headers(headers: &mut HeaderMap, csp: HeaderValue) {
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}
+
+fn docs_headers(mut response: Response) -> Response {
+    set_page_headers(response.headers_mut(), HeaderValue::from_static(DOCS_CSP));
+    response
+}
+
+async fn client_headers(State(csp): State<ClientCsp>, request: Request, next: Next) -> Response {
+    let policy = csp.for_request(&request);
+    let mut response = next.run(request).await;
+    set_page_headers(response.headers_mut(), policy);
+    response
+}
+
+/// Where the client's WebSocket may go, as app.js decides it: the relay's public URL when one
+/// is set (one policy for every request), else the relay's port on the host the page was
+/// asked from, which only the request tells.
+#[derive(Debug, Clone)]
+enum ClientCsp {
+    Fixed(HeaderValue),
+    SameHost { relay_port: u16 },
+}
+
+impl ClientCsp {
+    fn new(config: &ClientConfig) -> Self {
+        match &config.relay_url {
+            Some(url) => {
+                // from_env refused a URL that cannot be a source; one set in code is left out
+                // (the client then cannot connect) rather than let it widen the policy.
+                let relay = relay_source(url).map(|url| format!(" {url}"));
+                let csp = client_csp(relay.as_deref().unwrap_or_default());
+                Self::Fixed(HeaderValue::try_from(csp).expect("a relay source is ASCII"))
+            }
+            None => Self::SameHost {
+                relay_port: config.relay_port,
+            },
+        }
+    }
+
+    fn for_request(&self, request: &Request) -> HeaderValue {
+        let relay_port = match self {
+            Self::Fixed(csp) => return csp.clone(),
+            Self::SameHost { relay_port } => relay_port,
+        };
+        // ws://… also admits wss://… in CSP 3; both are named for browsers that predate it.
+        let relay = request_host(request)
+            .map(|host| format!(" ws://{host}:{relay_port}/ws wss://{host}:{relay_port}/ws"));
+        HeaderValue::try_from(client_csp(relay.as_deref().unwrap_or_default()))
+            .expect("a checked host is ASCII")
+    }
+}
+
+/// `url` as a CSP source expression, if it can be one and app.js can append `?token=` to it:
+/// a `ws://` or `wss://` URL of printable ASCII without a query, a fragment, a quote, `;` or
+/// `,` (which would end the source or the directive).
+fn relay_source(url: &str) -> Option<&str> {
+    let scheme = url.starts_with("ws://") || url.starts_with("wss://");
+    let plain = url
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"?#;,'\"".contains(&b));
+    (scheme && plain).then_some(url)
+}
+
+/// The host name (without the port) a request was addressed to, if it is a DNS name or an IP
+/// address: it goes into the policy, so nothing else may.
+fn request_host(request: &Request) -> Option<&str> {
+    let authority = match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => request.uri().authority()?.as_str(),
+    };
+    let host = if authority.starts_with('[') {
+        &authority[..=authority.find(']')?]
+    } else {
+        authority.split(':').next()?
+    };
+    let plain = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b));
+    (!host.is_empty() && plain).then_some(host)
 }
 
 /// Creates the database if it does not exist, then applies pending migrations; returns the
