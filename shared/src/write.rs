@@ -21,10 +21,11 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
+    db::members,
     deadline,
     error::{Error, Result},
     events::{Event, PUBLISH_TIMEOUT},
@@ -66,12 +67,52 @@ pub async fn announce(state: &AppState, events: Vec<Event>) {
     }
 }
 
+/// Publishes ephemeral news (typing, a renamed member) within what the request has left; like
+/// [`announce`], never fails and never delays the answer past the deadline.
+pub async fn announce_ephemeral(state: &AppState, events: Vec<Event>) {
+    let budget = publish_budget(deadline::remaining());
+    let all = async {
+        for event in events {
+            state.events.publish_ephemeral(event).await;
+        }
+    };
+    if tokio::time::timeout(budget, all).await.is_err() {
+        metrics::counter!("windi_event_publish_failures_total", "stage" => "deadline")
+            .increment(1);
+    }
+}
+
 /// How long a publish may take: [`PUBLISH_TIMEOUT`], or less when the request's answer is due
 /// sooner (`left`), keeping [`ANSWER_MARGIN`] for the answer itself.
 fn publish_budget(left: Option<Duration>) -> Duration {
     left.map_or(PUBLISH_TIMEOUT, |left| {
         left.saturating_sub(ANSWER_MARGIN).min(PUBLISH_TIMEOUT)
     })
+}
+
+/// Takes `member` out of group `chat_id` as change `rev`, which the caller took with the chat's
+/// lock: the one way anyone leaves a group (removed by its owner, leaving, or deleting their
+/// account). An owner who leaves hands the group to the longest-standing member. `None` if
+/// they were not a member; else the chat's event (the caller adds the user's own
+/// `chat.removed`, which needs their `member_rev`).
+pub async fn remove_member(
+    conn: &mut PgConnection,
+    chat_id: i64,
+    member: i64,
+    rev: i64,
+) -> Result<Option<Event>> {
+    let Some(role) = members::role(&mut *conn, chat_id, member).await? else {
+        return Ok(None);
+    };
+    members::remove(&mut *conn, chat_id, member, rev).await?;
+    if role == "owner" {
+        members::promote_eldest(&mut *conn, chat_id).await?;
+    }
+    Ok(Some(Event::MemberLeft {
+        chat_id,
+        rev,
+        user_id: member,
+    }))
 }
 
 /// How many of this process's requests may be inside Postgres waiting on one chat's lock.

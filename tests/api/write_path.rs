@@ -361,3 +361,52 @@ async fn a_long_lock_on_one_chat_does_not_starve_other_users() {
         "a calm request waited {slowest:?} behind the flood"
     );
 }
+
+#[tokio::test]
+async fn an_account_deleted_while_a_group_adds_it_is_not_added() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    let group = app.group(&alice, &[&bob]).await;
+    // Carol's account is being deleted: the deletion holds her row (as `users::lock` does).
+    let mut deletion = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(carol.id)
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
+    let add = {
+        let request = app
+            .http
+            .post(app.url(&format!("/chat/group/{group}/members")))
+            .bearer_auth(&alice.token)
+            .json(&json!({"user_ids": [carol.id]}));
+        tokio::spawn(async move { windi_tests::read(request.send().await.unwrap()).await })
+    };
+    // The race is hit: the add passed its early check and waits on Carol's row.
+    eventually(WAIT, "the add waits on the deleted user's row", || async {
+        lock_waiters(&app).await >= 1
+    })
+    .await;
+    sqlx::query("UPDATE users SET deleted_at = now(), email = NULL WHERE id = $1")
+        .bind(carol.id)
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
+    deletion.commit().await.unwrap();
+    let (status, body) = add.await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "unknown_user");
+    let member: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)",
+    )
+    .bind(group)
+    .bind(carol.id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(!member, "a deleted account joined the group");
+}

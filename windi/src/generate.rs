@@ -157,6 +157,11 @@ pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
         .map_err(|e| e.to_string())?;
 
     let mut tx = pool.begin().await.map_err(db)?;
+    // Bulk work with no client waiting: whatever pool it was given (a request pool carries
+    // `db::Timeouts`), its statements may take as long as the data asks.
+    for unbound in ["SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0"] {
+        sqlx::query(unbound).execute(&mut *tx).await.map_err(db)?;
+    }
     let user_ids = reserve_ids(&mut tx, "users", o.users).await?;
     let chat_ids = reserve_ids(&mut tx, "chats", o.chats + o.tail_chats).await?;
     let (chat_ids, tail_ids) = chat_ids.split_at(o.chats);

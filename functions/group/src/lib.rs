@@ -53,7 +53,7 @@ async fn create_group(
     if ids.len() + 1 > MAX_GROUP_MEMBERS {
         return Err(too_many());
     }
-    check_users_exist(&state, &ids).await?;
+    check_users_exist(&state.db, &ids).await?;
     check_not_blocked(&state, user.id, &ids).await?;
 
     let mut tx = state.db.begin().await?;
@@ -63,6 +63,7 @@ async fn create_group(
     added.extend(members::add(&mut *tx, chat.id, &ids, "member", false).await?);
     let participant_ids = members::ids(&mut *tx, chat.id).await?;
     let member_revs = users::bump_member_revs(&mut *tx, &participant_ids).await?;
+    check_users_exist(&mut *tx, &participant_ids).await?;
     let events = added_events(chat.id, &added, &member_revs, false);
     write::commit(&state, tx, events).await?;
     Ok((StatusCode::CREATED, group_out(chat, participant_ids)))
@@ -95,7 +96,7 @@ async fn add_members(
     let chat = group_of_member(&state, chat_id, user.id).await?;
     require_owner(&state.db, chat_id, user.id).await?;
     state.limits.groups.check(user.id)?;
-    check_users_exist(&state, &ids).await?;
+    check_users_exist(&state.db, &ids).await?;
     check_not_blocked(&state, user.id, &ids).await?;
 
     let _turn = state.gates.enter(chat_id).await?;
@@ -110,6 +111,8 @@ async fn add_members(
     }
     let added_ids: Vec<i64> = added.iter().map(|a| a.user_id).collect();
     let member_revs = users::bump_member_revs(&mut *tx, &added_ids).await?;
+    // Their rows are locked now: an account deleted meanwhile is seen (see `users::lock`).
+    check_users_exist(&mut *tx, &added_ids).await?;
     let events = added_events(chat_id, &added, &member_revs, true);
     write::commit(&state, tx, events).await?;
     Ok(group_out(chat, participant_ids))
@@ -142,6 +145,11 @@ async fn remove_member(
 
     let _turn = state.gates.enter(chat_id).await?;
     let mut tx = state.db.begin().await?;
+    // The member's row first, then the chat's (`users::lock` says why).
+    let member_rev = users::bump_member_revs(&mut *tx, &[member_id])
+        .await?
+        .first()
+        .map_or(0, |&(_, r)| r);
     let rev = chats::take_revs(&mut *tx, chat_id, 1).await?;
     // Again under the chat's lock, which every membership change takes: an owner and the eldest
     // member leaving at once are ordered here, so the second sees who the first promoted.
@@ -151,23 +159,11 @@ async fn remove_member(
     if member_id != user.id && caller_role != "owner" {
         return Err(not_owner());
     }
-    let role = members::role(&mut *tx, chat_id, member_id)
+    let left = write::remove_member(&mut tx, chat_id, member_id, rev)
         .await?
         .ok_or(Error::NotFound("member"))?;
-    members::remove(&mut *tx, chat_id, member_id, rev).await?;
-    if role == "owner" {
-        members::promote_eldest(&mut *tx, chat_id).await?;
-    }
-    let member_rev = users::bump_member_revs(&mut *tx, &[member_id])
-        .await?
-        .first()
-        .map_or(0, |&(_, r)| r);
     let events = vec![
-        Event::MemberLeft {
-            chat_id,
-            rev,
-            user_id: member_id,
-        },
+        left,
         Event::ChatRemoved {
             user_id: member_id,
             chat_id,
@@ -211,8 +207,10 @@ fn too_many() -> Error {
     )
 }
 
-async fn check_users_exist(state: &AppState, ids: &[i64]) -> Result<()> {
-    let missing = users::missing(&state.db, ids).await?;
+/// 422 `unknown_user` naming the ids with no live account. Asked before the transaction (to
+/// refuse early) and again once their rows are locked (to refuse an account deleted meanwhile).
+async fn check_users_exist(db: impl sqlx::PgExecutor<'_>, ids: &[i64]) -> Result<()> {
+    let missing = users::missing(db, ids).await?;
     if missing.is_empty() {
         Ok(())
     } else {

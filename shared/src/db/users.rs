@@ -129,6 +129,19 @@ pub async fn renamed_since(
 }
 
 /// Every chat the user is a member of, ascending (the order membership locks are taken in).
+/// Locks a user's row for a change of the account that touches their memberships (deletion).
+/// Taken first, before any chat's lock: every writer that locks a user's row and a chat's
+/// takes the user's first (`users → chats`), so they cannot deadlock, and a membership added
+/// concurrently either commits before (and is then found) or waits (and then finds the user
+/// gone).
+pub async fn lock(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT true FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .map(|row: Option<bool>| row.is_some())
+}
+
 pub async fn chat_ids(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT chat_id FROM chat_members WHERE user_id = $1 ORDER BY chat_id")
         .bind(id)
