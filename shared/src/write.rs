@@ -77,8 +77,7 @@ pub async fn announce_ephemeral(state: &AppState, events: Vec<Event>) {
         }
     };
     if tokio::time::timeout(budget, all).await.is_err() {
-        metrics::counter!("windi_event_publish_failures_total", "stage" => "deadline")
-            .increment(1);
+        metrics::counter!("windi_event_publish_failures_total", "stage" => "deadline").increment(1);
     }
 }
 

@@ -159,7 +159,10 @@ pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
     let mut tx = pool.begin().await.map_err(db)?;
     // Bulk work with no client waiting: whatever pool it was given (a request pool carries
     // `db::Timeouts`), its statements may take as long as the data asks.
-    for unbound in ["SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0"] {
+    for unbound in [
+        "SET LOCAL statement_timeout = 0",
+        "SET LOCAL lock_timeout = 0",
+    ] {
         sqlx::query(unbound).execute(&mut *tx).await.map_err(db)?;
     }
     let user_ids = reserve_ids(&mut tx, "users", o.users).await?;
