@@ -3,9 +3,11 @@
 //!
 //! An access token alone proves nothing any more: it names a session (`sid`), and the
 //! `AuthUser` extractor and the relay check that session is live (one primary-key lookup), so
-//! ending a session refuses its access tokens at once. A refresh token is 32 random bytes; only
-//! its sha256 is stored (a database leak gives no usable token, and sha256 is enough for a
-//! 256-bit random secret: there is nothing to brute-force, unlike a password).
+//! ending a session refuses its access tokens at once. A login's refresh token is 32 random
+//! bytes; each refresh's is derived from the one it replaces ([`Tokens::successor`]), so a
+//! retried refresh can be answered the same again. Only sha256 hashes are stored (a database
+//! leak gives no usable token, and sha256 is enough for a 256-bit secret: there is nothing to
+//! brute-force, unlike a password).
 //!
 //! Hashing is CPU- and memory-heavy by design (~16 ms and 19 MiB per hash), so it runs on
 //! threads of its own, at most a few at a time, at the lowest CPU priority: a burst of logins
@@ -21,6 +23,7 @@ use std::{
 };
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use hmac::{Hmac, KeyInit, Mac};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -236,13 +239,18 @@ pub struct RefreshToken {
 }
 
 impl RefreshToken {
+    /// A random one, for a new session.
     pub fn generate() -> Result<Self> {
         let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
         getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("getrandom: {e}")))?;
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
         use base64::Engine as _;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let hash = hash_refresh_token(&token);
-        Ok(Self { token, hash })
+        Self { token, hash }
     }
 }
 
@@ -252,7 +260,8 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
     sha2::Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Signs and checks access tokens with one pinned algorithm.
+/// Signs and checks access tokens with one pinned algorithm, and derives refresh tokens'
+/// successors.
 #[derive(Clone)]
 pub struct Tokens {
     encoding: EncodingKey,
@@ -260,6 +269,10 @@ pub struct Tokens {
     validation: Validation,
     header: Header,
     ttl_secs: u64,
+    /// HMAC-SHA256 keyed with a key of its own, derived from the secret (so a successor is
+    /// never a JWT signature): see [`Tokens::successor`].
+    successor_key: Hmac<sha2::Sha256>,
+    refresh_grace: Duration,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -267,9 +280,14 @@ impl std::fmt::Debug for Tokens {
         f.debug_struct("Tokens")
             .field("algorithm", &self.header.alg)
             .field("ttl_secs", &self.ttl_secs)
+            .field("refresh_grace", &self.refresh_grace)
             .finish_non_exhaustive()
     }
 }
+
+/// What the successor key is derived under; a new label would give every session new
+/// successors (a retry in flight across the change would count as reuse).
+const SUCCESSOR_KEY_LABEL: &[u8] = b"windi refresh-token successor v1";
 
 /// An issued token and its lifetime in seconds.
 #[derive(Debug)]
@@ -291,13 +309,42 @@ impl Tokens {
         validation.leeway = 5;
         crate::jwt_crypto::install();
         // The secret was checked when the configuration was read (at least 32 bytes).
+        let derived = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&config.secret)
+            .expect("HMAC takes a key of any length")
+            .chain_update(SUCCESSOR_KEY_LABEL)
+            .finalize()
+            .into_bytes();
         Self {
             encoding: EncodingKey::from_secret(&config.secret).expect("a non-empty secret"),
             decoding: DecodingKey::from_secret(&config.secret).expect("a non-empty secret"),
             validation,
             header: Header::new(config.algorithm),
             ttl_secs: config.ttl.as_secs(),
+            successor_key: <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&derived)
+                .expect("HMAC takes a key of any length"),
+            refresh_grace: config.refresh_grace,
         }
+    }
+
+    /// The refresh token that replaces `token`: HMAC-SHA256 of it under a key derived from the
+    /// secret. Deterministic, so a client that lost a refresh's answer and presents the same
+    /// token again within [`Tokens::refresh_grace`] is answered the same new token although
+    /// only hashes are stored; unpredictable without the secret, like a random one. (A
+    /// `JWT_SECRET_KEY` changed in the middle of such a retry makes it count as reuse.)
+    pub fn successor(&self, token: &str) -> RefreshToken {
+        let bytes = self
+            .successor_key
+            .clone()
+            .chain_update(token.as_bytes())
+            .finalize()
+            .into_bytes();
+        RefreshToken::from_bytes(&bytes)
+    }
+
+    /// How long after a refresh the token it used up may be presented again for the same
+    /// answer (`REFRESH_GRACE_SECONDS`).
+    pub fn refresh_grace(&self) -> Duration {
+        self.refresh_grace
     }
 
     pub fn issue(&self, user_id: i64, session_id: i64) -> Result<IssuedToken> {
@@ -362,6 +409,26 @@ mod tests {
             nice.push(fields[16].parse().unwrap());
         }
         nice
+    }
+
+    #[test]
+    fn a_successor_is_the_same_for_the_same_token_and_secret_only() {
+        let config = |secret: &[u8]| {
+            crate::config::JwtConfig::new(
+                secret.to_vec(),
+                jsonwebtoken::Algorithm::HS256,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        let tokens = Tokens::new(&config(&[7; 32]));
+        let next = tokens.successor("a token");
+        assert_eq!(next.token, tokens.successor("a token").token);
+        assert_eq!(next.hash, hash_refresh_token(&next.token));
+        assert_eq!(next.token.len(), 43, "256 bits, base64url");
+        assert_ne!(next.token, tokens.successor("another token").token);
+        let other_secret = Tokens::new(&config(&[8; 32]));
+        assert_ne!(next.token, other_secret.successor("a token").token);
     }
 
     #[tokio::test]

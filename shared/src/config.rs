@@ -39,7 +39,8 @@ pub struct Config {
     /// Pool size per process. Small on Lambda (one request at a time per instance), larger for
     /// the long-running local server.
     pub db_max_connections: u32,
-    /// Per-user rate limits (`LIMIT_*`).
+    /// Rate limits per user and per client address (`LIMIT_*`), and which address is the
+    /// client (`TRUSTED_PROXY_HOPS`).
     pub limits: crate::limits::LimitSettings,
     /// `SESSION_CACHE` (`on` by default; `off` reads the session on every request even in a
     /// long-running server, for those who would rather pay that than wait up to a second for
@@ -62,13 +63,22 @@ pub enum EventAcks {
     Background,
 }
 
-/// JWT settings; the secret is never printed (see the `Debug` impl).
+/// Token settings: the JWTs', and the refresh grace. The secret is never printed (see the
+/// `Debug` impl).
 #[derive(Clone)]
 pub struct JwtConfig {
     pub secret: Vec<u8>,
     pub algorithm: Algorithm,
     pub ttl: Duration,
+    /// `REFRESH_GRACE_SECONDS` (30 unless set; 0 turns it off, 300 at most): how long a used
+    /// refresh token's retry still answers the same pair (see `crate::auth::Tokens::successor`).
+    pub refresh_grace: Duration,
 }
+
+/// How long a lost refresh answer may be asked for again, unless `REFRESH_GRACE_SECONDS` says.
+pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(30);
+/// The longest refresh grace accepted: a retry, not a second way to use a token.
+pub const MAX_REFRESH_GRACE_SECS: u64 = 300;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +103,7 @@ impl fmt::Debug for JwtConfig {
             .field("secret", &"<redacted>")
             .field("algorithm", &self.algorithm)
             .field("ttl", &self.ttl)
+            .field("refresh_grace", &self.refresh_grace)
             .finish()
     }
 }
@@ -201,7 +212,9 @@ fn event_acks(value: Option<&str>, in_lambda: bool) -> Result<EventAcks, ConfigE
 }
 
 /// `LIMIT_SENDS_PER_SEC`, `LIMIT_SENDS_BURST`, `LIMIT_GROUPS_PER_MIN`, `LIMIT_GROUPS_BURST`,
-/// `LIMIT_TYPING_PER_SEC`, `LIMIT_TYPING_BURST`; each at least 1.
+/// `LIMIT_TYPING_PER_SEC`, `LIMIT_TYPING_BURST`, `LIMIT_EMAIL_LOOKUPS_PER_MIN`,
+/// `LIMIT_EMAIL_LOOKUPS_BURST`, each at least 1; and `TRUSTED_PROXY_HOPS` (0 to 255, default
+/// 0), which decides the client address the per-address limits count.
 fn limits_from_env() -> Result<crate::limits::LimitSettings, ConfigError> {
     let d = crate::limits::LimitSettings::default();
     let positive = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
@@ -221,6 +234,12 @@ fn limits_from_env() -> Result<crate::limits::LimitSettings, ConfigError> {
         groups_burst: positive("LIMIT_GROUPS_BURST", d.groups_burst)?,
         typing_per_second: positive("LIMIT_TYPING_PER_SEC", d.typing_per_second)?,
         typing_burst: positive("LIMIT_TYPING_BURST", d.typing_burst)?,
+        email_lookups_per_minute: positive(
+            "LIMIT_EMAIL_LOOKUPS_PER_MIN",
+            d.email_lookups_per_minute,
+        )?,
+        email_lookups_burst: positive("LIMIT_EMAIL_LOOKUPS_BURST", d.email_lookups_burst)?,
+        trusted_proxy_hops: parsed_or("TRUSTED_PROXY_HOPS", d.trusted_proxy_hops)?,
     })
 }
 
@@ -251,11 +270,19 @@ impl JwtConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        Self::new(
+        let grace: u64 = parsed_or("REFRESH_GRACE_SECONDS", DEFAULT_REFRESH_GRACE.as_secs())?;
+        if grace > MAX_REFRESH_GRACE_SECS {
+            return Err(ConfigError::Invalid {
+                var: "REFRESH_GRACE_SECONDS",
+                reason: format!("{grace} is above {MAX_REFRESH_GRACE_SECS}"),
+            });
+        }
+        Ok(Self::new(
             secret.into_bytes(),
             algorithm,
             Duration::from_secs(minutes * 60),
-        )
+        )?
+        .with_refresh_grace(Duration::from_secs(grace)))
     }
 
     /// Builds the settings, refusing a secret too short to be safe.
@@ -274,7 +301,14 @@ impl JwtConfig {
             secret,
             algorithm,
             ttl,
+            refresh_grace: DEFAULT_REFRESH_GRACE,
         })
+    }
+
+    /// The same settings with another refresh grace.
+    pub fn with_refresh_grace(mut self, grace: Duration) -> Self {
+        self.refresh_grace = grace;
+        self
     }
 }
 

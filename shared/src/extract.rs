@@ -5,10 +5,13 @@
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{HeaderMap, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
-use std::time::Instant;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use crate::{db::sessions, error::Error, state::AppState};
 
@@ -58,10 +61,11 @@ where
 /// The caller, proven by a valid `Authorization: Bearer <token>` of a live session. A handler
 /// that takes this argument cannot run without one.
 ///
-/// Besides the signature and expiry, the token's session must be live: one primary-key read
-/// ([`sessions::check`]), skipped for a session this process checked in the last minute while
-/// its cache is in sync ([`crate::session_cache`]: an ending here takes effect at once, one
-/// elsewhere within about a second; a Lambda instance reads on every request).
+/// Besides the signature and expiry, the token's session must be live and its account neither
+/// disabled nor deleted: one read ([`sessions::check`]), skipped for a session this process
+/// checked in the last minute while its cache is in sync ([`crate::session_cache`]: an ending
+/// here takes effect at once, one elsewhere, `windi admin disable` included, within about a
+/// second; a Lambda instance reads on every request).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub id: i64,
@@ -109,28 +113,130 @@ pub fn bearer_token(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Where a request came from, for the per-address login limit: the TCP peer when windi serves
-/// the request itself; without one (Lambda) the last `X-Forwarded-For` hop, which is the
-/// address API Gateway saw (hops before it are the client's to write, so they are not trusted).
+/// Where a request came from, for the per-address limits (failed logins, registrations and
+/// email searches): an address in its canonical text (a `v4:port` or `[v6]:port` hop loses its
+/// port), or a hop that is no address (a proxy's `unknown`) as written, cut to 64 bytes.
+///
+/// The client is found on the chain of addresses the request passed: the `X-Forwarded-For`
+/// hops, left to right (over all the header's lines), then the TCP peer. Without a peer
+/// (Lambda) the last hop stands for it: API Gateway appends the address it saw, and nothing
+/// writes after it. With `TRUSTED_PROXY_HOPS=N` ([`crate::limits::LimitSettings`]), N proxies
+/// in front each append the address they saw, so the client is N places left of the peer
+/// (of API Gateway's view on Lambda); whatever stands further left the client wrote, and is
+/// never trusted. With fewer hops than N the leftmost address of the chain is taken: the
+/// request skipped a proxy (or one did not append), and that is the farthest address a
+/// proxy wrote. N = 0, the default, makes the peer the client and ignores the header, which
+/// a client can then forge at will.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAddress(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+impl FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         use axum::extract::ConnectInfo;
-        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>()
-        {
-            return Ok(Self(peer.ip().to_string()));
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        Ok(Self(client_address(
+            peer,
+            &parts.headers,
+            state.limits.trusted_proxy_hops,
+        )))
+    }
+}
+
+/// See [`ClientAddress`].
+fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, trusted_hops: u8) -> String {
+    // Bytes, not `to_str`: a line the client made unreadable must not hide the hops a proxy
+    // appended to it. Empty hops are skipped: no proxy writes one.
+    let hops: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|hop| !hop.is_empty())
+        .collect();
+    let chain = hops.len() + usize::from(peer.is_some());
+    // Fewer hops than trusted proxies: 0, the leftmost.
+    let client = chain.saturating_sub(1 + usize::from(trusted_hops));
+    match (hops.get(client), peer) {
+        (Some(hop), _) => canonical(&String::from_utf8_lossy(hop)),
+        (None, Some(peer)) => peer.to_string(),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// A hop as an address in canonical text, when it is one (with or without a port).
+fn canonical(hop: &str) -> String {
+    let unbracketed = hop
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(hop);
+    let ip = unbracketed
+        .parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()));
+    match ip {
+        Ok(ip) => ip.to_string(),
+        Err(_) => hop[..hop.floor_char_boundary(64)].to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(peer: Option<&str>, lines: &[&str], hops: u8) -> String {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(
+                "x-forwarded-for",
+                axum::http::HeaderValue::from_bytes(line.as_bytes())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
         }
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(|hop| hop.trim().to_owned())
-            .filter(|hop| !hop.is_empty());
-        Ok(Self(forwarded.unwrap_or_else(|| "unknown".into())))
+        let peer = peer.map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}")));
+        client_address(peer, &headers, hops)
+    }
+
+    #[test]
+    fn the_client_is_the_trusted_hops_th_address_left_of_the_peer() {
+        let peer = Some("10.0.0.2");
+        // Off: the peer, whatever the header says.
+        assert_eq!(client(peer, &["203.0.113.9"], 0), "10.0.0.2");
+        // One proxy: the address it appended; what the client wrote before it is not taken.
+        assert_eq!(client(peer, &["1.1.1.1, 203.0.113.9"], 1), "203.0.113.9");
+        assert_eq!(client(peer, &["1.1.1.1", "203.0.113.9"], 1), "203.0.113.9");
+        assert_eq!(
+            client(peer, &["1.1.1.1, 203.0.113.9, 10.0.0.1"], 2),
+            "203.0.113.9"
+        );
+        // Fewer hops than proxies: the leftmost address of the chain.
+        assert_eq!(client(peer, &["203.0.113.9"], 3), "203.0.113.9");
+        assert_eq!(client(peer, &[], 1), "10.0.0.2");
+        // Ports and brackets dropped; IPv6 in canonical form; garbage cut short.
+        assert_eq!(client(peer, &["[2001:DB8::1]:443"], 1), "2001:db8::1");
+        assert_eq!(client(peer, &["203.0.113.9:5000"], 1), "203.0.113.9");
+        assert_eq!(client(peer, &[&"u".repeat(1000)], 1).len(), 64);
+        // A line the client made unreadable hides nothing a proxy appended.
+        assert_eq!(
+            client(peer, &["\u{e9}t\u{e9}, 203.0.113.9"], 1),
+            "203.0.113.9"
+        );
+    }
+
+    #[test]
+    fn without_a_peer_api_gateways_hop_stands_for_it() {
+        assert_eq!(client(None, &["1.1.1.1, 203.0.113.9"], 0), "203.0.113.9");
+        assert_eq!(
+            client(None, &["1.1.1.1, 203.0.113.9, 10.0.0.1"], 1),
+            "203.0.113.9"
+        );
+        assert_eq!(client(None, &["203.0.113.9"], 2), "203.0.113.9");
+        assert_eq!(client(None, &[], 0), "unknown");
     }
 }

@@ -22,6 +22,11 @@
 //!   which is frozen between invocations) therefore never trusts the cache at all.
 //! - An entry is trusted for [`ENTRY_TTL`] and then checked again; that check also moves the
 //!   session's `last_used_at` (which moves at most once a minute anyway).
+//! - **A disabled account** is an ending elsewhere: `windi admin disable` ends its sessions in
+//!   the disabling transaction, so its access tokens are refused within about a second here
+//!   (at most [`SYNC_GRACE`] if polls fail). The check reads the account too, so an account
+//!   disabled without ending its sessions (by hand) is refused once its entries expire, within
+//!   [`ENTRY_TTL`].
 //!
 //! The logic is pure (time is passed in) so the unit tests below drive it without a clock.
 

@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn spawn_counting_on(clock: &FakeRelativeClock) -> TestApp {
     let clock = LimitClock::from(clock.clone());
     TestApp::spawn_adjusted(|state| AppState {
-        limits: Limits::counting_on(clock.clone(), LimitSettings::default()),
+        limits: Limits::counting_on(clock.clone(), windi_tests::test_limits()),
         logins: Arc::new(LoginGuard::counting_on(clock)),
         ..state
     })

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod address_limits;
 mod admin;
 mod auth;
 mod authorization;
@@ -27,10 +28,10 @@ mod read_marks;
 mod revisions;
 mod sessions;
 mod tokens;
+mod write_path;
 mod ws;
 mod ws_convergence;
 mod ws_faults;
 mod ws_recovery;
 mod ws_revisions;
 mod ws_sync;
-mod write_path;

@@ -1,5 +1,6 @@
-//! Sessions: rotation of refresh tokens, reuse detection, logout and logout-all on every route
-//! and on the relay, the session list, and a password change ending the other sessions.
+//! Sessions: rotation of refresh tokens, the grace of a retried refresh, reuse detection, logout
+//! and logout-all on every route and on the relay, the session list, and a password change
+//! ending the other sessions.
 
 use std::time::{Duration, Instant};
 
@@ -88,13 +89,25 @@ async fn a_refresh_gives_new_tokens_and_uses_up_the_old_refresh_token() {
     assert_eq!(body["code"], "unauthorized");
 }
 
+/// Moves every used refresh token's use back by the grace and a second: what waiting out the
+/// window would do, without the wait.
+async fn past_the_grace(app: &TestApp) {
+    let grace = app.state.tokens.refresh_grace().as_secs_f64() + 1.0;
+    sqlx::query("UPDATE used_refresh_tokens SET used_at = used_at - make_interval(secs => $1)")
+        .bind(grace)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn a_reused_refresh_token_ends_the_whole_session() {
+async fn a_refresh_token_presented_again_after_the_grace_window_ends_the_whole_session() {
     let app = TestApp::spawn().await;
     let user = app.user("Alice").await;
     let stolen = login(&app, &user).await;
     let (status, rotated) = refresh(&app, &stolen["refresh_token"]).await;
     assert_eq!(status, StatusCode::OK);
+    past_the_grace(&app).await;
 
     // The copy is presented again: by the thief or by the owner, nobody can tell.
     let (status, body) = refresh(&app, &stolen["refresh_token"]).await;
@@ -115,6 +128,75 @@ async fn a_reused_refresh_token_ends_the_whole_session() {
         StatusCode::OK,
         "the user's other sessions go on"
     );
+}
+
+#[tokio::test]
+async fn a_refresh_retried_within_the_grace_window_answers_the_same_tokens_and_the_session_lives() {
+    let app = TestApp::spawn().await;
+    let user = app.user("Alice").await;
+    let first = login(&app, &user).await;
+    let (status, lost) = refresh(&app, &first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{lost}");
+
+    // The answer never reached the client, which asks again with the same token.
+    let (status, retried) = refresh(&app, &first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "a retry is no reuse: {retried}");
+    assert_eq!(retried["refresh_token"], lost["refresh_token"]);
+    assert_eq!(me_status(&app, access(&retried)).await, StatusCode::OK);
+    assert_eq!(me_status(&app, access(&lost)).await, StatusCode::OK);
+
+    // The session lives on: the one refresh token it has now works in turn, and two tabs
+    // refreshing with it at once both get the same next one.
+    let (status, next) = refresh(&app, &retried["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_ne!(next["refresh_token"], retried["refresh_token"]);
+    let ((status_a, a), (status_b, b)) = tokio::join!(
+        refresh(&app, &next["refresh_token"]),
+        refresh(&app, &next["refresh_token"])
+    );
+    assert_eq!(
+        (status_a, status_b),
+        (StatusCode::OK, StatusCode::OK),
+        "{a} {b}"
+    );
+    assert_eq!(a["refresh_token"], b["refresh_token"]);
+    assert_eq!(me_status(&app, access(&b)).await, StatusCode::OK);
+    let (status, _) = refresh(&app, &a["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = app.get("/auth/sessions", &user).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "no session ended: {list}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_older_than_the_immediate_predecessor_is_reuse_even_within_the_grace_window() {
+    let app = TestApp::spawn().await;
+    let user = app.user("Alice").await;
+    let first = login(&app, &user).await;
+    let (_, second) = refresh(&app, &first["refresh_token"]).await;
+    let (status, third) = refresh(&app, &second["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+
+    // Seconds later: `second` would be a retry, `first` is two refreshes old.
+    let (status, body) = refresh(&app, &first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(
+        me_status(&app, access(&third)).await,
+        StatusCode::UNAUTHORIZED,
+        "the session ended"
+    );
+    let (status, _) = refresh(&app, &third["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = refresh(&app, &second["refresh_token"]).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "no retry of an ended session"
+    );
+    assert_eq!(me_status(&app, &user.token).await, StatusCode::OK);
 }
 
 #[tokio::test]

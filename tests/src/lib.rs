@@ -47,6 +47,17 @@ pub fn relay_settings() -> RelaySettings {
     }
 }
 
+/// The production limits but one: registrations and email searches per client address are
+/// raised, since every test registers its users from 127.0.0.1, which is what that limit is
+/// there to stop (`address_limits` tests it, setting it itself).
+pub fn test_limits() -> LimitSettings {
+    LimitSettings {
+        email_lookups_per_minute: 1_000_000,
+        email_lookups_burst: 1_000_000,
+        ..LimitSettings::default()
+    }
+}
+
 /// The signing secret of test apps (tests forge tokens with it).
 pub const TEST_SECRET: &[u8] = b"test-only-secret-0123456789abcdefghijklmnop";
 /// A password that passes the rules.
@@ -214,7 +225,7 @@ impl TestApp {
 
     /// windi publishing to the NATS at `url` (e.g. a [`PrivateNats`]).
     pub async fn spawn_on_nats(url: &str) -> Self {
-        Self::on_nats(url, LimitSettings::default()).await
+        Self::on_nats(url, test_limits()).await
     }
 
     /// [`TestApp::spawn_on_nats`] with rate limits that never apply (for load on purpose).
@@ -238,7 +249,7 @@ impl TestApp {
     }
 
     /// windi with rate limits that never apply, for tests that load it on purpose (each says
-    /// so); every other test runs with the production limits.
+    /// so); every other test runs with the production limits ([`test_limits`]).
     pub async fn spawn_unlimited(mode: Mode) -> Self {
         let prefix = unique("t");
         match mode {
@@ -306,7 +317,7 @@ impl TestApp {
 
     /// windi on an existing database and publisher (e.g. a second instance, or a private NATS).
     pub async fn start(db: TestDb, events: Bus, prefix: String) -> Self {
-        Self::start_with(db, events, prefix, LimitSettings::default()).await
+        Self::start_with(db, events, prefix, test_limits()).await
     }
 
     /// [`TestApp::start`] with other rate limits.
@@ -351,7 +362,7 @@ impl TestApp {
             Duration::from_secs(1800),
         )
         .unwrap();
-        let state = AppState::new(db.pool.clone(), &jwt, events);
+        let state = AppState::new(db.pool.clone(), &jwt, events).with_limits(test_limits());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Self {

@@ -1,11 +1,18 @@
 //! `windi admin`: operator tasks on the database, run from a shell next to it.
 //!
-//! Ending sessions here takes effect on the next request of each (every route checks its
-//! session); the relays close their sockets within one poll interval, as for any session that
-//! ended without its event.
+//! Ending sessions here (`end-sessions`, `disable`) refuses their access tokens within about a
+//! second on a long-running API (its session cache's poller forgets them; at once on Lambda,
+//! which has no cache), and the relays close their sockets within one poll interval, as for any
+//! session that ended without its event: this process publishes nothing.
+//!
+//! Pruning runs here too: hourly inside `windi serve` ([`spawn_pruning`]), and as
+//! `windi admin prune` for a deployment with no long-running windi (Lambda), on a schedule.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+use windi_shared::db::sessions::{self, Pruned};
 
 /// A user as the operator sees one.
 #[derive(Debug, sqlx::FromRow)]
@@ -43,8 +50,18 @@ pub async fn end_sessions(pool: &PgPool, user_id: i64) -> sqlx::Result<usize> {
 
 /// Disables the user: their logins answer like a wrong password, and their sessions end.
 /// Answers whether such a user exists.
-pub async fn disable(pool: &PgPool, user_id: i64) -> sqlx::Result<bool> {
+pub async fn disable(pool: &PgPool, user_id: i64) -> windi_shared::Result<bool> {
     let mut tx = pool.begin().await?;
+    let found = disable_in(&mut tx, user_id).await?;
+    windi_shared::deadline::commit(tx).await?;
+    Ok(found)
+}
+
+/// [`disable`] in the caller's transaction. The `UPDATE` locks the user's row, which a login
+/// about to start a session waits for (`sessions::insert`), and the sessions end in the same
+/// transaction: a login in flight either finds the account disabled or started its session
+/// before, and that session is ended here.
+pub async fn disable_in(tx: &mut PgConnection, user_id: i64) -> sqlx::Result<bool> {
     let found = sqlx::query(
         "UPDATE users SET disabled_at = coalesce(disabled_at, now())
          WHERE id = $1 AND deleted_at IS NULL",
@@ -54,8 +71,7 @@ pub async fn disable(pool: &PgPool, user_id: i64) -> sqlx::Result<bool> {
     .await?
     .rows_affected()
         == 1;
-    windi_shared::db::sessions::end_all(&mut *tx, user_id, None).await?;
-    tx.commit().await?;
+    sessions::end_all(&mut *tx, user_id, None).await?;
     Ok(found)
 }
 
@@ -67,4 +83,40 @@ pub async fn enable(pool: &PgPool, user_id: i64) -> sqlx::Result<bool> {
             .execute(pool)
             .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Rows a pruning statement deletes at most (each its own short transaction).
+pub const PRUNE_BATCH: i64 = 1_000;
+
+/// How often `windi serve` prunes.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60 * 60);
+
+/// Deletes used refresh tokens and ended sessions past their retention
+/// ([`sessions::prune`]); answers how many of each.
+pub async fn prune(pool: &PgPool) -> sqlx::Result<Pruned> {
+    sessions::prune(pool, PRUNE_BATCH).await
+}
+
+/// Prunes at once and then every [`PRUNE_EVERY`], until `pool` is closed: `windi serve`'s
+/// background job. Several processes pruning at once only delete the same rows once.
+pub fn spawn_pruning(pool: PgPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            match prune(&pool).await {
+                Ok(pruned) if pruned != Pruned::default() => tracing::info!(
+                    used_tokens = pruned.used_tokens,
+                    sessions = pruned.sessions,
+                    "pruned used refresh tokens and ended sessions"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),
+            }
+        }
+    });
 }

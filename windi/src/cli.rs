@@ -104,6 +104,9 @@ pub enum AdminCommand {
     Disable { user_id: i64 },
     /// Let a disabled user log in again.
     Enable { user_id: i64 },
+    /// Delete used refresh tokens older than 30 days and sessions ended over 7 days ago, 1,000
+    /// rows a statement. `windi serve` does it hourly; without one (Lambda), schedule this.
+    Prune,
 }
 
 #[cfg(test)]

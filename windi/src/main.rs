@@ -102,6 +102,7 @@ async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
     if config.session_cache {
         state.sync_sessions();
     }
+    windi::admin::spawn_pruning(state.db.clone());
     windi_shared::metrics::watch_pool(&state.db, "api");
     match &config.nats_url {
         Some(url) => tracing::info!(%url, "events go to NATS"),
@@ -294,6 +295,15 @@ async fn admin_command(command: AdminCommand) -> Result<(), String> {
             Ok(false) => Err(format!("no user {user_id}")),
             Err(e) => Err(e.to_string()),
         },
+        AdminCommand::Prune => windi::admin::prune(&pool)
+            .await
+            .map(|p| {
+                println!(
+                    "deleted {} used refresh token(s) and {} ended session(s)",
+                    p.used_tokens, p.sessions
+                );
+            })
+            .map_err(|e| e.to_string()),
         AdminCommand::Enable { user_id } => match windi::admin::enable(&pool, user_id).await {
             Ok(true) => {
                 println!("user {user_id} can log in again");

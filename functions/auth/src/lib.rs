@@ -7,9 +7,11 @@
 //!
 //! A login starts a session (see `windi_shared::auth` and docs/api.md, "Sessions and
 //! accounts"): a short-lived access token that names it and a single-use refresh token,
-//! stored only as its hash. Every way a session ends publishes `sessions.ended` after commit,
-//! so relays close its sockets at once (their poller catches a lost event within a poll
-//! interval).
+//! stored only as its hash. A session starts only while the account is live (the login waits
+//! for a disable, deletion or password change in flight, `sessions::insert`), and every
+//! transaction here commits through `write::commit`. Every way a session ends publishes
+//! `sessions.ended` after commit, so relays close its sockets at once (their poller catches a
+//! lost event within a poll interval).
 
 pub mod people;
 
@@ -22,7 +24,7 @@ use windi_shared::{
     AppState, Error, Result,
     auth::{RefreshToken, hash_refresh_token},
     db::{
-        chats, members,
+        chats,
         sessions::{self, Rotation},
         users,
     },
@@ -33,7 +35,7 @@ use windi_shared::{
         ChangePassword, DeleteMe, LoginForm, MAX_PASSWORD_BYTES, Me, RefreshIn, RegisterUser,
         SessionOut, TokenOut, UpdateMe, UserOut,
     },
-    validate,
+    validate, write,
 };
 
 /// The routes of this function, with their OpenAPI description.
@@ -62,12 +64,17 @@ const MAX_USER_AGENT_CHARS: usize = 256;
         (status = 201, description = "Account created", body = UserOut),
         (status = 409, description = "Email already registered", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; `detail` names it", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many registrations and email searches from this address (20 a minute, bursts of 10, by default); wait `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn register(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Json(body): Json<RegisterUser>,
 ) -> Result<(StatusCode, axum::Json<UserOut>)> {
+    // A 409 tells whether an email has an account: counted per address before anything else
+    // (and before the hash, which a refused request never costs).
+    state.limits.email_lookups.check(&address)?;
     let name = validate::name("name", &body.name)?;
     let email = validate::email(&body.email)?;
     state.password_rules.check("password", &body.password)?;
@@ -111,15 +118,24 @@ async fn login(
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
     };
-    let valid = state.passwords.verify(form.password, hash).await?;
-    let Some(user_id) = user_id.filter(|_| valid) else {
+    let valid = state.passwords.verify(form.password, hash.clone()).await?;
+    let (Some(user_id), Some(hash)) = (user_id.filter(|_| valid), hash) else {
         state.logins.failed(account, &address);
         return Err(bad_credentials);
     };
 
     let refresh = RefreshToken::generate()?;
     let agent = user_agent(&headers);
-    let session_id = sessions::insert(&state.db, user_id, agent.as_deref(), &refresh.hash).await?;
+    let mut tx = state.db.begin().await?;
+    let started =
+        sessions::insert(&mut *tx, user_id, &hash, agent.as_deref(), &refresh.hash).await?;
+    write::commit(&state, tx, Vec::new()).await?;
+    let Some(session_id) = started else {
+        // Disabled, deleted or given another password while the password was being checked:
+        // answered as if the account had been so from the start.
+        state.logins.failed(account, &address);
+        return Err(bad_credentials);
+    };
     tokens(&state, user_id, session_id, refresh)
 }
 
@@ -128,8 +144,8 @@ async fn login(
     post, path = "/auth/refresh", tag = "auth",
     request_body = RefreshIn,
     responses(
-        (status = 200, description = "A new pair; the presented refresh token is used up", body = TokenOut),
-        (status = 401, description = "Unknown, expired or already used refresh token (a used one ends its session)", body = ErrorBody),
+        (status = 200, description = "A new pair; the presented refresh token is used up. Presented again within the grace (`REFRESH_GRACE_SECONDS`, 30 s by default) while its successor is unused, it answers that same refresh token again (a retry of a lost answer)", body = TokenOut),
+        (status = 401, description = "Unknown, expired or already used refresh token, or one of a disabled or deleted account (a used one ends its session)", body = ErrorBody),
     )
 )]
 async fn refresh(
@@ -137,14 +153,20 @@ async fn refresh(
     Json(body): Json<RefreshIn>,
 ) -> Result<axum::Json<TokenOut>> {
     let old_hash = hash_refresh_token(&body.refresh_token);
-    let new = RefreshToken::generate()?;
+    // Derived, not random: a retry of this refresh gets the same answer (`Rotation::Retried`).
+    let new = state.tokens.successor(&body.refresh_token);
+    let grace = state.tokens.refresh_grace();
     let mut tx = state.db.begin().await?;
-    match sessions::rotate(&mut tx, &old_hash, &new.hash).await? {
+    match sessions::rotate(&mut tx, &old_hash, &new.hash, grace).await? {
         Rotation::Rotated {
             session_id,
             user_id,
+        }
+        | Rotation::Retried {
+            session_id,
+            user_id,
         } => {
-            tx.commit().await?;
+            write::commit(&state, tx, Vec::new()).await?;
             tokens(&state, user_id, session_id, new)
         }
         Rotation::Reused {
@@ -154,9 +176,9 @@ async fn refresh(
             // Two parties hold this session's tokens; nobody can tell which is the owner, so
             // it ends for both (RFC 6819 §5.2.2.3, OAuth 2.0 Security BCP §4.14).
             let ended = sessions::end(&mut *tx, user_id, &[session_id]).await?;
-            tx.commit().await?;
+            let events = ended_event(&state, user_id, ended).into_iter().collect();
+            write::commit(&state, tx, events).await?;
             tracing::warn!(user_id, session_id, "refresh token reused; session ended");
-            announce_ended(&state, user_id, ended).await;
             Err(Error::Unauthorized(
                 "refresh token already used; the session has ended",
             ))
@@ -175,8 +197,10 @@ async fn refresh(
     )
 )]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
-    let ended = sessions::end(&state.db, user.id, &[user.session_id]).await?;
-    announce_ended(&state, user.id, ended).await;
+    let mut tx = state.db.begin().await?;
+    let ended = sessions::end(&mut *tx, user.id, &[user.session_id]).await?;
+    let events = ended_event(&state, user.id, ended).into_iter().collect();
+    write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -190,8 +214,10 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusC
     )
 )]
 async fn logout_all(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
-    let ended = sessions::end_all(&state.db, user.id, None).await?;
-    announce_ended(&state, user.id, ended).await;
+    let mut tx = state.db.begin().await?;
+    let ended = sessions::end_all(&mut *tx, user.id, None).await?;
+    let events = ended_event(&state, user.id, ended).into_iter().collect();
+    write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -238,11 +264,13 @@ async fn end_session(
     user: AuthUser,
     Path(id): Path<i64>,
 ) -> Result<StatusCode> {
-    let ended = sessions::end(&state.db, user.id, &[id]).await?;
+    let mut tx = state.db.begin().await?;
+    let ended = sessions::end(&mut *tx, user.id, &[id]).await?;
     if ended.is_empty() {
         return Err(Error::NotFound("session"));
     }
-    announce_ended(&state, user.id, ended).await;
+    let events = ended_event(&state, user.id, ended).into_iter().collect();
+    write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -280,21 +308,20 @@ async fn update_me(
     Json(body): Json<UpdateMe>,
 ) -> Result<axum::Json<Me>> {
     let name = validate::name("name", &body.name)?;
-    let me = users::rename(&state.db, user.id, &name)
+    let mut tx = state.db.begin().await?;
+    let me = users::rename(&mut *tx, user.id, &name)
         .await?
         .ok_or(Error::Unauthorized("the token's user no longer exists"))?;
+    let chat_ids = users::chat_ids(&mut *tx, user.id).await?;
+    write::commit(&state, tx, Vec::new()).await?;
     // Not a change of any chat (no rev): every read shows the current name anyway, so this
     // news is ephemeral, one event per chat the user is in.
-    for chat_id in users::chat_ids(&state.db, user.id).await? {
-        state
-            .events
-            .publish_ephemeral(Event::UserUpdated {
-                chat_id,
-                user_id: user.id,
-                name: me.name.clone(),
-            })
-            .await;
-    }
+    let news = chat_ids.into_iter().map(|chat_id| Event::UserUpdated {
+        chat_id,
+        user_id: user.id,
+        name: me.name.clone(),
+    });
+    write::announce_ephemeral(&state, news.collect()).await;
     Ok(axum::Json(me))
 }
 
@@ -328,8 +355,8 @@ async fn change_password(
     let mut tx = state.db.begin().await?;
     users::set_password_hash(&mut *tx, user.id, &hash).await?;
     let ended = sessions::end_all(&mut *tx, user.id, Some(user.session_id)).await?;
-    tx.commit().await?;
-    announce_ended(&state, user.id, ended).await;
+    let events = ended_event(&state, user.id, ended).into_iter().collect();
+    write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,6 +379,12 @@ async fn delete_me(
 ) -> Result<StatusCode> {
     reauthenticate(&state, user.id, body.password, "password is wrong").await?;
     let mut tx = state.db.begin().await?;
+    // The user's row first, then their chats' (`users::lock` says why): a group that adds
+    // them meanwhile either committed before this read of their chats, or waits and then
+    // finds them gone.
+    if !users::lock(&mut *tx, user.id).await? {
+        return Err(Error::Unauthorized("the token's user no longer exists"));
+    }
     let mut events = Vec::new();
     let mut left = Vec::new();
     // Chats in id order: each membership change locks its chat, and every writer that locks
@@ -364,17 +397,10 @@ async fn delete_me(
             continue;
         }
         let rev = chats::take_revs(&mut *tx, chat_id, 1).await?;
-        let role = members::role(&mut *tx, chat_id, user.id).await?;
-        members::remove(&mut *tx, chat_id, user.id, rev).await?;
-        if role.as_deref() == Some("owner") {
-            members::promote_eldest(&mut *tx, chat_id).await?;
+        if let Some(event) = write::remove_member(&mut tx, chat_id, user.id, rev).await? {
+            events.push(event);
+            left.push((chat_id, rev));
         }
-        events.push(Event::MemberLeft {
-            chat_id,
-            rev,
-            user_id: user.id,
-        });
-        left.push((chat_id, rev));
     }
     let member_rev = match left.is_empty() {
         true => 0,
@@ -385,16 +411,14 @@ async fn delete_me(
     };
     let ended = sessions::end_all(&mut *tx, user.id, None).await?;
     users::tombstone(&mut *tx, user.id).await?;
-    tx.commit().await?;
-
     events.extend(left.into_iter().map(|(chat_id, rev)| Event::ChatRemoved {
         user_id: user.id,
         chat_id,
         rev,
         member_rev,
     }));
-    state.events.publish(events).await;
-    announce_ended(&state, user.id, ended).await;
+    events.extend(ended_event(&state, user.id, ended));
+    write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -432,19 +456,18 @@ async fn reauthenticate(
     }
 }
 
-/// Tells relays these sessions ended (after commit; their poller covers a lost event).
-async fn announce_ended(state: &AppState, user_id: i64, session_ids: Vec<i64>) {
+/// The news that these sessions ended, for the commit that ends them (relays close their
+/// sockets; their poller covers a lost event). This process's session cache forgets them at
+/// once: a cached check must not let them through even before the commit answers.
+fn ended_event(state: &AppState, user_id: i64, session_ids: Vec<i64>) -> Option<Event> {
     if session_ids.is_empty() {
-        return;
+        return None;
     }
     state.sessions_ended(&session_ids);
-    state
-        .events
-        .publish(vec![Event::SessionsEnded {
-            user_id,
-            session_ids,
-        }])
-        .await;
+    Some(Event::SessionsEnded {
+        user_id,
+        session_ids,
+    })
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<String> {

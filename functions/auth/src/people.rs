@@ -1,6 +1,8 @@
 //! Finding and blocking people: `GET /users/search`, `PUT`/`DELETE /users/{id}/block`,
 //! `GET /users/blocked`. Nothing here ever answers an email: search finds a user by their exact
 //! email, but answers only id and name, so it confirms an address only to someone who has it.
+//! A search that can match an email (a `q` with an `@`) shares the per-address budget of
+//! registrations (`LIMIT_EMAIL_LOOKUPS_*`), so neither serves to test a list of emails.
 
 use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -8,7 +10,7 @@ use windi_shared::{
     AppState, Error, Result,
     db::{blocks, users},
     error::ErrorBody,
-    extract::{AuthUser, Path, Query},
+    extract::{AuthUser, ClientAddress, Path, Query},
     model::{
         DEFAULT_SEARCH_LIMIT, MAX_SEARCH_CHARS, MAX_SEARCH_LIMIT, MIN_SEARCH_CHARS, PersonOut,
         SearchQuery,
@@ -32,11 +34,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 200, description = "Matches, an exact email first, then by name", body = [PersonOut]),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
         (status = 422, description = "`q` shorter than 2 or longer than 100 characters, or a bad `limit`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: a `q` with an `@` past this address's budget of registrations and email searches (20 a minute, bursts of 10, by default); wait `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn search(
     State(state): State<AppState>,
     _user: AuthUser,
+    ClientAddress(address): ClientAddress,
     Query(query): Query<SearchQuery>,
 ) -> Result<axum::Json<Vec<PersonOut>>> {
     let q = query.q.trim();
@@ -62,6 +66,11 @@ async fn search(
             "limit",
             format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
         ));
+    }
+    // Exactly when the query looks the email up (`users::search`): name searches, typed as
+    // the user types, stay free.
+    if q.contains('@') {
+        state.limits.email_lookups.check(&address)?;
     }
     Ok(axum::Json(users::search(&state.db, q, limit).await?))
 }
