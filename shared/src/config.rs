@@ -2,19 +2,24 @@
 //!
 //! Every variable is named in the error when it is missing or malformed, so a bad deployment
 //! stops at once with a message an operator can act on, instead of failing on the first request.
+//!
+//! The settings types the other layers need are defined here ([`JwtConfig`], [`LimitSettings`],
+//! [`EventAcks`], the password minimum as the domain's `PasswordRules`, [`in_lambda`]), and
+//! those layers import them from here; this module imports only the domain. So reading the
+//! environment never needs the code that acts on it, and a setting has one home.
 
 use std::{env, fmt, time::Duration};
 
 use jsonwebtoken::Algorithm;
 
-use crate::{
+use crate::domain::{
     model::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS_FLOOR},
     validate::PasswordRules,
 };
 
 /// The shortest HS256 secret we accept: 32 bytes is the key size the algorithm's security
 /// assumes (RFC 7518 §3.2); anything shorter is guessable offline from one token.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
+const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// Why the configuration could not be loaded. Displays as one line naming the variable.
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +46,10 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Rate limits per user and per client address (`LIMIT_*`), and which address is the
     /// client (`TRUSTED_PROXY_HOPS`).
-    pub limits: crate::limits::LimitSettings,
+    pub limits: LimitSettings,
     /// `SESSION_CACHE` (`on` by default; `off` reads the session on every request even in a
     /// long-running server, for those who would rather pay that than wait up to a second for
-    /// an ending in another process; see [`crate::session_cache`]).
+    /// an ending in another process; see [`crate::service::session_cache`]).
     pub session_cache: bool,
     /// `EVENT_ACKS`: when a request's events must be acknowledged by JetStream. `wait` (the
     /// only choice under Lambda, and its default) answers after the acks; `background` (the
@@ -71,14 +76,15 @@ pub struct JwtConfig {
     pub algorithm: Algorithm,
     pub ttl: Duration,
     /// `REFRESH_GRACE_SECONDS` (30 unless set; 0 turns it off, 300 at most): how long a used
-    /// refresh token's retry still answers the same pair (see `crate::auth::Tokens::successor`).
+    /// refresh token's retry still answers the same pair (see
+    /// [`crate::service::auth::Tokens::successor`]).
     pub refresh_grace: Duration,
 }
 
 /// How long a lost refresh answer may be asked for again, unless `REFRESH_GRACE_SECONDS` says.
-pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(30);
 /// The longest refresh grace accepted: a retry, not a second way to use a token.
-pub const MAX_REFRESH_GRACE_SECS: u64 = 300;
+const MAX_REFRESH_GRACE_SECS: u64 = 300;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,10 +153,7 @@ impl Config {
             port: parsed_or("PORT", 8000)?,
             // A Lambda instance serves one request at a time; many instances times a big pool
             // would exhaust Postgres's connection limit.
-            db_max_connections: parsed_or(
-                "DB_MAX_CONNECTIONS",
-                if crate::runtime::in_lambda() { 2 } else { 10 },
-            )?,
+            db_max_connections: parsed_or("DB_MAX_CONNECTIONS", if in_lambda() { 2 } else { 10 })?,
             limits: limits_from_env()?,
             session_cache: match optional("SESSION_CACHE").as_deref() {
                 None | Some("on") => true,
@@ -162,13 +165,77 @@ impl Config {
                     });
                 }
             },
-            event_acks: event_acks(
-                optional("EVENT_ACKS").as_deref(),
-                crate::runtime::in_lambda(),
-            )?,
+            event_acks: event_acks(optional("EVENT_ACKS").as_deref(), in_lambda())?,
             password_rules: password_rules(optional("PASSWORD_MIN_LENGTH").as_deref())?,
         })
     }
+}
+
+/// How much each user and each client address may do; from `LIMIT_*` variables, and
+/// `TRUSTED_PROXY_HOPS` (see `.env.example`). The numbers only: the limiters that count
+/// against them are [`crate::service::limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub sends_per_second: u32,
+    pub sends_burst: u32,
+    pub groups_per_minute: u32,
+    pub groups_burst: u32,
+    pub typing_per_second: u32,
+    pub typing_burst: u32,
+    /// Registrations and exact-email searches per client address (`Limits::email_lookups`).
+    pub email_lookups_per_minute: u32,
+    pub email_lookups_burst: u32,
+    /// How many proxies in front of windi append the address they saw to `X-Forwarded-For`:
+    /// which address of a request the per-address limits count it against
+    /// ([`crate::http::extract::ClientAddress`]). 0, the default: the TCP peer, and the header is
+    /// ignored.
+    pub trusted_proxy_hops: u8,
+}
+
+impl Default for LimitSettings {
+    /// Far above what a person types, far below what a script floods: 20 messages a second
+    /// with bursts of 60 (a client flushing its outbox after a reconnect), 10 group changes a
+    /// minute with bursts of 20, typing 5 a second with bursts of 10; 20 registrations and
+    /// email searches a minute per address with bursts of 10 (a classroom behind one NAT
+    /// signing up together gets through in a minute or so; a script testing a list of emails
+    /// gets 28,800 a day from an address instead of as many as it can send).
+    fn default() -> Self {
+        Self {
+            sends_per_second: 20,
+            sends_burst: 60,
+            groups_per_minute: 10,
+            groups_burst: 20,
+            typing_per_second: 5,
+            typing_burst: 10,
+            email_lookups_per_minute: 20,
+            email_lookups_burst: 10,
+            trusted_proxy_hops: 0,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Limits high enough never to apply (for benchmarks and load tests, which say so).
+    pub fn unlimited() -> Self {
+        let many = 1_000_000_000;
+        Self {
+            sends_per_second: many,
+            sends_burst: many,
+            groups_per_minute: many,
+            groups_burst: many,
+            typing_per_second: many,
+            typing_burst: many,
+            email_lookups_per_minute: many,
+            email_lookups_burst: many,
+            trusted_proxy_hops: 0,
+        }
+    }
+}
+
+/// True inside AWS Lambda (the runtime API address is set by the platform). Several defaults
+/// depend on it (the pool size, when events are acknowledged, the log format).
+pub(crate) fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
 /// `PASSWORD_MIN_LENGTH`: a number of characters from 6 (below it the check would hardly be
@@ -215,8 +282,8 @@ fn event_acks(value: Option<&str>, in_lambda: bool) -> Result<EventAcks, ConfigE
 /// `LIMIT_TYPING_PER_SEC`, `LIMIT_TYPING_BURST`, `LIMIT_EMAIL_LOOKUPS_PER_MIN`,
 /// `LIMIT_EMAIL_LOOKUPS_BURST`, each at least 1; and `TRUSTED_PROXY_HOPS` (0 to 255, default
 /// 0), which decides the client address the per-address limits count.
-fn limits_from_env() -> Result<crate::limits::LimitSettings, ConfigError> {
-    let d = crate::limits::LimitSettings::default();
+fn limits_from_env() -> Result<LimitSettings, ConfigError> {
+    let d = LimitSettings::default();
     let positive = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
         let value: u32 = parsed_or(var, default)?;
         if value == 0 {
@@ -227,7 +294,7 @@ fn limits_from_env() -> Result<crate::limits::LimitSettings, ConfigError> {
         }
         Ok(value)
     };
-    Ok(crate::limits::LimitSettings {
+    Ok(LimitSettings {
         sends_per_second: positive("LIMIT_SENDS_PER_SEC", d.sends_per_second)?,
         sends_burst: positive("LIMIT_SENDS_BURST", d.sends_burst)?,
         groups_per_minute: positive("LIMIT_GROUPS_PER_MIN", d.groups_per_minute)?,
@@ -306,14 +373,14 @@ impl JwtConfig {
     }
 
     /// The same settings with another refresh grace.
-    pub fn with_refresh_grace(mut self, grace: Duration) -> Self {
+    fn with_refresh_grace(mut self, grace: Duration) -> Self {
         self.refresh_grace = grace;
         self
     }
 }
 
 /// `NATS_SUBJECT_PREFIX`, default `windi`; one NATS subject token (no dots or wildcards).
-pub fn nats_prefix_from_env() -> Result<String, ConfigError> {
+fn nats_prefix_from_env() -> Result<String, ConfigError> {
     let prefix = optional("NATS_SUBJECT_PREFIX").unwrap_or_else(|| "windi".to_owned());
     if prefix.is_empty()
         || !prefix

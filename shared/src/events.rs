@@ -23,7 +23,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture, stream::BoxStream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::model::MessageOut;
+use crate::domain::model::MessageOut;
 
 /// How long a publish waits for JetStream to take and acknowledge its events before it gives up
 /// (and counts it). On Lambda the process may freeze right after the answer, so publishes are
@@ -36,11 +36,11 @@ const STREAM_WAIT: Duration = Duration::from_secs(5);
 
 /// JetStream's duplicate window: a publish retried within it, with the same `Nats-Msg-Id`, is
 /// dropped by the server.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How many events one in-process subscription holds before the bus drops for it (as a full
 /// NATS subscription buffer does; the subscriber recovers by rev from Postgres).
-pub const LOCAL_BUS_CAPACITY: usize = 4096;
+const LOCAL_BUS_CAPACITY: usize = 4096;
 
 /// Everything published. Serialised with a `type` tag, e.g. `{"type": "message.created", ...}`.
 /// Every change of a chat carries the chat's `rev` of that change.
@@ -179,7 +179,7 @@ impl Event {
     /// The `Nats-Msg-Id`: the same fact always gets the same id, so a retried publish of it is
     /// dropped by JetStream. A message's creation is its id in Postgres; other changes are the
     /// chat's rev.
-    pub fn msg_id(&self) -> String {
+    fn msg_id(&self) -> String {
         match self {
             Self::MessageCreated { message, .. } => format!("msg.{}", message.id),
             Self::MessageUpdated { chat_id, rev, .. }
@@ -512,7 +512,7 @@ impl NatsBus {
 enum Acks {
     /// Before the request answers: on Lambda the process may freeze right after the answer,
     /// so an event not acknowledged by then may never be sent. Bounded by the request's
-    /// remaining time ([`crate::write::announce`]).
+    /// remaining time ([`crate::service::write::announce`]).
     Inline,
     /// On one publisher task fed by a bounded queue of [`PUBLISH_QUEUE`] batches: a
     /// long-running process keeps running after the answer, so a request never waits on NATS
@@ -525,12 +525,12 @@ enum Acks {
 
 /// Batches waiting for the background publisher. At a few thousand sends a second and a
 /// healthy NATS the queue is near empty; 4,096 absorbs a NATS pause of a second or two.
-pub const PUBLISH_QUEUE: usize = 4096;
+const PUBLISH_QUEUE: usize = 4096;
 
 /// Batches whose acks a long-running process awaits in the background at once; beyond it, the
 /// publisher waits for its own. At a few thousand sends a second and sub-millisecond acks, a
 /// few dozen are pending; 1,024 absorbs a NATS pause of a fraction of a second.
-pub const MAX_BACKGROUND_ACKS: usize = 1024;
+const MAX_BACKGROUND_ACKS: usize = 1024;
 
 /// Awaits each ack until `deadline`, counting what was not acknowledged.
 async fn await_acks(acks: Vec<(String, PublishAckFuture)>, deadline: tokio::time::Instant) {

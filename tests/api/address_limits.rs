@@ -11,7 +11,8 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use windi_shared::{
     AppState,
-    limits::{ADDRESS_FAILURES, FakeRelativeClock, LimitClock, LimitSettings, Limits, LoginGuard},
+    config::LimitSettings,
+    service::limits::{ADDRESS_FAILURES, FakeRelativeClock, LimitClock, Limits, LoginGuard},
 };
 use windi_tests::{PASSWORD, TestApp, TestUser, test_limits, unique};
 

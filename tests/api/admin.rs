@@ -220,7 +220,7 @@ async fn pruning_removes_old_used_tokens_and_ended_sessions_and_keeps_the_live_o
         .unwrap();
 
     // Two rows a statement, so every statement runs more than one batch.
-    let pruned = windi_shared::db::sessions::prune(db, 2).await.unwrap();
+    let pruned = windi_shared::store::sessions::prune(db, 2).await.unwrap();
     assert_eq!((pruned.used_tokens, pruned.sessions), (3, 1), "{pruned:?}");
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM sessions ORDER BY id")
         .fetch_all(db)

@@ -5,7 +5,7 @@ use std::time::Duration;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use windi_shared::auth::{Claims, unix_now};
+use windi_shared::service::auth::{Claims, unix_now};
 use windi_tests::{PASSWORD, TEST_SECRET, TestApp, read, unique};
 
 #[tokio::test]
@@ -140,7 +140,7 @@ fn forge(secret: &[u8], sub: &str, sid: i64, exp: u64) -> String {
         exp,
         iat: unix_now(),
     };
-    windi_shared::jwt_crypto::install();
+    windi_shared::service::jwt_crypto::install();
     encode(
         &Header::default(),
         &claims,
@@ -196,7 +196,7 @@ async fn bad_tokens_are_refused_with_401() {
         later,
     );
     let expired = forge(TEST_SECRET, &sub, sid, unix_now() - 120);
-    windi_shared::jwt_crypto::install();
+    windi_shared::service::jwt_crypto::install();
     let no_session = encode(
         &Header::default(),
         &json!({"sub": sub, "exp": later}),
@@ -205,7 +205,7 @@ async fn bad_tokens_are_refused_with_401() {
     .unwrap();
     let unknown_session = forge(TEST_SECRET, &sub, sid + 1000, later);
     let someone_elses_session = forge(TEST_SECRET, &sub, session_of(other.id).await, later);
-    windi_shared::jwt_crypto::install();
+    windi_shared::service::jwt_crypto::install();
     let no_exp = encode(
         &Header::default(),
         &json!({"sub": sub}),
@@ -228,7 +228,7 @@ async fn bad_tokens_are_refused_with_401() {
     }
     let (status, body) = app.call(Method::GET, "/chat/list", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(body["detail"], windi_shared::auth::TOKEN_REFUSED);
+    assert_eq!(body["detail"], windi_shared::service::auth::TOKEN_REFUSED);
 }
 
 #[tokio::test]

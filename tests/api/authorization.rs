@@ -31,7 +31,7 @@ fn expired(token: &str) -> String {
         .unwrap()
         .as_secs();
     claims["exp"] = json!(now - 60);
-    windi_shared::jwt_crypto::install();
+    windi_shared::service::jwt_crypto::install();
     encode(
         &Header::new(Algorithm::HS256),
         &claims,

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use windi_shared::model::{MAX_BODY_BYTES, MAX_TEXT_CHARS};
+use windi_shared::domain::model::{MAX_BODY_BYTES, MAX_TEXT_CHARS};
 use windi_tests::{TestApp, read};
 
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, mentions: &str) {

@@ -2,9 +2,9 @@
 //! answers what the local server answers for the same HTTP request — status, headers and body.
 //!
 //! The Lambda side is what the Lambda runtime runs in a container: each function's state built
-//! the production way (`AppState::connect` with NATS required and a pool of 2), its router
-//! wrapped by `windi_shared::lambda::handler`, and the event decoded from and the answer encoded
-//! to JSON as the runtime does. The local side is windi on `127.0.0.1:0`, sent the request API
+//! the production way (`AppState::connect` with NATS required and a pool of 2), its router wrapped
+//! by `windi_shared::http::lambda::handler`, and the event decoded from and the answer encoded to
+//! JSON as the runtime does. The local side is windi on `127.0.0.1:0`, sent the request API
 //! Gateway would have forwarded, rebuilt from the event here without the Lambda code. Each side
 //! has its own fresh database and replays the same steps, so ids line up; only times and token
 //! bytes differ, and those are checked for shape and meaning instead of compared.
@@ -23,12 +23,13 @@ use reqwest::{Method, header::HeaderMap};
 use serde_json::Value;
 use windi_shared::{
     AppState,
-    auth::Claims,
     config::{Config, JwtConfig},
     events::stream_name,
-    lambda::{self, Handler},
-    runtime::function_app,
-    state::Broker,
+    http::{
+        lambda::{self, Handler},
+        runtime::function_app,
+    },
+    service::{auth::Claims, state::Broker},
 };
 use windi_tests::{TEST_SECRET, TestApp, TestDb, nats_url, unique};
 
@@ -239,12 +240,12 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             port: 0,
             db_max_connections: 2,
             // The walkthroughs send ~100 messages as one user: above the limits on purpose.
-            limits: windi_shared::limits::LimitSettings::unlimited(),
+            limits: windi_shared::config::LimitSettings::unlimited(),
             // Lambda runs no session sync (run_function does not start it there).
             session_cache: true,
             // What Config::from_env gives under Lambda, and the only choice there.
             event_acks: windi_shared::config::EventAcks::Wait,
-            password_rules: windi_shared::validate::PasswordRules::default(),
+            password_rules: windi_shared::domain::validate::PasswordRules::default(),
         };
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await
@@ -445,7 +446,7 @@ fn normalise(value: &mut Value) {
                         *field = Value::String("<refresh token>".into());
                     }
                     ("access_token", Value::String(token)) => {
-                        windi_shared::jwt_crypto::install();
+                        windi_shared::service::jwt_crypto::install();
                         let claims = jsonwebtoken::decode::<Claims>(
                             token,
                             &DecodingKey::from_secret(TEST_SECRET).unwrap(),

@@ -12,7 +12,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use windi_shared::{
     AppState,
-    limits::{FakeRelativeClock, LimitClock, LimitSettings, Limits, LoginGuard},
+    config::LimitSettings,
+    service::limits::{FakeRelativeClock, LimitClock, Limits, LoginGuard},
 };
 use windi_tests::{TestApp, relay_settings, ws::WsClient};
 

@@ -180,7 +180,7 @@ async fn deduplication_holds_across_a_restart() {
     assert_eq!(status, StatusCode::CREATED);
 
     // A second, independent server process state on the same database: nothing in memory.
-    let pool = windi_shared::db::connect(&url, 2).await.unwrap();
+    let pool = windi_shared::store::connect(&url, 2).await.unwrap();
     let state = windi_shared::AppState::new(
         pool,
         &windi_shared::config::JwtConfig::new(

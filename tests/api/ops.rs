@@ -3,7 +3,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use windi_shared::{
+use windi_shared::http::{
     metrics::MetricsAccess,
     runtime::{CorsOrigins, HttpSettings},
 };

@@ -9,7 +9,7 @@ use reqwest::{
     header::{AUTHORIZATION, CONTENT_TYPE},
 };
 use serde_json::{Value, json};
-use windi_shared::validate::PasswordRules;
+use windi_shared::domain::validate::PasswordRules;
 use windi_tests::{PASSWORD, TestApp, TestUser, read};
 
 /// Request 1 of the original README, byte for byte.

@@ -17,7 +17,7 @@ fn now() -> u64 {
 }
 
 fn sign(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
-    windi_shared::jwt_crypto::install();
+    windi_shared::service::jwt_crypto::install();
     encode(
         &Header::new(alg),
         claims,

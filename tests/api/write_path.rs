@@ -1,4 +1,4 @@
-//! The one write path (`shared/src/write.rs`): a change commits once and answers once.
+//! The one write path (`shared/src/service/write.rs`): a change commits once and answers once.
 //!
 //! - A committed write answers success, even when telling the relays runs late (a paused NATS)
 //!   and the commit itself landed late; one that could not commit in time answers 503 and
@@ -15,7 +15,7 @@ use std::{
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
-use windi_shared::{AppState, db};
+use windi_shared::{AppState, store};
 use windi_tests::{
     PrivateNats, TestApp, TestDb, TestUser, eventually, relay_settings, unique,
     ws::{Received, WsClient},
@@ -96,10 +96,10 @@ async fn a_committed_send_answers_success_even_when_its_events_are_late() {
     let db = TestDb::new().await;
     // Raised for this test only: the send must be able to wait on the lock until its commit
     // lands close to the deadline (the production lock timeout, 2 s, would end it first).
-    let patient = db::connect_with(
+    let patient = store::connect_with(
         &db.url,
         10,
-        Some(db::Timeouts {
+        Some(store::Timeouts {
             lock: Duration::from_secs(30),
             statement: Duration::from_secs(30),
         }),

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use serde_json::json;
-use windi_shared::db::{chats, members};
+use windi_shared::store::{chats, members};
 use windi_tests::{
     PASSWORD, TestApp, TestDb, TestUser, eventually, relay_settings,
     ws::{Received, WsClient},

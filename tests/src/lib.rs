@@ -21,10 +21,9 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use windi_shared::{
     AppState,
-    config::JwtConfig,
-    db::MIGRATOR,
+    config::{JwtConfig, LimitSettings},
     events::{Bus, LocalBus},
-    limits::LimitSettings,
+    store::MIGRATOR,
 };
 use ws_relay::{RelayHandle, RelaySettings};
 
@@ -117,7 +116,7 @@ impl TestDb {
             .unwrap();
         conn.close().await.unwrap();
         let url = with_database(&admin, &name);
-        let pool = windi_shared::db::connect(&url, 20).await.unwrap();
+        let pool = windi_shared::store::connect(&url, 20).await.unwrap();
         MIGRATOR.run(&pool).await.unwrap();
         Self {
             pool,
@@ -395,7 +394,7 @@ impl TestApp {
     /// that nothing subscribes to. Whatever it commits is what a handler that died between
     /// commit and publish leaves behind.
     pub async fn silent_twin(&self) -> TestApp {
-        let pool = windi_shared::db::connect(&self.db.url, 5).await.unwrap();
+        let pool = windi_shared::store::connect(&self.db.url, 5).await.unwrap();
         let db = TestDb {
             pool,
             url: self.db.url.clone(),
@@ -410,7 +409,9 @@ impl TestApp {
     /// only): what a deployment with several API processes behind one load balancer has.
     pub async fn twin_on_nats(&self) -> TestApp {
         let url = self.nats_url.clone().expect("a NATS app");
-        let pool = windi_shared::db::connect(&self.db.url, 10).await.unwrap();
+        let pool = windi_shared::store::connect(&self.db.url, 10)
+            .await
+            .unwrap();
         let db = TestDb {
             pool,
             url: self.db.url.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-use windi_shared::db::sessions::{self, Pruned};
+use windi_shared::store::sessions::{self, Pruned};
 
 /// A user as the operator sees one.
 #[derive(Debug, sqlx::FromRow)]
@@ -43,7 +43,7 @@ pub async fn list_users(
 
 /// Ends every live session of the user; answers how many ended.
 pub async fn end_sessions(pool: &PgPool, user_id: i64) -> sqlx::Result<usize> {
-    Ok(windi_shared::db::sessions::end_all(pool, user_id, None)
+    Ok(windi_shared::store::sessions::end_all(pool, user_id, None)
         .await?
         .len())
 }
@@ -53,7 +53,7 @@ pub async fn end_sessions(pool: &PgPool, user_id: i64) -> sqlx::Result<usize> {
 pub async fn disable(pool: &PgPool, user_id: i64) -> windi_shared::Result<bool> {
     let mut tx = pool.begin().await?;
     let found = disable_in(&mut tx, user_id).await?;
-    windi_shared::deadline::commit(tx).await?;
+    windi_shared::service::write::commit_without_events(tx).await?;
     Ok(found)
 }
 

@@ -30,7 +30,7 @@ use std::{
 use chrono::{TimeZone, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
-use windi_shared::auth::Passwords;
+use windi_shared::service::auth::Passwords;
 
 /// The password of every generated user (they share one argon2id hash: hashing each would
 /// take ~16 ms apiece and dominate the run).
@@ -158,7 +158,7 @@ pub async fn run(pool: &PgPool, options: &Options) -> Result<Report, String> {
 
     let mut tx = pool.begin().await.map_err(db)?;
     // Bulk work with no client waiting: whatever pool it was given (a request pool carries
-    // `db::Timeouts`), its statements may take as long as the data asks.
+    // `store::Timeouts`), its statements may take as long as the data asks.
     for unbound in [
         "SET LOCAL statement_timeout = 0",
         "SET LOCAL lock_timeout = 0",

@@ -27,11 +27,11 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 use windi_shared::{
-    AppState, SECURITY_SCHEME,
+    AppState,
     config::{ConfigError, optional},
-    db::MIGRATOR,
-    model::{Health, Readiness},
-    runtime::HttpSettings,
+    domain::model::{Health, Readiness},
+    http::{SECURITY_SCHEME, runtime::HttpSettings},
+    store::MIGRATOR,
 };
 
 #[derive(OpenApi)]
@@ -206,8 +206,8 @@ pub fn app_with(state: AppState, client: ClientConfig, http: &HttpSettings) -> R
         .with_state(state)
         .merge(docs.layer(MapResponseLayer::new(docs_headers)))
         .merge(static_client(client))
-        .merge(windi_shared::metrics::router(http.metrics.clone()));
-    windi_shared::runtime::with_http_settings(router, http)
+        .merge(windi_shared::http::metrics::router(http.metrics.clone()));
+    windi_shared::http::runtime::with_http_settings(router, http)
 }
 
 /// The contract states the operator's `PASSWORD_MIN_LENGTH`, not the default the schema
@@ -408,12 +408,12 @@ fn request_host(request: &Request) -> Option<&str> {
 /// database to create it when Postgres says it does not exist, so a managed Postgres whose role
 /// may not connect to `postgres` still works when the database is already there.
 pub async fn prepare_database(url: &str) -> Result<Vec<String>, sqlx::Error> {
-    let pool = match windi_shared::db::connect_unbounded(url, 1).await {
+    let pool = match windi_shared::store::connect_unbounded(url, 1).await {
         Ok(pool) => pool,
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
             tracing::info!("creating the database");
             Postgres::create_database(url).await?;
-            windi_shared::db::connect_unbounded(url, 1).await?
+            windi_shared::store::connect_unbounded(url, 1).await?
         }
         Err(e) => return Err(e),
     };

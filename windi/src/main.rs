@@ -12,8 +12,8 @@ use windi_embedded::postgres::EmbeddedPostgres;
 use windi_shared::{
     AppState,
     config::{Config, load_dotenv, optional},
-    runtime::{HttpSettings, StopSignals, init_tracing, report_error, serve_until},
-    state::Broker,
+    http::runtime::{HttpSettings, StopSignals, init_tracing, report_error, serve_until},
+    service::state::Broker,
 };
 use ws_relay::RelaySettings;
 
@@ -103,7 +103,7 @@ async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
         state.sync_sessions();
     }
     windi::admin::spawn_pruning(state.db.clone());
-    windi_shared::metrics::watch_pool(&state.db, "api");
+    windi_shared::http::metrics::watch_pool(&state.db, "api");
     match &config.nats_url {
         Some(url) => tracing::info!(%url, "events go to NATS"),
         None => tracing::info!(
@@ -137,7 +137,7 @@ async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
         // waits for the relay's connections and never turns into 503s on the API.
         let relay_state =
             ws_relay::with_own_pool(&state, &config.database_url, &relay_settings).await?;
-        windi_shared::metrics::watch_pool(&relay_state.db, "relay");
+        windi_shared::http::metrics::watch_pool(&relay_state.db, "relay");
         let relay_db = relay_state.db.clone();
         let relay = ws_relay::start(relay_state, subscriber, relay_settings, listener).await?;
         tracing::info!("WebSocket relay at ws://localhost:{relay_port}/ws");
@@ -207,7 +207,7 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
         ..windi::generate::Options::default()
     };
     let (config, _embedded) = prepared_config().await?;
-    let pool = windi_shared::db::connect_unbounded(&config.database_url, 2)
+    let pool = windi_shared::store::connect_unbounded(&config.database_url, 2)
         .await
         .map_err(|e| e.to_string())?;
     eprintln!(
@@ -241,7 +241,7 @@ async fn generate(args: GenerateArgs) -> Result<(), String> {
 
 async fn check() -> Result<(), String> {
     let (config, _embedded) = config_and_database()?;
-    let pool = windi_shared::db::connect_unbounded(&config.database_url, 2)
+    let pool = windi_shared::store::connect_unbounded(&config.database_url, 2)
         .await
         .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
     let started = Instant::now();
@@ -264,7 +264,7 @@ async fn check() -> Result<(), String> {
 
 async fn admin_command(command: AdminCommand) -> Result<(), String> {
     let (config, _embedded) = config_and_database()?;
-    let pool = windi_shared::db::connect_unbounded(&config.database_url, 1)
+    let pool = windi_shared::store::connect_unbounded(&config.database_url, 1)
         .await
         .map_err(|e| windi::explain_database_error(&e, &config.database_url))?;
     let result = match command {

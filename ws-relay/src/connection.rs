@@ -25,11 +25,14 @@ use tokio::{
 use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
-    auth::TokenSubject,
-    db::{blocks, chats, members, messages, users},
+    domain::model::{Change, Target},
     events::Event,
-    model::Change,
-    send::{Outgoing, Target, send_message},
+    http::error::ErrorBody,
+    service::{
+        auth::TokenSubject,
+        send::{Outgoing, send_message},
+    },
+    store::{blocks, chats, members, messages, users},
 };
 
 use crate::{
@@ -814,7 +817,7 @@ impl Session {
             }
             // The key tells the client which of its sends this was.
             Err(e) => {
-                let body = e.body();
+                let body = ErrorBody::of(&e);
                 self.frame(&ServerFrame::Error {
                     detail: &body.detail,
                     code: &body.code,
@@ -840,7 +843,7 @@ impl Session {
             return Ok(());
         }
         if let Err(e) = self.state.limits.typing.check(self.user_id) {
-            let body = e.body();
+            let body = ErrorBody::of(&e);
             return self.error(&body.detail, &body.code).await;
         }
         // A private chat closed by a block carries no typing either way, as it carries no

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-pub use windi_shared::db::chats::Position;
+pub use windi_shared::store::chats::Position;
 
 /// How a change concerns this connection's user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! buffer, a restart, a handler that died between commit and publish), so a poller reads what
 //! was committed since its last look: the feed ordered by commit (`chat_changes`, `member_rev`
 //! moves, read marker moves and ended sessions, each stamped with its transaction; see
-//! [`windi_shared::db::changes::horizon`]). From it the hub nudges the connections of every
+//! [`windi_shared::store::changes::horizon`]). From it the hub nudges the connections of every
 //! routed chat that moved past the highest rev seen, has the connections of every connected
 //! user whose `member_rev` moved re-read their chats, passes on the markers that moved further
 //! than their events said, and closes the connections of ended sessions. A poll costs O(changes since the last poll), read in pages of [`FEED_PAGE`],
@@ -61,13 +61,13 @@ use tokio::{
     task::AbortHandle,
 };
 use windi_shared::{
-    db::{
+    domain::model::ChangesPage,
+    events::{Bus, Event, EventStream, Topic},
+    store::{
         changes::{self, Committed, Horizon, MemberCommitted},
         members::{self, MarkerCommitted},
         sessions::{self, EndedCommitted},
     },
-    events::{Bus, Event, EventStream, Topic},
-    model::ChangesPage,
 };
 
 use crate::protocol::ServerFrame;

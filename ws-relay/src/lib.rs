@@ -48,9 +48,9 @@ use tokio::sync::watch;
 use windi_shared::{
     AppState, Error,
     config::{ConfigError, optional, parsed_or},
-    db::sessions,
     events::{Bus, NatsBus},
-    extract::bearer_token,
+    http::extract::bearer_token,
+    store::sessions,
 };
 
 use crate::hub::{Hub, Stats, StatsSnapshot};
@@ -85,7 +85,7 @@ pub struct RelaySettings {
     /// the stats; the seq gap-fill recovers them), so it is sized for bursts.
     pub subscription_capacity: usize,
     /// Who may read the relay's `GET /metrics` (`METRICS_TOKEN`).
-    pub metrics: windi_shared::metrics::MetricsAccess,
+    pub metrics: windi_shared::http::metrics::MetricsAccess,
     /// The delivery machine's timings: how long a new connection holds live changes for the
     /// client's `resume`, the reorder window, retries, how often a client may resume.
     pub delivery: delivery::Timing,
@@ -112,7 +112,7 @@ impl Default for RelaySettings {
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             subscription_capacity: 65_536,
-            metrics: windi_shared::metrics::MetricsAccess::default(),
+            metrics: windi_shared::http::metrics::MetricsAccess::default(),
             delivery: delivery::Timing::default(),
             database_pool_size: 10,
         }
@@ -162,7 +162,7 @@ impl RelaySettings {
             // Pings well inside the idle timeout, so a live client always answers in time.
             ping_interval: Duration::from_secs((idle / 3).max(1)),
             poll_interval: Duration::from_millis(poll.max(100)),
-            metrics: windi_shared::metrics::MetricsAccess::from_env(),
+            metrics: windi_shared::http::metrics::MetricsAccess::from_env(),
             database_pool_size,
             ..d
         })
@@ -257,7 +257,7 @@ pub async fn with_own_pool(
     database_url: &str,
     settings: &RelaySettings,
 ) -> Result<AppState, String> {
-    let db = windi_shared::db::connect(database_url, settings.database_pool_size)
+    let db = windi_shared::store::connect(database_url, settings.database_pool_size)
         .await
         .map_err(|e| {
             format!(
@@ -401,8 +401,8 @@ fn router(relay: Relay) -> Router {
         .route("/ws", get(upgrade))
         .route("/health", get(health))
         .with_state(relay)
-        .merge(windi_shared::metrics::router(metrics_access));
-    windi_shared::runtime::with_http_layers(app)
+        .merge(windi_shared::http::metrics::router(metrics_access));
+    windi_shared::http::runtime::with_http_layers(app)
 }
 
 /// The hubs of this process, summed into the `windi_relay_*` series at every scrape (one in
@@ -415,7 +415,7 @@ fn export_metrics(hub: &Arc<Hub>) {
         hubs.push(Arc::downgrade(hub));
     }
     REGISTERED.call_once(|| {
-        windi_shared::metrics::add_collector(|| {
+        windi_shared::http::metrics::add_collector(|| {
             let Ok(mut hubs) = HUBS.lock() else { return };
             hubs.retain(|h| h.strong_count() > 0);
             let mut total = [0u64; 16];
@@ -512,7 +512,9 @@ async fn upgrade(
     };
     match sessions::check(&relay.state.db, subject.session_id, subject.user_id).await {
         Ok(true) => {}
-        Ok(false) => return Error::Unauthorized(windi_shared::auth::TOKEN_REFUSED).into_response(),
+        Ok(false) => {
+            return Error::Unauthorized(windi_shared::service::auth::TOKEN_REFUSED).into_response();
+        }
         Err(e) => return Error::from(e).into_response(),
     }
     let user_id = subject.user_id;

@@ -7,8 +7,8 @@ use std::{net::SocketAddr, process::ExitCode};
 use windi_shared::{
     AppState,
     config::Config,
-    runtime::{init_tracing, shutdown_signal},
-    state::Broker,
+    http::runtime::{init_tracing, shutdown_signal},
+    service::state::Broker,
 };
 use ws_relay::RelaySettings;
 
@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            windi_shared::runtime::report_error("ws-relay", &e);
+            windi_shared::http::runtime::report_error("ws-relay", &e);
             ExitCode::FAILURE
         }
     }
@@ -33,7 +33,7 @@ async fn run() -> Result<(), String> {
         ..config
     };
     let state = AppState::connect(&config, Broker::Required, "ws-relay").await?;
-    windi_shared::metrics::watch_pool(&state.db, "relay");
+    windi_shared::http::metrics::watch_pool(&state.db, "relay");
     let subscriber = ws_relay::subscriber_for(
         &state,
         config.nats_url.as_deref(),

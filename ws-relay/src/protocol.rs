@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use windi_shared::model::{Change, ChatSummary, MessageOut};
+use windi_shared::domain::model::{Change, ChatSummary, MessageOut};
 
 /// Client → server.
 #[derive(Debug, Deserialize)]

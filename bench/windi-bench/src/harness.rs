@@ -773,13 +773,13 @@ pub async fn bulk_users(
 
 /// The token signer windi uses, with the benchmark's secret and a 12-hour lifetime (longer
 /// than any run, so no token expires mid-measurement).
-fn token_signer() -> anyhow::Result<windi_shared::auth::Tokens> {
+fn token_signer() -> anyhow::Result<windi_shared::service::auth::Tokens> {
     let config = windi_shared::config::JwtConfig::new(
         JWT_SECRET.as_bytes().to_vec(),
         jsonwebtoken::Algorithm::HS256,
         Duration::from_secs(12 * 3600),
     )?;
-    Ok(windi_shared::auth::Tokens::new(&config))
+    Ok(windi_shared::service::auth::Tokens::new(&config))
 }
 
 type WsStream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::Context;
-use windi_shared::auth::Passwords;
+use windi_shared::service::auth::Passwords;
 
 use crate::{
     chatlist::load_chats,

@@ -267,9 +267,9 @@ end
     )
 }
 
-/// The send transaction as `shared/src/send.rs` runs it for a send into a chat by id, each
-/// statement as `shared/src/db/messages.rs` writes it (parameters become pgbench variables;
-/// `reply_to` is NULL, the content hash a fixed 32 bytes).
+/// The send transaction as `shared/src/service/send.rs` runs it for a send into a chat by id,
+/// each statement as `shared/src/store/messages.rs` writes it (parameters become pgbench
+/// variables; `reply_to` is NULL, the content hash a fixed 32 bytes).
 fn pgbench_script(data: &Data, load: Load) -> String {
     let pick = match load {
         Load::ManyChats => format!(

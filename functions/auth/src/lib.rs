@@ -5,7 +5,7 @@
 //! Login answers unknown emails and wrong passwords identically, in the same time (a dummy
 //! hash is verified when the email is unknown), so the route cannot be used to find accounts.
 //!
-//! A login starts a session (see `windi_shared::auth` and docs/api.md, "Sessions and
+//! A login starts a session (see `windi_shared::service::auth` and docs/api.md, "Sessions and
 //! accounts"): a short-lived access token that names it and a single-use refresh token,
 //! stored only as its hash. A session starts only while the account is live (the login waits
 //! for a disable, deletion or password change in flight, `sessions::insert`), and every
@@ -22,20 +22,27 @@ use axum::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    auth::{RefreshToken, hash_refresh_token},
-    db::{
+    domain::{
+        model::{
+            ChangePassword, DeleteMe, LoginForm, MAX_PASSWORD_BYTES, Me, RefreshIn, RegisterUser,
+            SessionOut, TokenOut, UpdateMe, UserOut,
+        },
+        validate,
+    },
+    events::Event,
+    http::{
+        error::ErrorBody,
+        extract::{AuthUser, ClientAddress, Json, JsonOrForm, Path},
+    },
+    service::{
+        auth::{RefreshToken, hash_refresh_token},
+        write,
+    },
+    store::{
         chats,
         sessions::{self, Rotation},
         users,
     },
-    error::ErrorBody,
-    events::Event,
-    extract::{AuthUser, ClientAddress, Json, JsonOrForm, Path},
-    model::{
-        ChangePassword, DeleteMe, LoginForm, MAX_PASSWORD_BYTES, Me, RefreshIn, RegisterUser,
-        SessionOut, TokenOut, UpdateMe, UserOut,
-    },
-    validate, write,
 };
 
 /// The routes of this function, with their OpenAPI description.

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    windi_shared::runtime::run_function("windi-auth", windi_auth::routes()).await
+    windi_shared::http::runtime::run_function("windi-auth", windi_auth::routes()).await
 }

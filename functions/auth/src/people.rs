@@ -8,13 +8,15 @@ use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::{blocks, users},
-    error::ErrorBody,
-    extract::{AuthUser, ClientAddress, Path, Query},
-    model::{
+    domain::model::{
         DEFAULT_SEARCH_LIMIT, MAX_SEARCH_CHARS, MAX_SEARCH_LIMIT, MIN_SEARCH_CHARS, PersonOut,
         SearchQuery,
     },
+    http::{
+        error::ErrorBody,
+        extract::{AuthUser, ClientAddress, Path, Query},
+    },
+    store::{blocks, users},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -14,12 +14,17 @@ use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::{blocks, chats, members, users},
-    error::ErrorBody,
+    domain::{
+        model::{AddMembers, CreateGroup, GroupOut, MAX_GROUP_MEMBERS},
+        validate,
+    },
     events::Event,
-    extract::{AuthUser, Json, Path},
-    model::{AddMembers, CreateGroup, GroupOut, MAX_GROUP_MEMBERS},
-    validate, write,
+    http::{
+        error::ErrorBody,
+        extract::{AuthUser, Json, Path},
+    },
+    service::write,
+    store::{blocks, chats, members, users},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {

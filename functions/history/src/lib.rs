@@ -9,11 +9,15 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::{changes, chats, messages},
-    error::ErrorBody,
-    extract::{AuthUser, Path, Query},
-    model::{ChangesPage, ChangesQuery, ChatSummary, HistoryQuery, ListQuery, MessageOut},
-    validate,
+    domain::{
+        model::{ChangesPage, ChangesQuery, ChatSummary, HistoryQuery, ListQuery, MessageOut},
+        validate,
+    },
+    http::{
+        error::ErrorBody,
+        extract::{AuthUser, Path, Query},
+    },
+    store::{changes, chats, messages},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {

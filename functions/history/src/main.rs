@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    windi_shared::runtime::run_function("windi-history", windi_history::routes()).await
+    windi_shared::http::runtime::run_function("windi-history", windi_history::routes()).await
 }

@@ -1,9 +1,9 @@
 //! Sending and changing messages: `POST /chat/message`, `PATCH` and `DELETE
 //! /chat/message/{id}`, and `PUT`/`DELETE /chat/message/{id}/reactions/{emoji}`.
 //!
-//! The work is in [`windi_shared::send`] (shared with the relay's `send` frame) and
-//! [`windi_shared::revise`]; this crate maps HTTP onto it: `201` for a new message, `200` for an
-//! idempotent replay and for every change, which answers the message as it is afterwards.
+//! The work is in [`windi_shared::service::send`] (shared with the relay's `send` frame) and
+//! [`windi_shared::service::revise`]; this crate maps HTTP onto it: `201` for a new message, `200`
+//! for an idempotent replay and for every change, which answers the message as it is afterwards.
 
 use axum::{
     extract::State,
@@ -12,11 +12,15 @@ use axum::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    error::ErrorBody,
-    extract::{AuthUser, Json, Path},
-    model::{EditMessage, MessageOut, SendMessage},
-    revise,
-    send::{Outgoing, Target, send_message},
+    domain::model::{EditMessage, MessageOut, SendMessage, Target},
+    http::{
+        error::ErrorBody,
+        extract::{AuthUser, Json, Path},
+    },
+    service::{
+        revise,
+        send::{Outgoing, send_message},
+    },
 };
 
 /// The header that may carry the idempotency key instead of the body's `dedup_key`.

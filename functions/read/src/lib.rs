@@ -7,12 +7,14 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    db::{members, messages},
-    error::ErrorBody,
+    domain::model::MessageOut,
     events::Event,
-    extract::{AuthUser, Path},
-    model::MessageOut,
-    write,
+    http::{
+        error::ErrorBody,
+        extract::{AuthUser, Path},
+    },
+    service::write,
+    store::{members, messages},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {

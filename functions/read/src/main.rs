@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    windi_shared::runtime::run_function("windi-read", windi_read::routes()).await
+    windi_shared::http::runtime::run_function("windi-read", windi_read::routes()).await
 }

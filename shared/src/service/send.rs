@@ -14,44 +14,19 @@
 use sha2::{Digest, Sha256};
 
 use crate::{
-    db::{
+    domain::{
+        error::{Error, Result},
+        model::{MessageOut, Target},
+        validate,
+    },
+    events::Event,
+    service::{state::AppState, write},
+    store::{
         blocks, chats, members,
         messages::{self, Inserted, NewMessage},
         users,
     },
-    error::{Error, Result},
-    events::Event,
-    model::MessageOut,
-    state::AppState,
-    validate, write,
 };
-
-/// Where a message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// The private chat with this user, created on the first message.
-    Recipient(i64),
-    /// Any chat the sender is a member of.
-    Chat(i64),
-}
-
-impl Target {
-    /// From the request's two optional fields, exactly one of which must be set.
-    pub fn from_fields(recipient_id: Option<i64>, chat_id: Option<i64>) -> Result<Self> {
-        match (recipient_id, chat_id) {
-            (Some(r), None) => Ok(Self::Recipient(r)),
-            (None, Some(c)) => Ok(Self::Chat(c)),
-            (Some(_), Some(_)) => Err(Error::invalid(
-                "recipient_id",
-                "give either recipient_id or chat_id, not both",
-            )),
-            (None, None) => Err(Error::invalid(
-                "recipient_id",
-                "one of recipient_id or chat_id is required",
-            )),
-        }
-    }
-}
 
 /// The outcome of a send: the message, and whether this call stored it (false for a replay).
 #[derive(Debug)]
@@ -86,7 +61,7 @@ pub async fn send_message(
     }
     state.limits.sends.check(sender)?;
 
-    // A chat that exists takes its turn before taking a connection (see `write::ChatGates`).
+    // A chat that exists takes its turn before taking a connection (see `gates::ChatGates`).
     let _turn = match target {
         Target::Chat(id) => Some(state.gates.enter(id).await?),
         Target::Recipient(_) => None,

@@ -13,7 +13,7 @@
 //!   before the last forget (a generation counter).
 //! - **Ended elsewhere (another API process, the admin CLI), within about a second.** A poller
 //!   ([`spawn_sync`]) asks Postgres once a second for the sessions ended lately
-//!   ([`crate::db::sessions::ended_since`]) and forgets them. Its window overlaps the previous
+//!   ([`crate::store::sessions::ended_since`]) and forgets them. Its window overlaps the previous
 //!   poll by [`SYNC_OVERLAP`], so a session ended by a transaction that committed late (its
 //!   `ended_at` is the transaction's start) is still seen.
 //! - **Fail closed.** The cache answers only while the poller is in sync: if a poll fails or
@@ -39,19 +39,19 @@ use std::{
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::db::sessions;
+use crate::store::sessions;
 
 /// How long a successful check is trusted before the session is read again.
-pub const ENTRY_TTL: Duration = Duration::from_secs(60);
+const ENTRY_TTL: Duration = Duration::from_secs(60);
 /// How often the poller looks for sessions ended elsewhere.
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// With no successful poll for this long, the cache stops answering.
-pub const SYNC_GRACE: Duration = Duration::from_secs(3);
+const SYNC_GRACE: Duration = Duration::from_secs(3);
 /// How far back each poll reaches before the previous one's start: longer than any
 /// transaction that ends sessions can run (requests have a 5 s deadline).
-pub const SYNC_OVERLAP: Duration = Duration::from_secs(60);
+pub(crate) const SYNC_OVERLAP: Duration = Duration::from_secs(60);
 /// At most this many sessions are remembered; beyond it, requests check Postgres.
-pub const MAX_ENTRIES: usize = 100_000;
+const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -105,7 +105,7 @@ impl SessionCache {
     }
 
     /// Postgres found the session live in a check that began at `ticket`.
-    pub fn remember(&self, ticket: Ticket, session_id: i64, user_id: i64, now: Instant) {
+    pub(crate) fn remember(&self, ticket: Ticket, session_id: i64, user_id: i64, now: Instant) {
         let mut inner = self.inner();
         if ticket.0 != inner.generation || inner.synced_at.is_none() {
             return;
@@ -128,7 +128,7 @@ impl SessionCache {
     }
 
     /// These sessions ended (here, after commit, or as a poll found).
-    pub fn forget(&self, session_ids: &[i64]) {
+    pub(crate) fn forget(&self, session_ids: &[i64]) {
         let mut inner = self.inner();
         inner.generation += 1;
         for id in session_ids {
@@ -170,7 +170,7 @@ impl SessionCache {
 
 /// Starts the poller that keeps `cache` in sync with sessions ended elsewhere; it stops when
 /// the cache is dropped. Long-running servers call this; Lambda does not (see the module docs).
-pub fn spawn_sync(cache: &Arc<SessionCache>, db: PgPool) {
+pub(crate) fn spawn_sync(cache: &Arc<SessionCache>, db: PgPool) {
     let weak: Weak<SessionCache> = Arc::downgrade(cache);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SYNC_INTERVAL);

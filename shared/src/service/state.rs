@@ -5,14 +5,16 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::{
-    auth::{Passwords, Tokens},
-    config::{Config, EventAcks, JwtConfig},
-    db,
+    config::{Config, EventAcks, JwtConfig, LimitSettings, redact_url},
+    domain::validate::PasswordRules,
     events::{self, Bus, LocalBus},
-    limits::{LimitSettings, Limits, LoginGuard},
-    session_cache::{self, SessionCache},
-    validate::PasswordRules,
-    write::ChatGates,
+    service::{
+        auth::{Passwords, Tokens},
+        gates::ChatGates,
+        limits::{Limits, LoginGuard},
+        session_cache::{self, SessionCache},
+    },
+    store,
 };
 
 #[derive(Debug, Clone)]
@@ -30,7 +32,7 @@ pub struct AppState {
     /// Sessions recently found live; answers only while [`AppState::sync_sessions`] runs.
     pub sessions: Arc<SessionCache>,
     /// How many of this process's requests may wait on one chat's lock at once
-    /// ([`crate::write::ChatGates`]).
+    /// ([`crate::service::gates::ChatGates`]).
     pub gates: Arc<ChatGates>,
     /// What a new password must satisfy (the default unless set with
     /// [`AppState::with_password_rules`]; `PASSWORD_MIN_LENGTH` in production).
@@ -53,7 +55,7 @@ impl AppState {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let gates = Arc::new(ChatGates::for_pool(
             db.options().get_max_connections(),
-            db::Timeouts::default().lock,
+            store::Timeouts::default().lock,
         ));
         Self {
             db,
@@ -70,7 +72,7 @@ impl AppState {
 
     /// Lets authenticated requests skip the per-request session read for sessions checked in
     /// the last minute, by starting the poller that forgets sessions ended by other processes
-    /// (see [`crate::session_cache`]). For long-running servers; a Lambda instance, frozen
+    /// (see [`crate::service::session_cache`]). For long-running servers; a Lambda instance, frozen
     /// between invocations, does not call it and checks Postgres on every request.
     pub fn sync_sessions(&self) {
         session_cache::spawn_sync(&self.sessions, self.db.clone());
@@ -99,12 +101,12 @@ impl AppState {
         broker: Broker,
         client_name: &str,
     ) -> Result<Self, String> {
-        let pool = db::connect(&config.database_url, config.db_max_connections)
+        let pool = store::connect(&config.database_url, config.db_max_connections)
             .await
             .map_err(|e| {
                 format!(
                     "cannot connect to DATABASE_URL ({}): {e}",
-                    crate::config::redact_url(&config.database_url)
+                    redact_url(&config.database_url)
                 )
             })?;
         let events = match (&config.nats_url, broker) {

@@ -193,7 +193,10 @@ pub async fn markers_committed(
 }
 
 /// Makes the longest-standing remaining member the owner, when a group's owner leaves.
-pub async fn promote_eldest(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Option<i64>> {
+pub(crate) async fn promote_eldest(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
         "UPDATE chat_members SET role = 'owner'
          WHERE (chat_id, user_id) = (

@@ -73,7 +73,7 @@ pub async fn run(app: Router) -> Result<(), lambda_http::Error> {
 /// ambiguous: on a custom domain without the stage in the path, a v2 route whose first segment
 /// is the stage's name is cut — one more reason to use the `$default` stage. Events of other
 /// sources (ALB, pass-through) are left as `lambda_http` built them.
-pub fn restore_path(mut request: Request) -> Request {
+fn restore_path(mut request: Request) -> Request {
     let (stage, in_raw_path) = match request.request_context_ref() {
         // REST API: `path` is the resource path, never with the stage.
         Some(RequestContext::ApiGatewayV1(context)) => (context.stage.clone(), false),
@@ -134,7 +134,7 @@ fn after_stage<'a>(path: &'a str, stage: &str) -> Option<&'a str> {
 /// `path` with every byte percent-encoded that cannot stand literally in an encoded path
 /// (RFC 3986 `pchar` and `/`), so a decoded path is encoded and an encoded one left as it is:
 /// `%` stays when two hex digits follow it, and becomes `%25` when not.
-pub fn encode_path(path: &str) -> Cow<'_, str> {
+fn encode_path(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
     let literal = |i: usize| match bytes[i] {
         b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => true,

@@ -17,14 +17,14 @@ use jsonwebtoken::{
 use sha2::{Sha256, Sha384, Sha512};
 
 /// The provider: HMAC signers and verifiers, nothing else.
-pub static HMAC_ONLY: CryptoProvider = CryptoProvider {
+static HMAC_ONLY: CryptoProvider = CryptoProvider {
     signer_factory: signer,
     verifier_factory: verifier,
     key_utils: KeyUtils::new_unimplemented(),
 };
 
-/// Makes [`HMAC_ONLY`] the process's provider; idempotent. [`crate::auth::Tokens::new`] calls
-/// it, so does anything else that encodes or decodes a token (the tests).
+/// Makes [`HMAC_ONLY`] the process's provider; idempotent. [`crate::service::auth::Tokens::new`]
+/// calls it, so does anything else that encodes or decodes a token (the tests).
 pub fn install() {
     // Err means a provider is installed already: this one, since windi installs no other.
     let _ = HMAC_ONLY.install_default();

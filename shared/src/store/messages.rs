@@ -3,7 +3,7 @@
 
 use sqlx::PgExecutor;
 
-use crate::model::MessageOut;
+use crate::domain::model::MessageOut;
 
 /// The columns of [`MessageOut`] for a message aliased `m`. `read` is computed: true when no
 /// member other than the sender has a marker below this message's seq.
@@ -20,7 +20,7 @@ pub(crate) use message_columns;
 
 /// A new message to store.
 #[derive(Debug)]
-pub struct NewMessage<'a> {
+pub(crate) struct NewMessage<'a> {
     pub chat_id: i64,
     pub sender_id: i64,
     pub text: &'a str,
@@ -31,7 +31,7 @@ pub struct NewMessage<'a> {
 
 /// A stored message and whether the sender's read marker moved to it.
 #[derive(Debug, sqlx::FromRow)]
-pub struct Inserted {
+pub(crate) struct Inserted {
     #[sqlx(flatten)]
     pub message: MessageOut,
     /// The sender's new marker, if it moved (it does unless they had read further already).
@@ -68,7 +68,7 @@ pub async fn take_seq(
 /// sender already used this dedup key — also in a concurrent
 /// transaction, which the INSERT waits for. The caller must then roll back, which hands the
 /// seq and rev back.
-pub async fn insert(
+pub(crate) async fn insert(
     db: impl PgExecutor<'_>,
     new: &NewMessage<'_>,
     (seq, rev): (i64, i64),
@@ -158,7 +158,7 @@ pub async fn for_member(
 
 /// A message as a change to it sees it: who may change it, and how it stands.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Subject {
+pub(crate) struct Subject {
     pub chat_id: i64,
     pub sender_id: i64,
     pub deleted: bool,
@@ -174,7 +174,7 @@ pub struct Subject {
 /// the message row is locked too: called after the chat's rev was taken, it reads the state
 /// the change applies to (a concurrent change of the chat committed before the rev lock was
 /// granted is visible to this new statement).
-pub async fn subject(
+pub(crate) async fn subject(
     db: impl PgExecutor<'_>,
     message_id: i64,
     user_id: i64,
@@ -258,7 +258,7 @@ pub async fn tombstone(
 }
 
 /// Adds `user_id`'s reaction; `false` if it was there already.
-pub async fn add_reaction(
+pub(crate) async fn add_reaction(
     db: impl PgExecutor<'_>,
     message_id: i64,
     user_id: i64,
@@ -277,7 +277,7 @@ pub async fn add_reaction(
 }
 
 /// Removes `user_id`'s reaction; `false` if there was none.
-pub async fn remove_reaction(
+pub(crate) async fn remove_reaction(
     db: impl PgExecutor<'_>,
     message_id: i64,
     user_id: i64,
@@ -295,7 +295,7 @@ pub async fn remove_reaction(
 }
 
 /// How many distinct reactions the message has.
-pub async fn reaction_kinds(db: impl PgExecutor<'_>, message_id: i64) -> sqlx::Result<i64> {
+pub(crate) async fn reaction_kinds(db: impl PgExecutor<'_>, message_id: i64) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(DISTINCT emoji) FROM message_reactions WHERE message_id = $1")
         .bind(message_id)
         .fetch_one(db)
@@ -305,7 +305,7 @@ pub async fn reaction_kinds(db: impl PgExecutor<'_>, message_id: i64) -> sqlx::R
 /// Recomputes the message's reaction summary after a reaction change, as change `rev` of kind
 /// `kind` (`reaction_added` or `reaction_removed`). Reactions are listed in the order they were
 /// first used; each lists its first 100 reactors.
-pub async fn refresh_reactions(
+pub(crate) async fn refresh_reactions(
     db: impl PgExecutor<'_>,
     message_id: i64,
     rev: i64,
@@ -357,7 +357,7 @@ pub async fn created_rev_of_seq(
 }
 
 /// Messages by id, in any order.
-pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<MessageOut>> {
+pub(crate) async fn by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<MessageOut>> {
     sqlx::query_as(concat!(
         "SELECT ",
         message_columns!(),

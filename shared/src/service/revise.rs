@@ -12,20 +12,21 @@
 //! sends: edits and reactions answer 403 `blocked`. Taking words back stays open: either may
 //! still delete their own messages and remove their own reactions.
 
-use axum::http::StatusCode;
+use ::http::StatusCode;
 use sqlx::{Postgres, Transaction};
 
 use crate::{
-    db::{
+    domain::{
+        error::{Error, Result},
+        model::{MAX_REACTIONS, MessageOut},
+        validate,
+    },
+    events::Event,
+    service::{gates::Pass, state::AppState, write},
+    store::{
         chats,
         messages::{self, Subject},
     },
-    error::{Error, Result},
-    events::Event,
-    model::{MAX_REACTIONS, MessageOut},
-    state::AppState,
-    validate,
-    write::{self, Pass},
 };
 
 /// New text for the caller's own message.

@@ -2,7 +2,7 @@
 
 use sqlx::PgExecutor;
 
-use crate::model::{Me, PersonOut, UserOut};
+use crate::domain::model::{Me, PersonOut, UserOut};
 
 /// Inserts a user. A taken email fails on `users_email_key`, which the error type turns into 409.
 pub async fn insert(
@@ -76,7 +76,7 @@ pub async fn set_password_hash(db: impl PgExecutor<'_>, id: i64, hash: &str) -> 
 }
 
 /// What a deleted user shows as wherever they appear (chat lists, members).
-pub const DELETED_NAME: &str = "Deleted user";
+const DELETED_NAME: &str = "Deleted user";
 
 /// Turns the account into a tombstone: no email (free to register again), no usable password
 /// hash (an empty string is no PHC string, so nothing verifies against it), the deleted name.

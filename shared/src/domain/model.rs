@@ -6,19 +6,21 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::domain::error::{Error, Result};
+
 /// Longest message text, in Unicode scalar values (the same bound as Telegram's).
 pub const MAX_TEXT_CHARS: usize = 4096;
 /// Longest user or group name, in characters.
-pub const MAX_NAME_CHARS: usize = 100;
+pub(crate) const MAX_NAME_CHARS: usize = 100;
 /// Longest email address (RFC 5321 path limit).
-pub const MAX_EMAIL_CHARS: usize = 254;
+pub(crate) const MAX_EMAIL_CHARS: usize = 254;
 /// Password length bounds. The minimum is an operator's setting (`PASSWORD_MIN_LENGTH`, see
-/// [`crate::validate::PasswordRules`]): 8 by default, NIST SP 800-63B's minimum, and never below
-/// 6, so no setting switches the check off while the seed project's own examples (`secret`) can
-/// still run as written. The maximum keeps one hash cheap enough that long inputs cannot be used
-/// to burn CPU.
-pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
-pub const MIN_PASSWORD_CHARS_FLOOR: usize = 6;
+/// [`crate::domain::validate::PasswordRules`]): 8 by default, NIST SP 800-63B's minimum, and never
+/// below 6, so no setting switches the check off while the seed project's own examples (`secret`)
+/// can still run as written. The maximum keeps one hash cheap enough that long inputs cannot be
+/// used to burn CPU.
+pub(crate) const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
+pub(crate) const MIN_PASSWORD_CHARS_FLOOR: usize = 6;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Search: shortest and longest `q`, default and largest page.
 pub const MIN_SEARCH_CHARS: usize = 2;
@@ -26,19 +28,19 @@ pub const MAX_SEARCH_CHARS: usize = 100;
 pub const DEFAULT_SEARCH_LIMIT: i64 = 20;
 pub const MAX_SEARCH_LIMIT: i64 = 50;
 /// Longest idempotency key.
-pub const MAX_DEDUP_KEY_CHARS: usize = 128;
+pub(crate) const MAX_DEDUP_KEY_CHARS: usize = 128;
 /// Largest group, creator included.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
 /// Page sizes of history and the chat list.
-pub const DEFAULT_PAGE: i64 = 100;
-pub const MAX_PAGE: i64 = 200;
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 200;
 /// Largest request body any route accepts. A 4096-character message is at most 16 KiB of UTF-8.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest reaction, in bytes of UTF-8: room for any emoji sequence (flags, skin tones, ZWJ
 /// families), not for a sentence.
-pub const MAX_EMOJI_BYTES: usize = 32;
+pub(crate) const MAX_EMOJI_BYTES: usize = 32;
 /// Distinct reactions one message can carry; the next new one is refused with 409.
-pub const MAX_REACTIONS: usize = 20;
+pub(crate) const MAX_REACTIONS: usize = 20;
 /// Reactors listed per reaction in [`Reaction::user_ids`]; `count` stays exact beyond it.
 pub const MAX_REACTORS_LISTED: usize = 100;
 
@@ -94,6 +96,34 @@ pub struct SendMessage {
     pub dedup_key: Option<String>,
     /// A message of the same chat this one answers.
     pub reply_to: Option<i64>,
+}
+
+/// Where a message goes: what [`SendMessage`]'s two optional fields (and the relay's `send`
+/// frame's) say once read. A rule without I/O, so it lives with the shapes it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The private chat with this user, created on the first message.
+    Recipient(i64),
+    /// Any chat the sender is a member of.
+    Chat(i64),
+}
+
+impl Target {
+    /// From the request's two optional fields, exactly one of which must be set.
+    pub fn from_fields(recipient_id: Option<i64>, chat_id: Option<i64>) -> Result<Self> {
+        match (recipient_id, chat_id) {
+            (Some(r), None) => Ok(Self::Recipient(r)),
+            (None, Some(c)) => Ok(Self::Chat(c)),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "recipient_id",
+                "give either recipient_id or chat_id, not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                "recipient_id",
+                "one of recipient_id or chat_id is required",
+            )),
+        }
+    }
 }
 
 /// `PATCH /chat/message/{id}`: the new text, under the same rules as a send.

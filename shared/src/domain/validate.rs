@@ -1,7 +1,7 @@
 //! Input rules, each returning a 422 that names the field. Postgres refuses NUL in `text`
 //! columns, so every string that reaches the database passes through here first.
 
-use crate::{
+use crate::domain::{
     error::{Error, Result},
     model::{
         DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS,
@@ -12,7 +12,7 @@ use crate::{
 
 /// Message text: kept exactly as sent (whitespace is content), but not blank, not over
 /// [`MAX_TEXT_CHARS`], and without NUL.
-pub fn message_text(text: &str) -> Result<()> {
+pub(crate) fn message_text(text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::invalid("text", "must not be empty"));
     }
@@ -91,9 +91,9 @@ pub fn email(raw: &str) -> Result<String> {
 }
 
 /// What a new password must satisfy. The minimum length is policy, so an operator chooses it
-/// (`PASSWORD_MIN_LENGTH`, read in [`crate::config`]); a value of this type always lies between
-/// [`MIN_PASSWORD_CHARS_FLOOR`] and [`MAX_PASSWORD_BYTES`], so it can neither switch the check
-/// off nor refuse every password.
+/// (`PASSWORD_MIN_LENGTH`, read in [`crate::config`], which builds one); a value of this type
+/// always lies between [`MIN_PASSWORD_CHARS_FLOOR`] and [`MAX_PASSWORD_BYTES`], so it can neither
+/// switch the check off nor refuse every password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PasswordRules {
     min_chars: usize,

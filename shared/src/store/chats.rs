@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use crate::model::{ChatSummary, Member, MessageOut};
+use crate::domain::model::{ChatSummary, Member, MessageOut};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Chat {
@@ -29,7 +29,7 @@ const COLUMNS: &str = "id, kind, name, creator_id, last_seq, rev, created_at";
 /// The private chat of two users, created if it does not exist. Two racing calls for the same
 /// pair both end with the one row: the loser's INSERT waits on `chats_private_pair_key`, does
 /// nothing, and the SELECT after it sees the winner's committed row.
-pub async fn private_between(
+pub(crate) async fn private_between(
     tx: &mut sqlx::PgConnection,
     creator: i64,
     other: i64,

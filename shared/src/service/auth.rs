@@ -30,7 +30,8 @@ use tokio::sync::Semaphore;
 
 use crate::{
     config::JwtConfig,
-    error::{Error, Result},
+    domain::error::{Error, Result},
+    service::jwt_crypto,
 };
 
 /// argon2id at the OWASP minimum: m = 19 MiB, t = 2, p = 1.
@@ -224,10 +225,6 @@ pub struct TokenSubject {
     pub expires_at: u64,
 }
 
-/// How long a refresh token stays usable without being used. Each refresh issues a new one with
-/// a fresh lifetime, so a session used at least monthly lives on; one left alone dies.
-pub const REFRESH_TOKEN_TTL_DAYS: i64 = 30;
-
 /// Bytes of randomness in a refresh token (256 bits: unguessable, not worth brute-forcing).
 const REFRESH_TOKEN_BYTES: usize = 32;
 
@@ -307,7 +304,7 @@ impl Tokens {
         validation.validate_nbf = true;
         // Clock skew between Lambda instances is small; a short leeway keeps expiry meaningful.
         validation.leeway = 5;
-        crate::jwt_crypto::install();
+        jwt_crypto::install();
         // The secret was checked when the configuration was read (at least 32 bytes).
         let derived = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&config.secret)
             .expect("HMAC takes a key of any length")
@@ -365,7 +362,7 @@ impl Tokens {
 
     /// The user and session of a well-signed, unexpired token; 401 for anything else (bad
     /// signature, expired, malformed, no session). Whether the session is still live is for
-    /// the caller to check ([`crate::db::sessions::check`]).
+    /// the caller to check ([`crate::store::sessions::check`]).
     pub fn verify(&self, token: &str) -> Result<TokenSubject> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| Error::Unauthorized(TOKEN_REFUSED))?;
@@ -414,7 +411,7 @@ mod tests {
     #[test]
     fn a_successor_is_the_same_for_the_same_token_and_secret_only() {
         let config = |secret: &[u8]| {
-            crate::config::JwtConfig::new(
+            JwtConfig::new(
                 secret.to_vec(),
                 jsonwebtoken::Algorithm::HS256,
                 Duration::from_secs(60),

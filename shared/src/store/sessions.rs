@@ -13,7 +13,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
-use crate::auth::REFRESH_TOKEN_TTL_DAYS;
+/// How long a refresh token stays usable without being used. Each refresh issues a new one with
+/// a fresh lifetime, so a session used at least monthly lives on; one left alone dies. Here,
+/// with the queries, because the store writes every token's expiry.
+const REFRESH_TOKEN_TTL_DAYS: i64 = 30;
 
 /// A live session as `GET /auth/sessions` lists it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -96,7 +99,7 @@ pub enum Rotation {
 }
 
 /// Exchanges the refresh token hashed as `old_hash` for `new_hash` (the hash of its successor,
-/// [`crate::auth::Tokens::successor`]), in the caller's transaction. The `UPDATE … WHERE
+/// [`crate::service::auth::Tokens::successor`]), in the caller's transaction. The `UPDATE … WHERE
 /// refresh_hash = old` takes the session's row lock, so of two concurrent refreshes with one
 /// token, one rotates and the other, once it commits, finds the token used: within `grace`,
 /// with the successor still current, a retry ([`Rotation::Retried`]); otherwise reuse.
@@ -205,8 +208,8 @@ pub async fn live(db: impl PgExecutor<'_>, user_id: i64) -> sqlx::Result<Vec<Ses
 
 /// Postgres's clock now, and the sessions ended at or after `since` (all that ended in the
 /// last minute when `None`): what the API's session cache forgets
-/// ([`crate::session_cache`]). A range of the partial index on `ended_at`.
-pub async fn ended_since(
+/// ([`crate::service::session_cache`]). A range of the partial index on `ended_at`.
+pub(crate) async fn ended_since(
     db: impl PgExecutor<'_>,
     since: Option<DateTime<Utc>>,
 ) -> sqlx::Result<(DateTime<Utc>, Vec<i64>)> {
@@ -219,17 +222,17 @@ pub async fn ended_since(
     .await
 }
 
-/// A session that ended, where the feed has it (see [`crate::db::changes::horizon`]).
+/// A session that ended, where the feed has it (see [`super::changes::horizon`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct EndedCommitted {
-    pub xid: crate::db::changes::Horizon,
+    pub xid: super::changes::Horizon,
     pub session_id: i64,
     pub user_id: i64,
 }
 
 impl EndedCommitted {
     /// Where a feed read from `from` starts.
-    pub fn start(from: crate::db::changes::Horizon) -> Self {
+    pub fn start(from: super::changes::Horizon) -> Self {
         Self {
             xid: from,
             session_id: i64::MIN,
@@ -243,7 +246,7 @@ impl EndedCommitted {
 pub async fn ended_committed(
     db: impl PgExecutor<'_>,
     after: EndedCommitted,
-    upto: crate::db::changes::Horizon,
+    upto: super::changes::Horizon,
     limit: i64,
 ) -> sqlx::Result<Vec<EndedCommitted>> {
     sqlx::query_as(
@@ -263,13 +266,13 @@ pub async fn ended_committed(
 /// Used refresh tokens are kept this many days after their use. By then the token had expired
 /// anyway (it lived [`REFRESH_TOKEN_TTL_DAYS`] from its issue, which was before its use), so
 /// one presented later is refused as unknown instead of ending its session as reuse.
-pub const USED_TOKEN_RETENTION_DAYS: i64 = REFRESH_TOKEN_TTL_DAYS;
+const USED_TOKEN_RETENTION_DAYS: i64 = REFRESH_TOKEN_TTL_DAYS;
 
 /// Ended sessions (and their used tokens) are kept this many days after they ended. What reads
 /// them needs far less: the relay's feed reads what ended since its last poll (and a socket it
 /// missed closes when its token expires, 30 minutes by default), the session cache's poller the
-/// last minute or so ([`crate::session_cache::SYNC_OVERLAP`]).
-pub const ENDED_SESSION_RETENTION_DAYS: i64 = 7;
+/// last minute or so ([`crate::service::session_cache::SYNC_OVERLAP`]).
+const ENDED_SESSION_RETENTION_DAYS: i64 = 7;
 
 /// What one [`prune`] deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

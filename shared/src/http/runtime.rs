@@ -20,12 +20,10 @@ use tower_http::{
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    config::{Config, ConfigError, optional},
-    error::Error,
-    metrics::MetricsAccess,
-    model::MAX_BODY_BYTES,
-    request_id,
-    state::{AppState, Broker},
+    config::{Config, ConfigError, in_lambda, optional},
+    domain::{error::Error, model::MAX_BODY_BYTES},
+    http::{deadline, lambda, metrics, metrics::MetricsAccess, request_id},
+    service::state::{AppState, Broker},
 };
 
 /// How log lines are written: `LOG_FORMAT=json` (one JSON object a line) or `text`.
@@ -189,18 +187,16 @@ pub fn with_http_layers(router: Router) -> Router {
 /// request line at `info`, and CORS when configured. Outermost first: CORS, request id, trace,
 /// metrics, routes.
 pub fn with_http_settings(router: Router, settings: &HttpSettings) -> Router {
-    crate::metrics::handle();
+    metrics::handle();
     let router = router
-        .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .route_layer(axum::middleware::from_fn(metrics::track_http))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // The deadline layer runs the handler on a task of its own, where the outer request-id
         // scope is not visible: scope it again inside.
         .layer(axum::middleware::from_fn(request_id::scope))
-        .layer(axum::middleware::from_fn(
-            crate::deadline::run_to_completion,
-        ))
+        .layer(axum::middleware::from_fn(deadline::run_to_completion))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 Error::Internal("handler panicked".into()).into_response()
@@ -265,17 +261,12 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
 
 /// Answers outside every route are counted under one label, never under their raw path.
 fn unmatched(method: &Method, status: axum::http::StatusCode) {
-    crate::metrics::record_http(
+    metrics::record_http(
         method.as_str().to_owned(),
         "unmatched".into(),
         status,
         std::time::Duration::ZERO,
     );
-}
-
-/// True inside AWS Lambda (the runtime API address is set by the platform).
-pub fn in_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
 /// The `main` of every function crate: builds the state once, then serves `routes` as a Lambda
@@ -296,7 +287,7 @@ pub async fn run_function(name: &str, routes: OpenApiRouter<AppState>) -> ExitCo
     };
     let app = function_app_with(routes, state.clone(), &settings);
     if in_lambda() {
-        match crate::lambda::run(app).await {
+        match lambda::run(app).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(name, &e),
         }
@@ -320,7 +311,7 @@ pub fn function_app(routes: OpenApiRouter<AppState>, state: AppState) -> Router 
 
 /// [`function_app`] with explicit [`HttpSettings`] (CORS). A function serves no `/metrics`:
 /// on Lambda each instance would answer for itself only; use CloudWatch's metrics there.
-pub fn function_app_with(
+fn function_app_with(
     routes: OpenApiRouter<AppState>,
     state: AppState,
     settings: &HttpSettings,

@@ -44,8 +44,11 @@ use governor::{
 use sha2::{Digest, Sha256};
 
 use crate::{
-    error::{Error, Result},
-    model::MAX_EMAIL_CHARS,
+    config::LimitSettings,
+    domain::{
+        error::{Error, Result},
+        model::MAX_EMAIL_CHARS,
+    },
 };
 
 /// The time every limit counts in.
@@ -114,13 +117,8 @@ impl std::fmt::Debug for Limit {
 }
 
 impl Limit {
-    /// `count` per `period` sustained, `burst` at once, on the machine's clock.
-    pub fn new(what: &'static str, count: u32, period: Duration, burst: u32) -> Self {
-        Self::counting_on(LimitClock::default(), what, count, period, burst)
-    }
-
-    /// [`Limit::new`] counting time on `clock`.
-    pub fn counting_on(
+    /// `count` per `period` sustained, `burst` at once, counting time on `clock`.
+    fn counting_on(
         clock: LimitClock,
         what: &'static str,
         count: u32,
@@ -159,66 +157,6 @@ fn rate_limited(what: &str, wait: Duration) -> Error {
         code: "rate_limited",
         detail: format!("too many {what}; retry in {:.1} s", wait.as_secs_f64()),
         retry_after: wait,
-    }
-}
-
-/// How much each user and each client address may do; from `LIMIT_*` variables, and
-/// `TRUSTED_PROXY_HOPS` (see `.env.example`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitSettings {
-    pub sends_per_second: u32,
-    pub sends_burst: u32,
-    pub groups_per_minute: u32,
-    pub groups_burst: u32,
-    pub typing_per_second: u32,
-    pub typing_burst: u32,
-    /// Registrations and exact-email searches per client address ([`Limits::email_lookups`]).
-    pub email_lookups_per_minute: u32,
-    pub email_lookups_burst: u32,
-    /// How many proxies in front of windi append the address they saw to `X-Forwarded-For`:
-    /// which address of a request the per-address limits count it against
-    /// ([`crate::extract::ClientAddress`]). 0, the default: the TCP peer, and the header is
-    /// ignored.
-    pub trusted_proxy_hops: u8,
-}
-
-impl Default for LimitSettings {
-    /// Far above what a person types, far below what a script floods: 20 messages a second
-    /// with bursts of 60 (a client flushing its outbox after a reconnect), 10 group changes a
-    /// minute with bursts of 20, typing 5 a second with bursts of 10; 20 registrations and
-    /// email searches a minute per address with bursts of 10 (a classroom behind one NAT
-    /// signing up together gets through in a minute or so; a script testing a list of emails
-    /// gets 28,800 a day from an address instead of as many as it can send).
-    fn default() -> Self {
-        Self {
-            sends_per_second: 20,
-            sends_burst: 60,
-            groups_per_minute: 10,
-            groups_burst: 20,
-            typing_per_second: 5,
-            typing_burst: 10,
-            email_lookups_per_minute: 20,
-            email_lookups_burst: 10,
-            trusted_proxy_hops: 0,
-        }
-    }
-}
-
-impl LimitSettings {
-    /// Limits high enough never to apply (for benchmarks and load tests, which say so).
-    pub fn unlimited() -> Self {
-        let many = 1_000_000_000;
-        Self {
-            sends_per_second: many,
-            sends_burst: many,
-            groups_per_minute: many,
-            groups_burst: many,
-            typing_per_second: many,
-            typing_burst: many,
-            email_lookups_per_minute: many,
-            email_lookups_burst: many,
-            trusted_proxy_hops: 0,
-        }
     }
 }
 
@@ -291,7 +229,7 @@ impl Default for Limits {
 /// (the login guard's four, [`Limits::email_lookups`]). Far above the distinct emails and
 /// addresses that fail a login in 15 minutes on any deployment windi is built for; a flood
 /// beyond it evicts, it does not grow (see [`Table`]).
-pub const MAX_TRACKED: usize = 50_000;
+const MAX_TRACKED: usize = 50_000;
 
 /// The least time between two sweeps of a [`Table`] (a sweep walks the whole table), on the
 /// limits' clock. A full table also sweeps when a new key finds it full.
@@ -473,7 +411,7 @@ impl std::fmt::Debug for AddressLimit {
 
 impl AddressLimit {
     /// `count` per `period` sustained, `burst` at once, per address, counting time on `clock`.
-    pub fn counting_on(
+    fn counting_on(
         clock: LimitClock,
         what: &'static str,
         count: u32,
@@ -489,7 +427,7 @@ impl AddressLimit {
     }
 
     /// Takes one unit of `address`'s quota, or answers 429 `rate_limited` with how long to
-    /// wait. `address` is what [`crate::extract::ClientAddress`] found.
+    /// wait. `address` is what [`crate::http::extract::ClientAddress`] found.
     pub fn check(&self, address: &str) -> Result<()> {
         let key = address_key(address);
         let now = self.clock.now().as_u64();
@@ -512,12 +450,12 @@ impl AddressLimit {
 }
 
 /// Failed logins an account may have within [`LOGIN_WINDOW`] before its logins are refused.
-pub const ACCOUNT_FAILURES: u32 = 5;
+const ACCOUNT_FAILURES: u32 = 5;
 /// Failed logins one client address may have within [`LOGIN_WINDOW`], over all accounts: high
 /// enough for a NAT full of people mistyping, low enough to stop a spray over many accounts.
 pub const ADDRESS_FAILURES: u32 = 100;
 /// The window failures are counted in, and how long the first lockout lasts.
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// The longest lockout: each lockout of the same key within a day doubles the last.
 const MAX_LOCKOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -695,7 +633,7 @@ impl LoginGuard {
 
 /// The longest text an account key is made from. Longer than any valid email (254 characters
 /// of up to 4 bytes), so cutting never makes two registrable emails one key.
-pub const MAX_ACCOUNT_KEY_BYTES: usize = 1024;
+const MAX_ACCOUNT_KEY_BYTES: usize = 1024;
 const _: () = assert!(MAX_ACCOUNT_KEY_BYTES > 4 * MAX_EMAIL_CHARS);
 
 /// The key of an account: the first 16 bytes of the SHA-256 of the email as typed (trimmed,
@@ -706,7 +644,7 @@ fn account_key(email: &str) -> u128 {
     hash_key(typed[..typed.floor_char_boundary(MAX_ACCOUNT_KEY_BYTES)].to_lowercase())
 }
 
-/// The key of a client address (as [`crate::extract::ClientAddress`] gives it): an IPv4
+/// The key of a client address (as [`crate::http::extract::ClientAddress`] gives it): an IPv4
 /// address whole; an IPv6 address by its /64, the block one subscriber is given (keyed by its
 /// /128, one client would have 2^64 keys to spread failures over and fill tables with); an
 /// IPv4-mapped IPv6 address as its IPv4 address; text that is no address (a proxy's

@@ -2,7 +2,7 @@
 
 use sqlx::PgExecutor;
 
-use crate::model::PersonOut;
+use crate::domain::model::PersonOut;
 
 /// Idempotent: blocking twice is one block. A missing user fails on `blocks_blocked_id_fkey`.
 pub async fn add(db: impl PgExecutor<'_>, blocker: i64, blocked: i64) -> sqlx::Result<()> {

@@ -13,7 +13,11 @@ use std::{
     time::Instant,
 };
 
-use crate::{db::sessions, error::Error, state::AppState};
+use crate::{
+    domain::error::Error,
+    service::{auth::TOKEN_REFUSED, state::AppState},
+    store::sessions,
+};
 
 /// `axum::Json` with our rejection.
 #[derive(Debug, FromRequest)]
@@ -62,10 +66,10 @@ where
 /// that takes this argument cannot run without one.
 ///
 /// Besides the signature and expiry, the token's session must be live and its account neither
-/// disabled nor deleted: one read ([`sessions::check`]), skipped for a session this process
-/// checked in the last minute while its cache is in sync ([`crate::session_cache`]: an ending
-/// here takes effect at once, one elsewhere, `windi admin disable` included, within about a
-/// second; a Lambda instance reads on every request).
+/// disabled nor deleted: one read ([`sessions::check`]), skipped for a session this process checked
+/// in the last minute while its cache is in sync ([`crate::service::session_cache`]: an ending here
+/// takes effect at once, one elsewhere, `windi admin disable` included, within about a second; a
+/// Lambda instance reads on every request).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub id: i64,
@@ -81,7 +85,7 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts.headers.get(header::AUTHORIZATION))
-            .ok_or(Error::Unauthorized(crate::auth::TOKEN_REFUSED))?;
+            .ok_or(Error::Unauthorized(TOKEN_REFUSED))?;
         let subject = state.tokens.verify(token)?;
         let user = Self {
             id: subject.user_id,
@@ -96,7 +100,7 @@ impl FromRequestParts<AppState> for AuthUser {
         };
         metrics::counter!("windi_session_checks_total", "source" => "postgres").increment(1);
         if !sessions::check(&state.db, user.session_id, user.id).await? {
-            return Err(Error::Unauthorized(crate::auth::TOKEN_REFUSED));
+            return Err(Error::Unauthorized(TOKEN_REFUSED));
         }
         state
             .sessions
@@ -120,7 +124,7 @@ pub fn bearer_token(value: Option<&axum::http::HeaderValue>) -> Option<&str> {
 /// The client is found on the chain of addresses the request passed: the `X-Forwarded-For`
 /// hops, left to right (over all the header's lines), then the TCP peer. Without a peer
 /// (Lambda) the last hop stands for it: API Gateway appends the address it saw, and nothing
-/// writes after it. With `TRUSTED_PROXY_HOPS=N` ([`crate::limits::LimitSettings`]), N proxies
+/// writes after it. With `TRUSTED_PROXY_HOPS=N` ([`crate::config::LimitSettings`]), N proxies
 /// in front each append the address they saw, so the client is N places left of the peer
 /// (of API Gateway's view on Lambda); whatever stands further left the client wrote, and is
 /// never trusted. With fewer hops than N the leftmost address of the chain is taken: the

@@ -1,9 +1,14 @@
-//! Small query functions, one module per table. Each takes an executor (a pool or a
-//! transaction), so the handler decides where the transaction begins and ends.
+//! The store: small query functions, one module per table, and the pool they run on.
+//!
+//! Each function takes an executor (a pool or a transaction), so the caller (the service
+//! layer, a handler) decides where the transaction begins and ends. The store knows the
+//! tables, their constraints and Postgres; it imports only the domain (the shapes rows are read
+//! into, the error a failure becomes: [`error`]), never the layers that call it.
 
 pub mod blocks;
 pub mod changes;
 pub mod chats;
+mod error;
 pub mod members;
 pub mod messages;
 pub mod sessions;
@@ -20,11 +25,11 @@ use std::time::Duration;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// How long a request waits for a pooled connection before it is answered 503.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What bounds one transaction of a request pool. Both are below the request's deadline, so a
 /// request stuck behind a lock or a runaway query gives its connection back (and answers 503
-/// `unavailable`, see `error::is_unavailable`) while its client still waits, instead of
+/// `unavailable`, see [`error`]) while its client still waits, instead of
 /// holding it for as long as the lock is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {

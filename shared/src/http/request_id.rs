@@ -9,11 +9,11 @@
 use axum::{extract::Request, http::HeaderName, middleware::Next, response::Response};
 
 /// `x-request-id`, the header load balancers and proxies already use for this.
-pub static HEADER: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest client-supplied id kept; a longer one is replaced by a fresh one, so a client
 /// cannot make every log line of its requests arbitrarily long.
-pub const MAX_CLIENT_ID_LEN: usize = 128;
+const MAX_CLIENT_ID_LEN: usize = 128;
 
 tokio::task_local! {
     static CURRENT: String;
@@ -36,7 +36,7 @@ pub fn of<B>(request: &axum::http::Request<B>) -> Option<&str> {
 }
 
 /// Drops a client id that is too long or not printable ASCII, so the request-id layer makes a fresh one.
-pub async fn sanitise(mut request: Request, next: Next) -> Response {
+pub(crate) async fn sanitise(mut request: Request, next: Next) -> Response {
     let usable = request.headers().get(&HEADER).is_some_and(|v| {
         let bytes = v.as_bytes();
         !bytes.is_empty()

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use sqlx::PgExecutor;
 
-use crate::model::{Change, ChangesPage, MessageOut};
+use crate::domain::model::{Change, ChangesPage, MessageOut};
 
 /// One row of the log.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -219,7 +219,7 @@ fn change(chat_id: i64, row: &Row, messages: &HashMap<i64, MessageOut>) -> Optio
 }
 
 /// The stored kind as the API names it: the change's `type` and, if any, its `change`.
-pub fn kind_of(stored: &str) -> (&'static str, Option<&'static str>) {
+fn kind_of(stored: &str) -> (&'static str, Option<&'static str>) {
     match stored {
         "edited" => ("message_updated", Some("edited")),
         "deleted" => ("message_updated", Some("deleted")),

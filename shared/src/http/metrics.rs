@@ -20,7 +20,7 @@ use axum::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{config::optional, error::Error, extract::bearer_token};
+use crate::{config::optional, domain::error::Error, http::extract::bearer_token};
 
 /// Latency buckets for HTTP requests, in seconds: 1 ms to 10 s, dense where a chat API lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,7 +71,7 @@ pub fn watch_pool(pool: &sqlx::PgPool, name: &'static str) {
 }
 
 /// The Prometheus text exposition of everything recorded in this process.
-pub fn render() -> Option<String> {
+fn render() -> Option<String> {
     let handle = handle()?;
     if let Ok(collectors) = COLLECTORS.lock() {
         for collect in collectors.iter() {
@@ -125,7 +125,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `GET /metrics` as an axum handler; mount it with `.route("/metrics", get(endpoint))` on a
 /// router whose state is a [`MetricsAccess`] (or with `with_state`).
-pub async fn endpoint(State(access): State<MetricsAccess>, headers: HeaderMap) -> Response {
+async fn endpoint(State(access): State<MetricsAccess>, headers: HeaderMap) -> Response {
     if !access.allows(&headers) {
         return Error::Unauthorized("GET /metrics needs Authorization: Bearer <METRICS_TOKEN>")
             .into_response();
@@ -153,7 +153,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(access: MetricsAccess) -> axum::
 
 /// Route layer: `http_requests_total` and `http_request_duration_seconds` by method, matched
 /// route (the template, never the raw path, so ids do not explode the label set) and status.
-pub async fn track_http(request: Request, next: Next) -> Response {
+pub(crate) async fn track_http(request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().as_str().to_owned();
     let route = request
@@ -166,7 +166,7 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 }
 
 /// Records one answered request (also used for answers given outside any route).
-pub fn record_http(
+pub(crate) fn record_http(
     method: String,
     route: String,
     status: StatusCode,

@@ -1,0 +1,12 @@
+//! The domain: the shapes the API speaks, the rules its input must keep, and the one error
+//! type. The bottom layer (see the crate docs): no I/O, no axum, no sqlx beyond the derive
+//! attributes that let the store read rows straight into these types. Everything above uses
+//! it; it uses nothing above.
+//!
+//! - [`model`]: request bodies, answers, limits, and where a message goes ([`model::Target`])
+//! - [`validate`]: input rules, each a 422 that names the field
+//! - [`error`]: the [`Error`](error::Error) every layer returns, as a status and a stable code
+
+pub mod error;
+pub mod model;
+pub mod validate;
