@@ -334,8 +334,19 @@ async fn a_poll_reads_only_what_changed_however_many_chats_users_and_sessions_it
     let silent = app.silent_twin().await;
     let sent = silent.send_to_chat(&alice, last, "one change").await;
     assert_eq!(sockets[0].messages(1, WAIT).await[0]["message"], sent);
+    // The message's change, and the sender's read marker that sending moved: two feeds of one
+    // poll, so the message can arrive while that poll still reads the markers. Wait for both,
+    // then a whole poll more, which must read nothing.
+    eventually(WAIT, "the feed read the message and the marker", || async {
+        relay.stats().feed_rows >= idle.feed_rows + 2
+    })
+    .await;
+    let read_both = relay.stats().polls;
+    eventually(WAIT, "two polls more", || async {
+        relay.stats().polls >= read_both + 2
+    })
+    .await;
     let changed = relay.stats();
-    // The message's change, and the sender's read marker that sending moved.
     assert_eq!(changed.feed_rows, idle.feed_rows + 2, "{changed:?}");
     let polls = changed.polls - idle.polls;
     let queries = changed.poll_queries - idle.poll_queries;

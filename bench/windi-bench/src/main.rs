@@ -38,6 +38,7 @@ mod capacity;
 mod chatlist;
 mod history;
 mod login;
+mod read_flag;
 
 mod pg_activity;
 mod recovery;
@@ -59,6 +60,7 @@ const SCENARIOS: &[&str] = &[
     "fanout",
     "connections",
     "history",
+    "read-flag",
     "chatlist",
     "login",
     "recovery",
@@ -76,8 +78,8 @@ const SCENARIOS: &[&str] = &[
 #[derive(Debug, Parser)]
 #[command(name = "windi-bench")]
 struct Cli {
-    /// Scenarios to run: send, latency, fanout, connections, history, chatlist, login,
-    /// recovery, storm, capacity, or all.
+    /// Scenarios to run: send, latency, fanout, connections, history, read-flag, chatlist,
+    /// login, recovery, storm, capacity, or all.
     #[arg(required = true, value_parser = scenario_name)]
     scenarios: Vec<String>,
     /// The CI smoke: tiny sizes, a few seconds per scenario (figures are real but noisy).
@@ -113,6 +115,7 @@ async fn run_scenario(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         "fanout" => fanout::run(ctx).await,
         "connections" => connections::run(ctx).await,
         "history" => history::run(ctx).await,
+        "read-flag" => read_flag::run(ctx).await,
         "chatlist" => chatlist::run(ctx).await,
         "login" => login::run(ctx).await,
         "recovery" => recovery::run(ctx).await,
