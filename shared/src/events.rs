@@ -90,6 +90,14 @@ pub enum Event {
         rev: i64,
         user_id: i64,
     },
+    /// On `<prefix>.chat.<chat_id>`: the owner left and `user_id`, the longest-standing member,
+    /// owns the group now (a change of its own, right after the leaving).
+    #[serde(rename = "member.promoted")]
+    MemberPromoted {
+        chat_id: i64,
+        rev: i64,
+        user_id: i64,
+    },
     /// On `<prefix>.user.<user_id>`: you were added to a chat (or created it) at `rev`;
     /// `member_rev` counts your joins and leaves. Small on purpose: a group of 1000 publishes
     /// 1000 of these, and each relay loads the chat for the users it serves.
@@ -154,7 +162,8 @@ impl Event {
             | Self::MessageUpdated { chat_id, .. }
             | Self::MessageRead { chat_id, .. }
             | Self::MemberJoined { chat_id, .. }
-            | Self::MemberLeft { chat_id, .. } => Topic::Chat(*chat_id),
+            | Self::MemberLeft { chat_id, .. }
+            | Self::MemberPromoted { chat_id, .. } => Topic::Chat(*chat_id),
             Self::ChatAdded { user_id, .. }
             | Self::ChatRemoved { user_id, .. }
             | Self::SessionsEnded { user_id, .. } => Topic::User(*user_id),
@@ -171,7 +180,8 @@ impl Event {
             Self::MessageCreated { chat_id, rev, .. }
             | Self::MessageUpdated { chat_id, rev, .. }
             | Self::MemberJoined { chat_id, rev, .. }
-            | Self::MemberLeft { chat_id, rev, .. } => Some((*chat_id, *rev)),
+            | Self::MemberLeft { chat_id, rev, .. }
+            | Self::MemberPromoted { chat_id, rev, .. } => Some((*chat_id, *rev)),
             _ => None,
         }
     }
@@ -184,7 +194,8 @@ impl Event {
             Self::MessageCreated { message, .. } => format!("msg.{}", message.id),
             Self::MessageUpdated { chat_id, rev, .. }
             | Self::MemberJoined { chat_id, rev, .. }
-            | Self::MemberLeft { chat_id, rev, .. } => format!("rev.{chat_id}.{rev}"),
+            | Self::MemberLeft { chat_id, rev, .. }
+            | Self::MemberPromoted { chat_id, rev, .. } => format!("rev.{chat_id}.{rev}"),
             Self::MessageRead {
                 chat_id,
                 user_id,

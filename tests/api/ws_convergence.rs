@@ -285,6 +285,21 @@ const MEMBER_LEFT: Row = Row {
     gap: None,
 };
 
+/// An owner who leaves hands the group to its longest-standing member: here Bob, who learns it
+/// as a `member` frame `promoted` about himself (his `role` becomes `owner`).
+const OWNER_LEFT: Row = Row {
+    kind: "the owner left, the user promoted",
+    before_snapshot: &[
+        group(Carol, "H", &[Bob]),
+        group(Dave, "J", &[Bob]),
+        group(Erin, "K", &[Bob]),
+    ],
+    online: &[remove(Carol, "H", Carol), send(Bob, "H", "h1")],
+    offline: &[remove(Dave, "J", Dave)],
+    before_resume: &[remove(Erin, "K", Erin)],
+    gap: None,
+};
+
 const USER_REMOVED: Row = Row {
     kind: "the user removed from a group",
     before_snapshot: &[
@@ -428,6 +443,11 @@ async fn a_member_joining_converges_across_a_reconnect() {
 #[tokio::test]
 async fn another_member_leaving_converges_across_a_reconnect() {
     converges(&MEMBER_LEFT).await;
+}
+
+#[tokio::test]
+async fn the_user_promoted_when_an_owner_leaves_converges_across_a_reconnect() {
+    converges(&OWNER_LEFT).await;
 }
 
 #[tokio::test]
@@ -1056,6 +1076,17 @@ impl Client {
             "member" => {
                 self.note_change(chat_id, rev, &frame);
                 let user_id = frame["user_id"].as_i64().unwrap();
+                if frame["change"] == "promoted" {
+                    // The member is the group's owner now; only their role changes.
+                    let chat = self.chats.get_mut(&chat_id).unwrap();
+                    if rev > chat.summary_rev() {
+                        if user_id == self.me {
+                            chat.summary["role"] = json!("owner");
+                        }
+                        chat.summary["rev"] = json!(rev);
+                    }
+                    return;
+                }
                 if user_id == self.me {
                     self.violation(format!(
                         "a member frame about the user themself: {}",

@@ -583,11 +583,18 @@ function onChatRemoved(chatId) {
   renderChatList();
 }
 
-/** Someone else joined or left one of our chats. */
+/** Someone else joined or left one of our chats, or a member (maybe us) became its owner. */
 function onMember({ chat_id: chatId, user_id: userId, change, rev, name }) {
   const chat = state.chats.get(chatId);
   if (!chat) return;
   advanceRev(chat, rev);
+  if (change === 'promoted') {
+    // The owner left and handed the group on; only the new owner's role changes.
+    if (userId === state.me?.id) chat.role = 'owner';
+    // An owner may delete anyone's message: the actions under each message change.
+    if (chatId === state.openChatId) renderMessages();
+    return;
+  }
   const others = chat.memberIds.filter((id) => id !== userId);
   chat.memberIds = change === 'joined' ? [...others, userId] : others;
   // A joiner comes with their name.

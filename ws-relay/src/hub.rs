@@ -153,6 +153,17 @@ impl Live {
                         rev: *rev,
                         name: None,
                     },
+                    Event::MemberPromoted {
+                        chat_id,
+                        rev,
+                        user_id,
+                    } => ServerFrame::Member {
+                        chat_id: *chat_id,
+                        user_id: *user_id,
+                        change: "promoted",
+                        rev: *rev,
+                        name: None,
+                    },
                     _ => return None,
                 };
                 Some(frame.to_json().into())

@@ -404,8 +404,8 @@ async fn delete_me(
             continue;
         }
         let rev = chats::take_revs(&mut *tx, chat_id, 1).await?;
-        if let Some(event) = write::remove_member(&mut tx, chat_id, user.id, rev).await? {
-            events.push(event);
+        if let Some(changes) = write::remove_member(&mut tx, chat_id, user.id, rev).await? {
+            events.extend(changes);
             left.push((chat_id, rev));
         }
     }

@@ -164,18 +164,15 @@ async fn remove_member(
     if member_id != user.id && caller_role != "owner" {
         return Err(not_owner());
     }
-    let left = write::remove_member(&mut tx, chat_id, member_id, rev)
+    let mut events = write::remove_member(&mut tx, chat_id, member_id, rev)
         .await?
         .ok_or(Error::NotFound("member"))?;
-    let events = vec![
-        left,
-        Event::ChatRemoved {
-            user_id: member_id,
-            chat_id,
-            rev,
-            member_rev,
-        },
-    ];
+    events.push(Event::ChatRemoved {
+        user_id: member_id,
+        chat_id,
+        rev,
+        member_rev,
+    });
     write::commit(&state, tx, events).await?;
     Ok(StatusCode::NO_CONTENT)
 }

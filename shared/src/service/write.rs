@@ -111,26 +111,34 @@ fn publish_budget(left: Option<Duration>) -> Duration {
 /// Takes `member` out of group `chat_id` as change `rev`, which the caller took with the chat's
 /// lock: the one way anyone leaves a group (removed by its owner, leaving, or deleting their
 /// account). An owner who leaves hands the group to the longest-standing member. `None` if
-/// they were not a member; else the chat's event (the caller adds the user's own
-/// `chat.removed`, which needs their `member_rev`).
+/// they were not a member; else the chat's events: the leaving, and the hand-over (a change
+/// of its own, the next rev) if there was one. The caller adds the user's own `chat.removed`,
+/// which needs their `member_rev`.
 pub async fn remove_member(
     conn: &mut PgConnection,
     chat_id: i64,
     member: i64,
     rev: i64,
-) -> Result<Option<Event>> {
+) -> Result<Option<Vec<Event>>> {
     let Some(role) = members::role(&mut *conn, chat_id, member).await? else {
         return Ok(None);
     };
     members::remove(&mut *conn, chat_id, member, rev).await?;
-    if role == "owner" {
-        members::promote_eldest(&mut *conn, chat_id).await?;
-    }
-    Ok(Some(Event::MemberLeft {
+    let mut events = vec![Event::MemberLeft {
         chat_id,
         rev,
         user_id: member,
-    }))
+    }];
+    if role == "owner"
+        && let Some((owner, rev)) = members::promote_eldest(&mut *conn, chat_id).await?
+    {
+        events.push(Event::MemberPromoted {
+            chat_id,
+            rev,
+            user_id: owner,
+        });
+    }
+    Ok(Some(events))
 }
 
 /// Where a request stands against its deadline.

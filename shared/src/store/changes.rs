@@ -227,6 +227,7 @@ fn kind_of(stored: &str) -> (&'static str, Option<&'static str>) {
         "reaction_removed" => ("message_updated", Some("reaction_removed")),
         "member_joined" => ("member", Some("joined")),
         "member_left" => ("member", Some("left")),
+        "member_promoted" => ("member", Some("promoted")),
         _ => ("message", None),
     }
 }
@@ -245,6 +246,7 @@ mod tests {
             ("reaction_removed", "message_updated"),
             ("member_joined", "member"),
             ("member_left", "member"),
+            ("member_promoted", "member"),
         ] {
             assert_eq!(kind_of(stored).0, kind, "{stored}");
         }

@@ -192,17 +192,29 @@ pub async fn markers_committed(
     .await
 }
 
-/// Makes the longest-standing remaining member the owner, when a group's owner leaves.
+/// Makes the longest-standing remaining member the owner, when a group's owner leaves: a change
+/// of the chat with the next rev, logged as `member_promoted`. The caller holds the chat's lock
+/// (it took the leaving's rev). Answers the new owner and the rev; `None`, taking no rev, when
+/// nobody is left.
 pub(crate) async fn promote_eldest(
     db: impl PgExecutor<'_>,
     chat_id: i64,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "UPDATE chat_members SET role = 'owner'
-         WHERE (chat_id, user_id) = (
-             SELECT chat_id, user_id FROM chat_members WHERE chat_id = $1
-             ORDER BY joined_at, user_id LIMIT 1)
-         RETURNING user_id",
+) -> sqlx::Result<Option<(i64, i64)>> {
+    sqlx::query_as(
+        "WITH eldest AS (
+             SELECT user_id FROM chat_members WHERE chat_id = $1
+             ORDER BY joined_at, user_id LIMIT 1),
+         r AS (
+             UPDATE chats SET rev = rev + 1
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM eldest) RETURNING rev),
+         p AS (
+             UPDATE chat_members me SET role = 'owner' FROM eldest, r
+             WHERE me.chat_id = $1 AND me.user_id = eldest.user_id
+             RETURNING me.user_id, r.rev),
+         log AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, user_id)
+             SELECT $1, rev, 'member_promoted', user_id FROM p)
+         SELECT user_id, rev FROM p",
     )
     .bind(chat_id)
     .fetch_optional(db)
