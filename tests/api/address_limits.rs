@@ -248,9 +248,22 @@ async fn a_flood_of_huge_made_up_usernames_leaves_the_login_guard_within_its_cap
         .buffer_unordered(8)
         .collect()
         .await;
+    // A 503 is the argon2 queue shedding load on a busy machine (`limits::a_login_flood_…`);
+    // it never reaches the guard, so most answers must be 401 for the flood to count.
     assert!(
-        answers.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        answers.iter().all(|s| matches!(
+            *s,
+            StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE
+        )),
         "{answers:?}"
+    );
+    let counted = answers
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        counted >= 50,
+        "only {counted} of the flood's logins were counted"
     );
     // Accounts and addresses, counts and lockouts: the flood added no lockout.
     let tracked = app.state.logins.tracked();
