@@ -58,13 +58,13 @@ impl ChatGates {
             .entry(chat_id)
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_chat)))
             .clone();
-        let pass = Pass {
+        // Made before the wait, so a request that gives up still drops the chat's entry.
+        let mut pass = Pass {
             gates: self.clone(),
             chat_id,
             gate: gate.clone(),
             permit: None,
         };
-        let mut pass = pass;
         match tokio::time::timeout(self.wait, gate.acquire_owned()).await {
             Ok(Ok(permit)) => {
                 pass.permit = Some(permit);

@@ -44,13 +44,7 @@ pub async fn edit(
                 "only the sender can edit a message",
             ));
         }
-        if s.deleted {
-            return Err(deleted());
-        }
-        if s.blocked {
-            return Err(Error::blocked());
-        }
-        Ok(())
+        takes_words(s)
     };
     let (mut tx, subject, rev, _turn) = begin(state, message_id, user_id, allowed).await?;
     if subject.text == text {
@@ -89,15 +83,7 @@ pub async fn react(
     emoji: &str,
 ) -> Result<MessageOut> {
     validate::emoji(emoji)?;
-    let allowed = |s: &Subject| {
-        if s.deleted {
-            Err(deleted())
-        } else if s.blocked {
-            Err(Error::blocked())
-        } else {
-            Ok(())
-        }
-    };
+    let allowed = takes_words;
     let (mut tx, _, rev, _turn) = begin(state, message_id, user_id, allowed).await?;
     if !messages::add_reaction(&mut *tx, message_id, user_id, emoji).await? {
         return unchanged(state, tx, message_id, user_id).await;
@@ -192,6 +178,18 @@ fn forbidden(code: &'static str, detail: &str) -> Error {
         status: StatusCode::FORBIDDEN,
         code,
         detail: detail.to_owned(),
+    }
+}
+
+/// Whether a message can take new words (an edit, a reaction): not deleted, and not in a
+/// private chat closed by a block.
+fn takes_words(s: &Subject) -> Result<()> {
+    if s.deleted {
+        Err(deleted())
+    } else if s.blocked {
+        Err(Error::blocked())
+    } else {
+        Ok(())
     }
 }
 

@@ -70,33 +70,32 @@ pub async fn commit(
 /// a publish not done in time is counted (`windi_event_publish_failures_total{stage="deadline"}`)
 /// and the relays find the change by rev.
 pub async fn announce(state: &AppState, events: Vec<Event>) {
-    if events.is_empty() {
-        return;
-    }
-    let budget = publish_budget(remaining());
-    if tokio::time::timeout(budget, state.events.publish(events))
-        .await
-        .is_err()
-    {
-        metrics::counter!("windi_event_publish_failures_total", "stage" => "deadline").increment(1);
-        tracing::warn!(
-            ?budget,
-            "events not published before the answer was due; the relays catch up by rev"
-        );
+    if !events.is_empty() {
+        within_budget(state.events.publish(events)).await;
     }
 }
 
 /// Publishes ephemeral news (typing, a renamed member) within what the request has left; like
 /// [`announce`], never fails and never delays the answer past the deadline.
 pub async fn announce_ephemeral(state: &AppState, events: Vec<Event>) {
-    let budget = publish_budget(remaining());
-    let all = async {
+    within_budget(async {
         for event in events {
             state.events.publish_ephemeral(event).await;
         }
-    };
-    if tokio::time::timeout(budget, all).await.is_err() {
+    })
+    .await;
+}
+
+/// Runs a publish for at most what the request has left ([`publish_budget`]); one not done
+/// by then is given up, counted and logged: the relays catch up by rev.
+async fn within_budget(publish: impl Future<Output = ()>) {
+    let budget = publish_budget(remaining());
+    if tokio::time::timeout(budget, publish).await.is_err() {
         metrics::counter!("windi_event_publish_failures_total", "stage" => "deadline").increment(1);
+        tracing::warn!(
+            ?budget,
+            "events not published before the answer was due; the relays catch up by rev"
+        );
     }
 }
 
