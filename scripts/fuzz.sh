@@ -57,6 +57,7 @@ export ACCESS_TOKEN_EXPIRE_MINUTES=240
 export LIMIT_SENDS_PER_SEC=100000 LIMIT_SENDS_BURST=100000
 export LIMIT_GROUPS_PER_MIN=1000000 LIMIT_GROUPS_BURST=100000
 export LIMIT_TYPING_PER_SEC=100000 LIMIT_TYPING_BURST=100000
+export LIMIT_SEARCHES_PER_SEC=100000 LIMIT_SEARCHES_BURST=100000
 ./target/debug/windi serve >"$out/windi.log" 2>&1 & server=$!
 for _ in $(seq 100); do curl -sf "$api/health" >/dev/null && break; sleep 0.2; done
 curl -sf "$api/health" >/dev/null || { cat "$out/windi.log"; echo "windi did not start" >&2; exit 1; }

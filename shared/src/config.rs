@@ -182,6 +182,9 @@ pub struct LimitSettings {
     pub groups_burst: u32,
     pub typing_per_second: u32,
     pub typing_burst: u32,
+    /// Message searches per user (`GET /chat/search`): each walks an index.
+    pub searches_per_second: u32,
+    pub searches_burst: u32,
     /// Registrations and exact-email searches per client address (`Limits::email_lookups`).
     pub email_lookups_per_minute: u32,
     pub email_lookups_burst: u32,
@@ -195,7 +198,8 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     /// Far above what a person types, far below what a script floods: 20 messages a second
     /// with bursts of 60 (a client flushing its outbox after a reconnect), 10 group changes a
-    /// minute with bursts of 20, typing 5 a second with bursts of 10; 20 registrations and
+    /// minute with bursts of 20, typing 5 a second with bursts of 10, searches 5 a second with
+    /// bursts of 20 (a search box asking as its user types); 20 registrations and
     /// email searches a minute per address with bursts of 10 (a classroom behind one NAT
     /// signing up together gets through in a minute or so; a script testing a list of emails
     /// gets 28,800 a day from an address instead of as many as it can send).
@@ -207,6 +211,8 @@ impl Default for LimitSettings {
             groups_burst: 20,
             typing_per_second: 5,
             typing_burst: 10,
+            searches_per_second: 5,
+            searches_burst: 20,
             email_lookups_per_minute: 20,
             email_lookups_burst: 10,
             trusted_proxy_hops: 0,
@@ -225,6 +231,8 @@ impl LimitSettings {
             groups_burst: many,
             typing_per_second: many,
             typing_burst: many,
+            searches_per_second: many,
+            searches_burst: many,
             email_lookups_per_minute: many,
             email_lookups_burst: many,
             trusted_proxy_hops: 0,
@@ -279,7 +287,8 @@ fn event_acks(value: Option<&str>, in_lambda: bool) -> Result<EventAcks, ConfigE
 }
 
 /// `LIMIT_SENDS_PER_SEC`, `LIMIT_SENDS_BURST`, `LIMIT_GROUPS_PER_MIN`, `LIMIT_GROUPS_BURST`,
-/// `LIMIT_TYPING_PER_SEC`, `LIMIT_TYPING_BURST`, `LIMIT_EMAIL_LOOKUPS_PER_MIN`,
+/// `LIMIT_TYPING_PER_SEC`, `LIMIT_TYPING_BURST`, `LIMIT_SEARCHES_PER_SEC`,
+/// `LIMIT_SEARCHES_BURST`, `LIMIT_EMAIL_LOOKUPS_PER_MIN`,
 /// `LIMIT_EMAIL_LOOKUPS_BURST`, each at least 1; and `TRUSTED_PROXY_HOPS` (0 to 255, default
 /// 0), which decides the client address the per-address limits count.
 fn limits_from_env() -> Result<LimitSettings, ConfigError> {
@@ -301,6 +310,8 @@ fn limits_from_env() -> Result<LimitSettings, ConfigError> {
         groups_burst: positive("LIMIT_GROUPS_BURST", d.groups_burst)?,
         typing_per_second: positive("LIMIT_TYPING_PER_SEC", d.typing_per_second)?,
         typing_burst: positive("LIMIT_TYPING_BURST", d.typing_burst)?,
+        searches_per_second: positive("LIMIT_SEARCHES_PER_SEC", d.searches_per_second)?,
+        searches_burst: positive("LIMIT_SEARCHES_BURST", d.searches_burst)?,
         email_lookups_per_minute: positive(
             "LIMIT_EMAIL_LOOKUPS_PER_MIN",
             d.email_lookups_per_minute,

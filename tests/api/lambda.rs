@@ -166,6 +166,9 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-list-stage.json", Function::History, 200),
     // Each message once, in its latest state, at the rev of its last change: 7 changes, 6 rows.
     step("chat-changes.json", Function::History, 200).body(&[("/rev", "7"), ("/more", "false")]),
+    // "еще" finds the reply's edited text, "ещё": ё folds to е; message 2 was deleted.
+    step("chat-search.json", Function::History, 200)
+        .body(&[("/hits/0/message/id", "3"), ("/next", "null")]),
     step("chat-message-read.json", Function::Read, 200),
     step("auth-register.json", Function::Auth, 409),
     // Accounts and sessions (docs/api.md, "Sessions and accounts"), in an order where each relies on the last.

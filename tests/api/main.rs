@@ -26,6 +26,7 @@ mod people;
 mod races;
 mod read_marks;
 mod revisions;
+mod search;
 mod sessions;
 mod tokens;
 mod write_path;

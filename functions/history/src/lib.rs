@@ -1,5 +1,5 @@
-//! Reading chats: `GET /chat/history/{chat_id}`, `GET /chat/list`, and catching up with
-//! `GET /chat/changes/{chat_id}`.
+//! Reading chats: `GET /chat/history/{chat_id}`, `GET /chat/list`, catching up with
+//! `GET /chat/changes/{chat_id}`, and finding messages with `GET /chat/search`.
 //!
 //! History is ordered by seq, never by time. Two ways to page: the seed's `limit`/`offset` from
 //! the oldest message, and seq cursors (`before_seq` to scroll back, `after_seq` to catch up),
@@ -10,14 +10,17 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
     domain::{
-        model::{ChangesPage, ChangesQuery, ChatSummary, HistoryQuery, ListQuery, MessageOut},
-        validate,
+        model::{
+            ChangesPage, ChangesQuery, ChatSummary, HistoryQuery, ListQuery, MessageOut,
+            MessageSearchQuery, SearchPage,
+        },
+        search, validate,
     },
     http::{
         error::ErrorBody,
         extract::{AuthUser, Path, Query},
     },
-    store::{changes, chats, messages},
+    store::{self, changes, chats, messages},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -25,6 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(history))
         .routes(routes!(list))
         .routes(routes!(changes))
+        .routes(routes!(search_messages))
 }
 
 /// A page of a chat's messages, ascending by seq.
@@ -126,4 +130,56 @@ async fn changes(
     Ok(axum::Json(
         changes::after(&state.db, chat_id, after_rev, limit).await?,
     ))
+}
+
+/// Messages of the caller's chats that match `q`, newest first: only chats they are a member of
+/// now, never a deleted message, an edited one by its current text. Newest first rather than by
+/// relevance: in a chat people look for a recent conversation they half remember, and the
+/// highlight shows why each hit matched; a relevance order would also need a cursor that is
+/// not a message id.
+#[utoipa::path(
+    get, path = "/chat/search", tag = "chat",
+    security(("oauth2" = [])),
+    params(MessageSearchQuery),
+    responses(
+        (status = 200, description = "Matching messages, newest first", body = SearchPage),
+        (status = 404, description = "`chat_id` is not among the caller's chats", body = ErrorBody),
+        (status = 422, description = "`q` is empty, too long or has too many terms, or `limit` or `before` is out of range", body = ErrorBody),
+        (status = 429, description = "Too many searches; `Retry-After` says when to ask again", body = ErrorBody),
+    )
+)]
+async fn search_messages(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(query): Query<MessageSearchQuery>,
+) -> Result<axum::Json<SearchPage>> {
+    let parsed = search::parse(&query.q)?;
+    let limit = search::hits(query.limit)?;
+    if query.before.is_some_and(|b| b < 1) {
+        return Err(Error::invalid(
+            "before",
+            "must be a message id (at least 1)",
+        ));
+    }
+    state.limits.searches.check(user.id)?;
+    if let Some(chat_id) = query.chat_id {
+        chats::for_member(&state.db, chat_id, user.id)
+            .await?
+            .ok_or(Error::NotFound("chat"))?;
+    }
+    let scope = store::search::Scope {
+        user_id: user.id,
+        chat_id: query.chat_id,
+        before: query.before.unwrap_or(i64::MAX),
+        // One more than asked: whether a next page exists, without a count.
+        limit: limit + 1,
+    };
+    let mut hits = store::search::messages(&state.db, &parsed, scope).await?;
+    let next = if hits.len() as i64 > limit {
+        hits.truncate(limit as usize);
+        hits.last().map(|h| h.message.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(SearchPage { hits, next }))
 }

@@ -5,8 +5,10 @@
 //!
 //! - [`model`]: request bodies, answers, limits, and where a message goes ([`model::Target`])
 //! - [`validate`]: input rules, each a 422 that names the field
+//! - [`search`]: what a search box's text asks for, and its highlights as safe HTML
 //! - [`error`]: the [`Error`](error::Error) every layer returns, as a status and a stable code
 
 pub mod error;
 pub mod model;
+pub mod search;
 pub mod validate;

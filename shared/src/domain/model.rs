@@ -387,6 +387,45 @@ pub struct HistoryQuery {
     pub after_seq: Option<i64>,
 }
 
+/// Query of `GET /chat/search`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessageSearchQuery {
+    /// What to find: words (case and diacritics ignored, `ё` finds `е`), `"quoted phrases"`,
+    /// `-excluded` words or phrases; the last plain word of two letters or more also finds
+    /// words that start with it. At most 200 characters and 12 terms.
+    #[param(example = "deploy \"build is green\" -lunch tom")]
+    pub q: String,
+    /// Only this chat (404 if the caller is not a member).
+    pub chat_id: Option<i64>,
+    /// Hits per page, 1–50 (default 20).
+    #[param(minimum = 1, maximum = 50)]
+    pub limit: Option<i64>,
+    /// The previous page's `next`: only messages older than it.
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
+}
+
+/// A page of `GET /chat/search`: newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    pub next: Option<i64>,
+}
+
+/// One message that matched.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct SearchHit {
+    pub chat_id: i64,
+    #[sqlx(flatten)]
+    pub message: MessageOut,
+    /// The matching part of the text (up to 35 words) as HTML safe to insert: the text
+    /// escaped, each matched word in `<mark>…</mark>`, no other markup.
+    #[schema(example = "the <mark>build</mark> is <mark>green</mark> again")]
+    pub highlight: String,
+}
+
 /// Query of `GET /chat/list`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -166,6 +166,7 @@ pub struct Limits {
     pub sends: Arc<Limit>,
     pub groups: Arc<Limit>,
     pub typing: Arc<Limit>,
+    pub searches: Arc<Limit>,
     /// Requests whose answer tells whether an email has an account (`POST /auth/register`,
     /// `GET /users/search` with an `@`), per client address: one budget for both, since either
     /// serves to test a list of emails.
@@ -206,6 +207,7 @@ impl Limits {
                 second,
                 s.typing_burst,
             ),
+            searches: limit("searches", s.searches_per_second, second, s.searches_burst),
             email_lookups: Arc::new(AddressLimit::counting_on(
                 clock.clone(),
                 "registrations and email searches from this address",

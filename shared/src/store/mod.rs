@@ -11,6 +11,7 @@ pub mod chats;
 mod error;
 pub mod members;
 pub mod messages;
+pub mod search;
 pub mod sessions;
 pub mod users;
 

@@ -1,0 +1,284 @@
+//! What a search box's text asks for (`GET /chat/search?q=`): words, `"quoted phrases"` and
+//! `-excluded` words or phrases, the last plain word matched as a prefix (search as you type).
+//!
+//! Pure: this module only splits and bounds the text. Folding case and diacritics, and
+//! splitting a term into the words Postgres indexes, is the text search configuration's work
+//! (`windi_search`, see the migration `search_config`), so a query and the index can never
+//! disagree about what a word is.
+
+use crate::domain::error::{Error, Result};
+
+/// Longest `q`, in characters: a sentence, not a document.
+pub const MAX_QUERY_CHARS: usize = 200;
+/// Most terms (words and phrases, excluded or not) in one `q`: each is one more index lookup.
+pub const MAX_TERMS: usize = 12;
+/// The shortest last word matched as a prefix. A one-letter prefix would merge the index
+/// entries of every word starting with it; a one-letter last word is matched whole.
+pub const MIN_PREFIX_CHARS: usize = 2;
+
+/// A search page when the client names no `limit`, and the most it may ask for.
+pub const DEFAULT_HITS: i64 = 20;
+pub const MAX_HITS: i64 = 50;
+
+/// One part of a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub text: String,
+    pub kind: TermKind,
+    /// `-word` or `-"a phrase"`: messages containing it are left out.
+    pub excluded: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermKind {
+    /// Matched whole (after folding).
+    Word,
+    /// The last plain word: any word starting with it.
+    Prefix,
+    /// Its words next to each other, in this order.
+    Phrase,
+}
+
+/// A parsed, bounded query: at least one term that is not excluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub terms: Vec<Term>,
+}
+
+/// Parses `q`. Terms without a letter or digit (`!!!`, a lone `-`) are dropped, as Postgres
+/// would find nothing in them; an unclosed quote runs to the end. 422 naming `q` when it is
+/// too long, has too many terms, or asks for nothing but exclusions.
+pub fn parse(q: &str) -> Result<Query> {
+    let chars = q.chars().count();
+    if chars > MAX_QUERY_CHARS {
+        return Err(Error::invalid(
+            "q",
+            format!("is {chars} characters long; the limit is {MAX_QUERY_CHARS}"),
+        ));
+    }
+    let mut terms = Vec::new();
+    let mut rest = q.trim_start();
+    while !rest.is_empty() {
+        let (excluded, after_sign) = match rest.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let (text, kind, next) = if let Some(inner) = after_sign.strip_prefix('"') {
+            let end = inner.find('"').unwrap_or(inner.len());
+            let next = inner.get(end + 1..).unwrap_or("");
+            (&inner[..end], TermKind::Phrase, next)
+        } else {
+            let end = after_sign
+                .find(char::is_whitespace)
+                .unwrap_or(after_sign.len());
+            (&after_sign[..end], TermKind::Word, &after_sign[end..])
+        };
+        if text.chars().any(char::is_alphanumeric) {
+            terms.push(Term {
+                text: text.trim().to_owned(),
+                kind,
+                excluded,
+            });
+        }
+        rest = next.trim_start();
+    }
+    if terms.len() > MAX_TERMS {
+        return Err(Error::invalid(
+            "q",
+            format!(
+                "has {} words or phrases; the limit is {MAX_TERMS}",
+                terms.len()
+            ),
+        ));
+    }
+    if terms.iter().all(|t| t.excluded) {
+        return Err(Error::invalid(
+            "q",
+            "must contain a word to find (letters or digits, not only -excluded ones)",
+        ));
+    }
+    if let Some(last) = terms.last_mut()
+        && last.kind == TermKind::Word
+        && !last.excluded
+        && last.text.chars().count() >= MIN_PREFIX_CHARS
+    {
+        last.kind = TermKind::Prefix;
+    }
+    Ok(Query { terms })
+}
+
+/// `limit` of a search: 1..=[`MAX_HITS`], default [`DEFAULT_HITS`].
+pub fn hits(limit: Option<i64>) -> Result<i64> {
+    let limit = limit.unwrap_or(DEFAULT_HITS);
+    if !(1..=MAX_HITS).contains(&limit) {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_HITS}, got {limit}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// `text` as one quoted `tsquery` operand matched as a prefix: `'it''s':*`. Inside quotes,
+/// only the quote and the backslash are special to `to_tsquery`; the text is still split and
+/// folded by the configuration.
+pub fn prefix_operand(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 5);
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("':*");
+    out
+}
+
+/// The highlight marks of [`crate::store::search`]: `ts_headline` wraps each match in them,
+/// and a message's own text is stripped of them first, so every mark is the search's.
+pub const MARK_START: char = '\u{1}';
+pub const MARK_END: char = '\u{2}';
+/// What `<` and `>` stand as in the text given to `ts_headline`: its parser would take `<b>`
+/// for an HTML tag and leave it out; control characters are only spaces to it.
+/// [`highlight_html`] writes them back as `&lt;` and `&gt;`.
+pub const LT: char = '\u{3}';
+pub const GT: char = '\u{4}';
+
+/// The `translate(text, from, to)` arguments that prepare a message's text for
+/// `ts_headline`: `<` and `>` become [`LT`] and [`GT`], and the text's own marks and stand-ins
+/// are deleted, so every one left in the headline is the search's.
+pub fn headline_translation() -> (String, String) {
+    let from = ['<', '>', MARK_START, MARK_END, LT, GT].iter().collect();
+    let to = [LT, GT].iter().collect();
+    (from, to)
+}
+
+/// A highlighted fragment as HTML that is safe to insert: the text escaped (`& < > " '`, and
+/// [`LT`] and [`GT`] as `<` and `>`), each match in `<mark>…</mark>`, nothing else. Unbalanced marks are closed or dropped, so the
+/// result always nests.
+pub fn highlight_html(marked: &str) -> String {
+    let mut out = String::with_capacity(marked.len() + 32);
+    let mut open = false;
+    for c in marked.chars() {
+        match c {
+            MARK_START if !open => {
+                out.push_str("<mark>");
+                open = true;
+            }
+            MARK_END if open => {
+                out.push_str("</mark>");
+                open = false;
+            }
+            MARK_START | MARK_END => {}
+            '&' => out.push_str("&amp;"),
+            '<' | LT => out.push_str("&lt;"),
+            '>' | GT => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    if open {
+        out.push_str("</mark>");
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn term(text: &str, kind: TermKind, excluded: bool) -> Term {
+        Term {
+            text: text.into(),
+            kind,
+            excluded,
+        }
+    }
+
+    #[test]
+    fn words_phrases_exclusions_and_the_last_word_as_a_prefix() {
+        let q = parse(r#"  deploy "build is green" -lunch -"see you" tom"#).unwrap();
+        assert_eq!(
+            q.terms,
+            vec![
+                term("deploy", TermKind::Word, false),
+                term("build is green", TermKind::Phrase, false),
+                term("lunch", TermKind::Word, true),
+                term("see you", TermKind::Phrase, true),
+                term("tom", TermKind::Prefix, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_plain_last_word_of_two_letters_or_more_is_a_prefix() {
+        let last = |q: &str| parse(q).unwrap().terms.pop().unwrap();
+        assert_eq!(last("a b"), term("b", TermKind::Word, false));
+        assert_eq!(last("a -bc"), term("bc", TermKind::Word, true));
+        assert_eq!(last(r#"a "bc""#), term("bc", TermKind::Phrase, false));
+        assert_eq!(last("привет ёж"), term("ёж", TermKind::Prefix, false));
+        assert_eq!(last("e-mail"), term("e-mail", TermKind::Prefix, false));
+    }
+
+    #[test]
+    fn an_unclosed_quote_runs_to_the_end_and_empty_terms_are_dropped() {
+        let q = parse(r#"!!! - "" "hello wor"#).unwrap();
+        assert_eq!(q.terms, vec![term("hello wor", TermKind::Phrase, false)]);
+    }
+
+    #[test]
+    fn nothing_to_find_too_long_and_too_many_are_422_naming_q() {
+        for q in ["", "   ", "!!! ???", "-lunch", r#"-"see you" -x"#] {
+            let err = parse(q).unwrap_err().to_string();
+            assert!(err.contains("q: must contain a word"), "{q:?}: {err}");
+        }
+        let long = "x".repeat(MAX_QUERY_CHARS + 1);
+        assert!(parse(&long).unwrap_err().to_string().contains("q: is 201"));
+        assert!(
+            parse(&"я".repeat(MAX_QUERY_CHARS)).is_ok(),
+            "counted in characters"
+        );
+        let many = ["w"; MAX_TERMS + 1].join(" ");
+        assert!(
+            parse(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("limit is 12")
+        );
+        assert!(parse(&["w"; MAX_TERMS].join(" ")).is_ok());
+    }
+
+    #[test]
+    fn a_prefix_operand_quotes_what_tsquery_would_read() {
+        assert_eq!(prefix_operand("it's"), "'it''s':*");
+        assert_eq!(prefix_operand(r"a\b"), r"'a\\b':*");
+        assert_eq!(prefix_operand("ёж"), "'ёж':*");
+    }
+
+    #[test]
+    fn highlights_escape_the_text_and_keep_only_the_marks() {
+        let marked = "<img src=x onerror=\"alert('1')\"> & \u{1}word\u{2} \u{2}\u{1}open";
+        assert_eq!(
+            highlight_html(marked),
+            "&lt;img src=x onerror=&quot;alert(&#39;1&#39;)&quot;&gt; &amp; \
+             <mark>word</mark> <mark>open</mark>"
+        );
+        assert_eq!(
+            highlight_html("\u{3}b\u{4}\u{1}bold\u{2}\u{3}/b\u{4}"),
+            "&lt;b&gt;<mark>bold</mark>&lt;/b&gt;"
+        );
+    }
+
+    #[test]
+    fn hits_are_bounded() {
+        assert_eq!(hits(None).unwrap(), DEFAULT_HITS);
+        assert_eq!(hits(Some(MAX_HITS)).unwrap(), MAX_HITS);
+        for bad in [0, -1, MAX_HITS + 1] {
+            assert!(hits(Some(bad)).unwrap_err().to_string().contains("limit"));
+        }
+    }
+}

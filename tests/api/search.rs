@@ -1,0 +1,381 @@
+//! `GET /chat/search`: words in English and Russian, case and diacritics folded, the last word
+//! as a prefix, phrases and exclusions; only chats the caller is in now, never a deleted
+//! message or an edited one's old text; pages by cursor; highlights safe for a browser; bad
+//! queries refused by name; searches rate-limited.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use windi_shared::store::search::RECENT_WINDOW;
+use windi_shared::{
+    AppState,
+    config::LimitSettings,
+    service::limits::{FakeRelativeClock, LimitClock, Limits},
+};
+use windi_tests::{TestApp, TestUser};
+
+/// The search's hits: (message id, text, highlight), newest first, and `next`.
+async fn search(
+    app: &TestApp,
+    user: &TestUser,
+    query: &str,
+) -> (Vec<(i64, String, String)>, Value) {
+    let (status, body) = app.get(&format!("/chat/search?{query}"), user).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    let hits = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert_eq!(h["chat_id"], h["message"]["chat_id"], "{h}");
+            (
+                h["message"]["id"].as_i64().unwrap(),
+                h["message"]["text"].as_str().unwrap().to_owned(),
+                h["highlight"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (hits, body["next"].clone())
+}
+
+async fn texts(app: &TestApp, user: &TestUser, q: &str) -> Vec<String> {
+    let query = format!("q={}", urlencode(q));
+    search(app, user, &query)
+        .await
+        .0
+        .into_iter()
+        .map(|(_, text, _)| text)
+        .collect()
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn id(message: &Value) -> i64 {
+    message["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn words_in_english_and_russian_fold_case_and_accents_with_the_last_word_a_prefix() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    for text in [
+        "The BUILD is green again",
+        "Ёлка стоит в углу",
+        "встретимся завтра у ЕЛКИ",
+        "a café for lunch tomorrow",
+        "see you tomorrow at five",
+        "build failed, see the log",
+    ] {
+        app.send_to_user(&alice, &bob, text).await;
+    }
+
+    // Newest first; case folded.
+    assert_eq!(
+        texts(&app, &bob, "build").await,
+        ["build failed, see the log", "The BUILD is green again"]
+    );
+    // ё and е are one letter; é and e too; the last word is a prefix (елк → елка, елки).
+    assert_eq!(
+        texts(&app, &bob, "елк").await,
+        ["встретимся завтра у ЕЛКИ", "Ёлка стоит в углу"]
+    );
+    assert_eq!(texts(&app, &bob, "ЁЛКА").await, ["Ёлка стоит в углу"]);
+    assert_eq!(
+        texts(&app, &bob, "cafe").await,
+        ["a café for lunch tomorrow"]
+    );
+    // A prefix only for the last word: "tom" alone finds tomorrow, "tom five" does not.
+    assert_eq!(
+        texts(&app, &bob, "tom").await,
+        ["see you tomorrow at five", "a café for lunch tomorrow"]
+    );
+    assert!(texts(&app, &bob, "tom five").await.is_empty());
+    assert_eq!(
+        texts(&app, &bob, "five tom").await,
+        ["see you tomorrow at five"]
+    );
+    // Phrases keep their order; exclusions leave messages out.
+    assert_eq!(
+        texts(&app, &bob, "\"see you tomorrow\"").await,
+        ["see you tomorrow at five"]
+    );
+    assert!(texts(&app, &bob, "\"tomorrow you see\"").await.is_empty());
+    assert_eq!(
+        texts(&app, &bob, "see -log").await,
+        ["see you tomorrow at five"]
+    );
+    assert_eq!(
+        texts(&app, &bob, "build -\"is green\"").await,
+        ["build failed, see the log"]
+    );
+
+    // Highlights mark the matched words, whatever their case.
+    let (hits, _) = search(&app, &bob, "q=build").await;
+    assert_eq!(hits[1].2, "The <mark>BUILD</mark> is green again");
+    let (hits, _) = search(&app, &bob, &format!("q={}", urlencode("ёлк"))).await;
+    assert_eq!(hits[0].2, "встретимся завтра у <mark>ЕЛКИ</mark>");
+    assert_eq!(hits[1].2, "<mark>Ёлка</mark> стоит в углу");
+}
+
+#[tokio::test]
+async fn only_chats_the_caller_is_in_now_and_never_a_deleted_message_or_old_text() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    let private = app.send_to_user(&alice, &bob, "zebra in private").await;
+    let group = app.group(&alice, &[&bob, &carol]).await;
+    let in_group = app.send_to_chat(&alice, group, "zebra in the group").await;
+    let theirs = app.send_to_user(&bob, &carol, "zebra between them").await;
+
+    assert_eq!(
+        texts(&app, &carol, "zebra").await,
+        ["zebra between them", "zebra in the group"]
+    );
+    // One chat only; a chat the caller is not in is a 404, as for its history.
+    let (hits, _) = search(&app, &bob, &format!("q=zebra&chat_id={group}")).await;
+    assert_eq!(
+        hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+        [id(&in_group)]
+    );
+    let private_chat = private["chat_id"].as_i64().unwrap();
+    let (status, body) = app
+        .get(
+            &format!("/chat/search?q=zebra&chat_id={private_chat}"),
+            &carol,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = app
+        .get("/chat/search?q=zebra&chat_id=999999999", &carol)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Removed from the group: its messages are out of reach, old ones included.
+    let (status, body) = app
+        .delete(&format!("/chat/group/{group}/members/{}", carol.id), &alice)
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(texts(&app, &carol, "zebra").await, ["zebra between them"]);
+
+    // Edited: found by its new text only. Deleted: never found.
+    let (status, body) = app
+        .patch(
+            &format!("/chat/message/{}", id(&theirs)),
+            &bob,
+            json!({"text": "giraffe between them"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(texts(&app, &carol, "zebra").await.is_empty());
+    assert_eq!(
+        texts(&app, &carol, "giraffe").await,
+        ["giraffe between them"]
+    );
+    let (status, body) = app
+        .delete(&format!("/chat/message/{}", id(&private)), &alice)
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(texts(&app, &bob, "zebra").await, ["zebra in the group"]);
+}
+
+#[tokio::test]
+async fn pages_follow_next_newest_first_until_it_is_null() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    let mut sent = Vec::new();
+    for i in 0..25 {
+        sent.push(id(&app
+            .send_to_user(&alice, &bob, &format!("report number {i}"))
+            .await));
+        if i % 5 == 0 {
+            app.send_to_user(&bob, &alice, "unrelated").await;
+        }
+    }
+    let mut seen = Vec::new();
+    let mut query = "q=report&limit=10".to_owned();
+    let mut pages = Vec::new();
+    loop {
+        let (hits, next) = search(&app, &alice, &query).await;
+        pages.push(hits.len());
+        seen.extend(hits.iter().map(|h| h.0));
+        if next.is_null() {
+            break;
+        }
+        assert_eq!(
+            next.as_i64(),
+            hits.last().map(|h| h.0),
+            "next is the last hit"
+        );
+        query = format!("q=report&limit=10&before={next}");
+    }
+    assert_eq!(pages, [10, 10, 5]);
+    sent.reverse();
+    assert_eq!(seen, sent, "every match once, newest first");
+}
+
+#[tokio::test]
+async fn highlights_are_escaped_html_and_odd_queries_are_words_not_syntax() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    let text = "<img src=x onerror=\"alert('x')\"> payload & more \u{1}not a mark\u{2}";
+    app.send_to_user(&alice, &bob, text).await;
+    app.send_to_user(&alice, &bob, "it's a\\b test").await;
+
+    let (hits, _) = search(&app, &bob, "q=payload").await;
+    let highlight = &hits[0].2;
+    assert!(!highlight.contains("<img"), "{highlight}");
+    assert!(
+        highlight.contains("<mark>payload</mark> &amp; more"),
+        "{highlight}"
+    );
+    assert_eq!(
+        highlight.matches("<mark>").count(),
+        1,
+        "the text's own control characters make no marks: {highlight}"
+    );
+    assert_eq!(highlight.matches("</mark>").count(), 1, "{highlight}");
+
+    // tsquery operators and quotes are only text: never a 500, never a syntax error.
+    for q in [
+        "it's",
+        "payload' & !x:*",
+        "a\\b",
+        "payload | more",
+        "(payload",
+        "payload:*B",
+        "\"payload",
+        "-- payload",
+        "payload <-> more",
+        "ok'); DROP TABLE messages; --",
+    ] {
+        let (status, body) = app
+            .get(&format!("/chat/search?q={}", urlencode(q)), &bob)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{q}: {body}");
+    }
+    assert_eq!(texts(&app, &bob, "it's").await, ["it's a\\b test"]);
+}
+
+#[tokio::test]
+async fn bad_queries_are_a_422_naming_what_is_wrong() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("Alice").await;
+    let long = "x".repeat(201);
+    let many = vec!["w"; 13].join("+");
+    for (query, field, words) in [
+        ("q=", "q", "must contain a word"),
+        ("q=%20%21%21", "q", "must contain a word"),
+        ("q=-lunch", "q", "must contain a word"),
+        (&*format!("q={long}"), "q", "limit is 200"),
+        (&*format!("q={many}"), "q", "limit is 12"),
+        ("q=x&limit=0", "limit", "between 1 and 50"),
+        ("q=x&limit=51", "limit", "between 1 and 50"),
+        ("q=x&before=0", "before", "message id"),
+        ("q=x&chat_id=abc", "chat_id", ""),
+        ("limit=5", "q", ""),
+    ] {
+        let (status, body) = app.get(&format!("/chat/search?{query}"), &alice).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(field), "{query}: {detail}");
+        assert!(detail.contains(words), "{query}: {detail}");
+    }
+    let (status, _) = app
+        .call(reqwest::Method::GET, "/chat/search?q=x", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn searches_are_rate_limited_per_user_by_default() {
+    let clock = FakeRelativeClock::default();
+    let limits = Limits::counting_on(LimitClock::from(clock.clone()), LimitSettings::default());
+    let app = TestApp::spawn_adjusted(|state| AppState { limits, ..state }).await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    let burst = LimitSettings::default().searches_burst;
+    for _ in 0..burst {
+        let (status, body) = app.get("/chat/search?q=hello", &alice).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = app.get("/chat/search?q=hello", &alice).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    let (status, _) = app.get("/chat/search?q=hello", &bob).await;
+    assert_eq!(status, StatusCode::OK, "per user");
+    clock.advance(std::time::Duration::from_secs(1));
+    let (status, _) = app.get("/chat/search?q=hello", &alice).await;
+    assert_eq!(status, StatusCode::OK, "the limit refills");
+}
+
+/// Older matches than the newest [`RECENT_WINDOW`] messages come from the index walk, and a
+/// page that spans both walks is still newest first with every match once. Filler messages
+/// (by SQL, in a chat of other people) push the first two matches below the window.
+#[tokio::test]
+async fn matches_older_than_the_recent_window_come_from_the_index_in_order() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    let first = id(&app
+        .send_to_user(&alice, &bob, "needle one, and a common word")
+        .await);
+    let second = id(&app.send_to_user(&alice, &bob, "needle two").await);
+    let other = app.send_to_user(&carol, &alice, "filler starts").await["chat_id"]
+        .as_i64()
+        .unwrap();
+    let filler = RECENT_WINDOW + 500;
+    sqlx::query(
+        "WITH f AS (
+             INSERT INTO messages (chat_id, seq, rev, created_rev, sender_id, text, content_hash)
+             SELECT $1, 1 + s, 1 + s, 1 + s, $2, 'filler with a common word ' || s, '\\x00'
+             FROM generate_series(1, $3::bigint) s
+             RETURNING seq)
+         UPDATE chats SET last_seq = (SELECT max(seq) FROM f), rev = (SELECT max(seq) FROM f)
+         WHERE id = $1",
+    )
+    .bind(other)
+    .bind(carol.id)
+    .bind(filler)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let third = id(&app.send_to_user(&alice, &bob, "needle three").await);
+    assert!(
+        third - second > RECENT_WINDOW,
+        "the first two needles are below the recent window"
+    );
+
+    // Bob is not in the filler's chat: one match from the recent walk, two from the index.
+    let (page, next) = search(&app, &bob, "q=needle&limit=2").await;
+    assert_eq!(
+        page.iter().map(|h| h.0).collect::<Vec<_>>(),
+        [third, second]
+    );
+    let (page, next) = search(&app, &bob, &format!("q=needle&limit=2&before={next}")).await;
+    assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), [first]);
+    assert!(next.is_null());
+    assert!(page[0].2.contains("<mark>needle</mark>"), "{}", page[0].2);
+
+    // Alice is in both: a common word fills the page from the recent walk alone, and the
+    // oldest match is still reached through the index.
+    let (page, _) = search(&app, &alice, "q=common&limit=3").await;
+    assert_eq!(page.len(), 3);
+    assert!(page.iter().all(|h| h.1.starts_with("filler")), "{page:?}");
+    let (page, _) = search(&app, &alice, &format!("q=common&before={}", second)).await;
+    assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), [first]);
+}
