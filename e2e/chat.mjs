@@ -28,12 +28,19 @@
 //      anything loaded: the quote says "message #id" until she clicks it and it pages back;
 //  12. Bob's connection drops; meanwhile Alice edits, deletes, reacts, and removes Bob from the
 //      group; after the reconnect, `resume` with Bob's revs brings all four;
-//  13. Bob renames himself in the account panel: Alice's chat list shows the new name, live;
-//  14. silent refresh: Alice's access token is about to expire and the client exchanges its
+//  13. Alice searches her messages on a fresh page: typing "note" lists the group's notes
+//      (newest first, "More" for older ones, each match marked); "note 7" narrows it to one
+//      note, older than anything loaded; clicking it opens the group, pages back to it and
+//      outlines it. "This chat only" finds nothing of the private chat in the group; without
+//      it, a message full of HTML-special characters is found and shown as text, and opens in
+//      its chat. A query of only -excluded words is refused with the server's reason. Esc closes
+//      the search;
+//  14. Bob renames himself in the account panel: Alice's chat list shows the new name, live;
+//  15. silent refresh: Alice's access token is about to expire and the client exchanges its
 //      refresh token before then; a refused (expired) access token is refreshed and the
 //      request retried, with no login;
-//  15. Bob changes his password (a wrong current one is refused);
-//  16. Alice logs out everywhere: she is at the login form and her old token is refused.
+//  16. Bob changes his password (a wrong current one is refused);
+//  17. Alice logs out everywhere: she is at the login form and her old token is refused.
 // All of it under the Content-Security-Policy windi sends: the page must carry one without
 // 'unsafe-inline' for scripts, and any violation (a blocked script, style, image or relay
 // connection) fails the run (e2e/csp.mjs).
@@ -148,6 +155,45 @@ function assertContiguous(seqs, from, to, who) {
     throw new Error(`${who} shows seqs ${JSON.stringify(seqs)}, expected ${from}..${to} once each, in order`);
   }
 }
+
+/**
+ * Waits until the message search shows its answer to `q` (in `scope`: 'all', or a chat id)
+ * with `count` hits, and reads them as shown: chat, sender, text, the marked words, and every
+ * element inside the text (only <mark> may be there).
+ */
+async function searchHits(page, q, scope, count, who) {
+  const what = `${who}: ${count} hit(s) for "${q}" (${scope === 'all' ? 'every chat' : `chat ${scope}`})`;
+  await until(page, what, ({ q, scope, count }) => {
+    const results = document.getElementById('search-results');
+    return !results.hidden && results.getAttribute('aria-busy') === 'false'
+      && results.dataset.q === q && results.dataset.scope === String(scope)
+      && document.querySelectorAll('#search-hits .hit').length === count;
+  }, { q, scope, count });
+  return page.$$eval('#search-hits .hit', (hits) => hits.map((hit) => ({
+    chat: hit.querySelector('.chat-name').textContent,
+    sender: hit.querySelector('.hit-sender').textContent,
+    text: hit.querySelector('.hit-text').textContent,
+    marks: [...hit.querySelectorAll('.hit-text mark')].map((mark) => mark.textContent),
+    elements: [...hit.querySelectorAll('.hit-text *')].map((node) => node.localName),
+  })));
+}
+
+/** Fails unless `actual` and `expected` are the same JSON. */
+function assertSame(actual, expected, what) {
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`${what}: expected ${JSON.stringify(expected)}, saw ${JSON.stringify(actual)}`);
+  }
+}
+
+/** Waits until the message at `seq` is within the scrolled message pane. */
+const onScreen = (page, seq, who) => until(page, `${who}: the message at seq ${seq} scrolled into view`,
+  (seq) => {
+    const row = document.querySelector(`#message-list .msg[data-seq="${seq}"]`);
+    if (!row) return false;
+    const box = document.getElementById('messages').getBoundingClientRect();
+    const rect = row.getBoundingClientRect();
+    return rect.top >= box.top && rect.bottom <= box.bottom;
+  }, seq);
 
 async function register(page, name, email) {
   await requirePolicy(await page.goto(BASE_URL), `${name}: the client page`);
@@ -548,7 +594,88 @@ async function main() {
     await shot(alice, 'desktop-chat');
     await shot(bob, 'phone-chat');
 
-    // 13. Bob renames himself; Alice sees it in her list, live.
+    // 13. Message search. A message with every character HTML treats specially and an entity
+    // written out, to be found later (not a tag such as <b>: Postgres's text search parser
+    // leaves tags out of the index and the highlight); then a fresh page, so that the group's
+    // first notes are older than anything loaded.
+    const dinner = 'Dinner: fish & chips <3 "Bob\'s" treat, 1 < 2 > 0 &amp;lt; too';
+    await send(alice, dinner);
+    await visible(ownMessage(alice, dinner).locator('.status'), 'alice: the dinner message stored');
+    const dinnerSeq = await storedSeq(alice, dinner, 'alice');
+    await alice.reload();
+    await until(alice, 'alice: connected again after the reload',
+      () => document.getElementById('conn').dataset.state === 'online');
+
+    // Search as you type ("note" also finds "notes", as the last word is a prefix): newest
+    // first, the reply to the first note before the notes; "More" brings the next page.
+    await alice.locator('#search-input').pressSequentially('note');
+    let hits = await searchHits(alice, 'note', 'all', 20, 'alice');
+    assertSame(hits.slice(0, 3).map((h) => h.text),
+      [late, `Note ${batch} of ${batch}`, `Note ${batch - 1} of ${batch}`], 'alice: the first hits, newest first');
+    assertSame([hits[0].marks, hits[1].marks], [['note'], ['Note']], 'alice: the matches marked');
+    assertSame([hits[1].chat, hits[1].sender], ['Project Team', 'You'], 'alice: where a hit is, who wrote it');
+    await alice.click('#search-more');
+    hits = await searchHits(alice, 'note', 'all', 40, 'alice');
+    if (new Set(hits.map((h) => h.text)).size !== 40) throw new Error('alice: "More" repeated a hit');
+    assertSame(hits[20].text, `Note ${batch - 19} of ${batch}`, 'alice: the first hit of the second page');
+    // One more word narrows it to one note, older than anything loaded.
+    await alice.locator('#search-input').press('End');
+    await alice.locator('#search-input').pressSequentially(' 7');
+    hits = await searchHits(alice, 'note 7', 'all', 1, 'alice');
+    assertSame(hits[0], {
+      chat: 'Project Team', sender: 'You', text: `Note 7 of ${batch}`, marks: ['Note', '7'],
+      elements: ['mark', 'mark'],
+    }, 'alice: the one hit for "note 7"');
+    await alice.click('#search-hits .hit');
+    await until(alice, 'alice: the group opened by the hit',
+      () => document.getElementById('chat-title').textContent === 'Project Team');
+    await visible(messageAt(alice, 7, '.found').locator('.text', { hasText: exactly(`Note 7 of ${batch}`) }),
+      'alice: the note found, outlined in its chat');
+    await onScreen(alice, 7, 'alice');
+    await visible(alice.locator('#search-hits .hit[aria-current="true"]'), 'alice: the hit opened, marked');
+    assertContiguous(await shownSeqs(alice), 1, batch + 1, 'alice\'s group after the jump');
+    await shot(alice, 'desktop-search');
+    log('a search hit older than anything loaded opened in its chat, paged back to and outlined');
+
+    // "This chat only" (the group): the dinner message is not in it; in every chat it is, its
+    // text exactly as sent (the highlight's HTML escaped by the server, built as text here).
+    await alice.check('#search-this-chat');
+    hits = await searchHits(alice, 'note 7', groupId, 1, 'alice');
+    await alice.fill('#search-input', 'chips');
+    await searchHits(alice, 'chips', groupId, 0, 'alice');
+    await visible(alice.locator('#search-status', { hasText: 'No messages found in this chat.' }),
+      'alice: nothing found in the group');
+    await alice.uncheck('#search-this-chat');
+    hits = await searchHits(alice, 'chips', 'all', 1, 'alice');
+    assertSame(hits[0], { chat: 'Bob', sender: 'You', text: dinner, marks: ['chips'], elements: ['mark'] },
+      'alice: the dinner message found, shown as text');
+    await alice.click('#search-hits .hit');
+    await until(alice, 'alice: the private chat opened by the hit',
+      () => document.getElementById('chat-title').textContent === 'Bob');
+    await visible(messageAt(alice, dinnerSeq, '.found').locator('.text', { hasText: exactly(dinner) }),
+      'alice: the dinner message outlined in its chat');
+    await onScreen(alice, dinnerSeq, 'alice');
+    if (await alice.locator('#message-list .msg.found').count() !== 1) {
+      throw new Error('alice: more than one message outlined');
+    }
+
+    // A query of nothing but an exclusion: the server's 422 says why, and no hit stays.
+    await alice.fill('#search-input', '-chips');
+    await visible(alice.locator('#search-status.error', { hasText: 'must contain a word' }),
+      'alice: the reason a query of only -excluded words finds nothing');
+    if (await alice.locator('#search-hits .hit').count()) throw new Error('alice: hits of an earlier query left');
+
+    // Esc: the chat list again, and no outline.
+    await alice.locator('#search-input').press('Escape');
+    await until(alice, 'alice: the search closed by Esc',
+      () => document.getElementById('search-results').hidden
+        && document.getElementById('search-input').value === ''
+        && !document.querySelector('#message-list .msg.found'));
+    await visible(alice.locator('.chat-item', { hasText: 'Project Team' }), 'alice: her chat list back');
+    log('"this chat only" limited the search; a hit opened in another chat; a query of only '
+      + 'exclusions was refused; Esc closed the search');
+
+    // 14. Bob renames himself; Alice sees it in her list, live.
     if (await bob.locator('#back').isVisible()) await bob.click('#back');
     await bob.click('#show-account');
     await bob.fill('#profile-name', 'Bobby Tables');
@@ -558,7 +685,7 @@ async function main() {
       'alice: Bob\'s new name in her chat list, live');
     log('a new name reached the other side live');
 
-    // 14. Silent refresh, ahead of expiry and after a refused access token.
+    // 15. Silent refresh, ahead of expiry and after a refused access token.
     const firstRefresh = await alice.evaluate(() => sessionStorage.getItem('windi.refresh'));
     await alice.evaluate(() => sessionStorage.setItem('windi.expires', String(Date.now() + 61000)));
     await alice.reload();
@@ -579,7 +706,7 @@ async function main() {
         && sessionStorage.getItem('windi.refresh') !== old, secondRefresh);
     log('the client refreshed its tokens silently, twice');
 
-    // 15. Bob changes his password.
+    // 16. Bob changes his password.
     await bob.fill('#password-current', 'not my password');
     await bob.fill('#password-new', 'an even better password');
     await bob.click('#password-form button[type=submit]');
@@ -590,7 +717,7 @@ async function main() {
     await visible(bob.locator('#account-status', { hasText: 'Password changed' }), 'bob: password changed');
     await visible(bob.locator('#main-view'), 'bob: still signed in after his password change');
 
-    // 16. Alice logs out everywhere.
+    // 17. Alice logs out everywhere.
     const aliceToken = await alice.evaluate(() => sessionStorage.getItem('windi.token'));
     await alice.click('#show-account');
     await alice.click('#logout-all');

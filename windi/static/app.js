@@ -29,6 +29,11 @@
 //    → markShownAsRead(), onRead()
 //  * Typing goes out as a `typing` frame at most every couple of seconds while the user
 //    types, and shows for a few seconds after each one that comes in. → onComposerInput()
+//  * Message search (`GET /chat/search`) asks as the user types: debounced, and a newer query
+//    aborts the answer still on its way to an older one, so results never show out of order.
+//    The highlight is HTML the server escaped; it is still built as text nodes and <mark>
+//    elements here, never assigned as HTML. Opening a hit pages history back to it, so the
+//    messages stay contiguous. → onSearchInput(), runSearch(), highlightNodes(), openHit()
 
 // ---------------------------------------------------------------------------------------------
 // Tunables
@@ -67,6 +72,15 @@ const SESSION_ENDED = 4001;
 const TOKEN_EXPIRED = 4002;
 /** Wait this long after the last keystroke before searching people. */
 const SEARCH_DEBOUNCE_MS = 250;
+/** Wait this long after the last keystroke before searching messages (the server allows 5
+ * searches a second, with bursts of 20). */
+const MESSAGE_SEARCH_DEBOUNCE_MS = 300;
+/** Hits per page of message search ("More" asks for the next). */
+const SEARCH_PAGE_SIZE = 20;
+/** The largest history page the server gives: opening a search hit far back pages in these. */
+const MAX_HISTORY_PAGE = 200;
+/** Messages loaded above a search hit opened far back, so it does not sit at the very top. */
+const REVEAL_CONTEXT = 10;
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -88,6 +102,9 @@ const state = {
   /** What the composer does besides a plain send: `{mode: 'reply' | 'edit', chatId, id}`, or
    * null. An edit keeps the draft it replaced in `draft`, to put it back afterwards. */
   compose: null,
+  /** The message a search hit opened, outlined until another chat opens: `{chatId, id}`, or
+   * null. */
+  found: null,
 };
 
 /** A chat as this client tracks it. `summary` is a ChatSummary from the API or a `chat` frame. */
@@ -191,22 +208,25 @@ const openChat = () => state.chats.get(state.openChatId) ?? null;
 // HTTP API
 
 class ApiError extends Error {
-  constructor(status, detail, code) {
+  constructor(status, detail, code, retryAfter = null) {
     super(detail);
     this.status = status;
     this.code = code;
+    /** Seconds to wait before asking again (429, 503), if the server said. */
+    this.retryAfter = retryAfter;
   }
 }
 
 /** One JSON request to the API with our token. Errors are `{detail, code}` JSON. A 401 on a
  * signed-in call may be an access token that just expired: one silent refresh and a retry;
- * if the session itself has ended, the refresh fails and we sign out. */
-async function api(method, path, body, retried = false) {
+ * if the session itself has ended, the refresh fails and we sign out. `signal` aborts it
+ * (a search overtaken by a newer one). */
+async function api(method, path, body, { signal, retried = false } = {}) {
   try {
-    return await request(method, path, body);
+    return await request(method, path, body, signal);
   } catch (error) {
     if (error.status === 401 && state.me && !retried && await refreshSession()) {
-      return api(method, path, body, true);
+      return api(method, path, body, { signal, retried: true });
     }
     if (error.status === 401 && state.me) {
       signOut('Your session has ended. Please log in again.');
@@ -215,16 +235,17 @@ async function api(method, path, body, retried = false) {
   }
 }
 
-async function request(method, path, body) {
+async function request(method, path, body, signal) {
   const headers = { Accept: 'application/json' };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const timeout = AbortSignal.timeout(HTTP_TIMEOUT_MS);
   const response = await fetch(path, {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
+    signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
   });
   const text = await response.text();
   let data = null;
@@ -234,7 +255,9 @@ async function request(method, path, body) {
     data = { detail: text };
   }
   if (!response.ok) {
-    throw new ApiError(response.status, data?.detail ?? response.statusText, data?.code);
+    const retryAfter = Number(response.headers.get('Retry-After'));
+    throw new ApiError(response.status, data?.detail ?? response.statusText, data?.code,
+      Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null);
   }
   return data;
 }
@@ -815,14 +838,14 @@ async function loadLatest(chat) {
   }
 }
 
-/** The page before the oldest message we have (scrolling back). One page at a time: a call
- * while one is loading answers the same promise. */
-function loadOlder(chat) {
+/** The page (of `limit` messages) before the oldest message we have (scrolling back). One page
+ * at a time: a call while one is loading answers the same promise. */
+function loadOlder(chat, limit = PAGE_SIZE) {
   if (oldestSeq(chat) <= 1) return Promise.resolve();
   chat.loadingOlder ??= (async () => {
     try {
       const page = await api('GET',
-        `/chat/history/${chat.id}?before_seq=${oldestSeq(chat)}&limit=${PAGE_SIZE}`);
+        `/chat/history/${chat.id}?before_seq=${oldestSeq(chat)}&limit=${limit}`);
       for (const message of page) storeMessage(chat, message);
       if (chat.id === state.openChatId) renderMessages({ keepBottomDistance: true });
     } catch (error) {
@@ -834,11 +857,16 @@ function loadOlder(chat) {
   return chat.loadingOlder;
 }
 
-/** Scrolls to a message (a reply's quote was clicked), paging back until it is loaded. */
-async function revealMessage(chat, id) {
+/** Scrolls to a message (a reply's quote or a search hit was clicked), paging back until it
+ * is loaded. When its seq is known (`knownSeq`: a search hit), the pages are as large as it takes to get
+ * there (and a few messages before it), up to the largest history gives; either way what is
+ * loaded stays contiguous. */
+async function revealMessage(chat, id, knownSeq = null) {
   while (!chat.seqById.has(id) && oldestSeq(chat) > 1) {
     const before = oldestSeq(chat);
-    await loadOlder(chat);
+    const limit = knownSeq === null ? PAGE_SIZE
+      : Math.min(MAX_HISTORY_PAGE, Math.max(PAGE_SIZE, before - knownSeq + REVEAL_CONTEXT));
+    await loadOlder(chat, limit);
     if (oldestSeq(chat) === before) return; // The page failed (logged): leave it to a retry.
   }
   const seq = chat.seqById.get(id);
@@ -1082,6 +1110,7 @@ function messageRow(chat, message) {
   const classes = ['msg', mine ? 'own' : 'theirs'];
   if (message.deleted) classes.push('deleted');
   if (menuOpen) classes.push('menu-open');
+  if (state.found?.chatId === chat.id && state.found.id === message.id) classes.push('found');
   return el('li', { class: classes.join(' '), 'data-seq': message.seq, 'data-id': message.id },
     !mine && chat.kind === 'group' ? el('div', { class: 'sender small', text: senderName(chat, message.sender_id) }) : null,
     message.reply_to != null && !message.deleted ? quoteBlock(chat, message.reply_to) : null,
@@ -1293,6 +1322,8 @@ function signOut(message) {
   state.draftRecipient = null;
   state.menu = null;
   state.compose = null;
+  state.found = null;
+  closeSearch();
   $('composer-text').value = '';
   clearTimeout(relay.reconnectTimer);
   const socket = relay.socket;
@@ -1304,9 +1335,11 @@ function signOut(message) {
   showAuth(message);
 }
 
+/** Opens a chat; answers when its newest page of history is in (or failed, logged). */
 function openChatView(chatId) {
   const chat = ensureChat(chatId);
   if (state.compose && state.compose.chatId !== chatId) endCompose();
+  if (state.found?.chatId !== chatId) state.found = null;
   state.menu = null;
   showError('chat-error', null);
   state.openChatId = chatId;
@@ -1316,8 +1349,9 @@ function openChatView(chatId) {
   renderTyping(chat);
   renderMessages({ toBottom: true });
   renderChatList();
-  loadLatest(chat).catch((error) => console.warn('history:', error.message));
+  const loaded = loadLatest(chat).catch((error) => console.warn('history:', error.message));
   $('composer-text').focus({ preventScroll: true });
+  return loaded;
 }
 
 /** The private chat with `userId`: the existing one, or a draft that the first message creates. */
@@ -1344,16 +1378,19 @@ function showConversation() {
   document.body.classList.add('chat-open');
   $('no-chat-open').hidden = true;
   $('chat-view').hidden = false;
+  renderSearchScope();
 }
 
 function closeChatView() {
   endCompose();
   state.menu = null;
+  state.found = null;
   state.openChatId = null;
   state.draftRecipient = null;
   document.body.classList.remove('chat-open');
   $('no-chat-open').hidden = false;
   $('chat-view').hidden = true;
+  renderSearchScope();
   renderChatList();
 }
 
@@ -1557,6 +1594,203 @@ async function onNewGroup(event) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Message search: the box above the chat list
+
+const finder = {
+  /** What the hits shown answer: `{q, chatId}` (chatId null: every chat), or null. */
+  shown: null,
+  hits: [],
+  /** The `before` of the next (older) page, or null on the last one. */
+  next: null,
+  /** The search on its way, aborted when a newer one (or closing) overtakes it. */
+  controller: null,
+  /** The debounce of typing, or a retry after a 429. */
+  timer: null,
+  /** Counts the hits opened: a jump overtaken by a newer one stops before it scrolls. */
+  jumps: 0,
+};
+
+function onSearchInput() {
+  clearTimeout(finder.timer);
+  if (!$('search-input').value.trim()) {
+    closeSearch({ clearBox: false });
+    return;
+  }
+  finder.timer = setTimeout(() => runSearch(), MESSAGE_SEARCH_DEBOUNCE_MS);
+}
+
+/** The chat "This chat only" names, or null for every chat. */
+const searchScope = () => ($('search-this-chat').checked ? state.openChatId : null);
+
+/** Searches for what the box says (`more`: the next page of the hits shown). Whatever is on its
+ * way for an older query is aborted, and an answer that comes anyway is dropped. */
+async function runSearch({ more: wantMore = false } = {}) {
+  clearTimeout(finder.timer);
+  const q = $('search-input').value.trim();
+  if (!q) {
+    closeSearch({ clearBox: false });
+    return;
+  }
+  // The next page of what is shown; if the box says something else by now, that instead.
+  const more = wantMore && finder.shown?.q === q && finder.next !== null;
+  const query = more ? finder.shown : { q, chatId: searchScope() };
+  finder.controller?.abort();
+  const controller = new AbortController();
+  finder.controller = controller;
+  let path = `/chat/search?q=${encodeURIComponent(query.q)}&limit=${SEARCH_PAGE_SIZE}`;
+  if (query.chatId !== null) path += `&chat_id=${query.chatId}`;
+  if (more) path += `&before=${finder.next}`;
+  $('sidebar').classList.add('searching');
+  $('search-results').hidden = false;
+  $('search-results').setAttribute('aria-busy', 'true');
+  $('search-more').disabled = true;
+  setSearchStatus('Searching…');
+  try {
+    const page = await api('GET', path, undefined, { signal: controller.signal });
+    if (finder.controller !== controller) return; // Overtaken while the answer was read.
+    finder.controller = null;
+    finder.shown = query;
+    finder.hits = more ? [...finder.hits, ...page.hits] : page.hits;
+    finder.next = page.next ?? null;
+    renderSearch();
+    if (!more) $('search-results').scrollTop = 0;
+  } catch (error) {
+    if (finder.controller !== controller) return; // Overtaken by a newer search, or closed.
+    finder.controller = null;
+    if (error.status === 429) {
+      // Too many searches: ask again when the server says, for what the box says then.
+      setSearchStatus('Searching too fast; trying again in a moment…');
+      finder.timer = setTimeout(() => runSearch({ more }), (error.retryAfter ?? 1) * 1000);
+      return;
+    }
+    $('search-results').setAttribute('aria-busy', 'false');
+    $('search-more').disabled = false;
+    if (!more) {
+      // The hits shown answer another query: they would pass for this one's.
+      Object.assign(finder, { shown: null, hits: [], next: null });
+      $('search-hits').replaceChildren();
+      $('search-more').hidden = true;
+      delete $('search-results').dataset.q;
+      delete $('search-results').dataset.scope;
+    }
+    // 422 names what is wrong with the query (`q: must contain a word to find …`).
+    setSearchStatus(error.name === 'TimeoutError' ? 'The search took too long; try again.'
+      : error.message, true);
+  }
+}
+
+function setSearchStatus(text, isError = false) {
+  $('search-status').textContent = text;
+  $('search-status').classList.toggle('error', isError);
+}
+
+function renderSearch() {
+  const { shown, hits, next } = finder;
+  if (!shown) return;
+  $('search-hits').replaceChildren(...hits.map(searchHitRow));
+  $('search-more').hidden = next === null;
+  $('search-more').disabled = false;
+  $('search-results').setAttribute('aria-busy', 'false');
+  // What the hits answer, to tell them from an older answer's (the e2e test waits on these).
+  $('search-results').dataset.q = shown.q;
+  $('search-results').dataset.scope = shown.chatId === null ? 'all' : String(shown.chatId);
+  const where = shown.chatId === null ? '' : ' in this chat';
+  const count = `${hits.length}${next === null ? '' : '+'}`;
+  setSearchStatus(hits.length === 0 ? `No messages found${where}.`
+    : `${count} message${hits.length === 1 ? '' : 's'} found${where}`);
+}
+
+/** One hit: the chat, who wrote it, when, and the matching part with the matches marked. */
+function searchHitRow(hit) {
+  const { chat_id: chatId, message } = hit;
+  const chat = state.chats.get(chatId);
+  let sender = message.sender_id === state.me.id ? 'You' : `#${message.sender_id}`;
+  if (chat) sender = senderName(chat, message.sender_id);
+  return el('li', {},
+    el('button', {
+      type: 'button', class: 'hit', 'data-chat-id': chatId, 'data-message-id': message.id,
+      'aria-current': state.found?.id === message.id ? 'true' : null,
+      onclick: () => openHit(hit),
+    },
+    el('span', { class: 'row' },
+      el('span', { class: 'chat-name', text: chat ? chatTitle(chat) : `Chat ${chatId}` }),
+      el('time', { class: 'small muted', dateTime: message.timestamp, text: shortTime(message.timestamp) })),
+    el('span', { class: 'hit-sender small', text: sender }),
+    el('span', { class: 'hit-text small' }, ...highlightNodes(hit.highlight))));
+}
+
+const HTML_ENTITIES = { '&amp;': '&', '&lt;': '<', '&gt;': '>', '&quot;': '"', '&#39;': "'" };
+
+/** A hit's highlight as nodes: the server's HTML is escaped text with `<mark>…</mark>` around
+ * each match and nothing else, so it is split on those tags and the five entities decoded, and
+ * the text goes in as text. Safe even if it were not what the server promises: any other markup
+ * would show as text, never run. */
+function highlightNodes(html) {
+  const nodes = [];
+  let marked = false;
+  for (const part of html.split(/(<\/?mark>)/)) {
+    if (part === '<mark>') marked = true;
+    else if (part === '</mark>') marked = false;
+    else if (part) {
+      const text = part.replace(/&(?:amp|lt|gt|quot|#39);/g, (entity) => HTML_ENTITIES[entity]);
+      nodes.push(marked ? el('mark', { text }) : document.createTextNode(text));
+    }
+  }
+  return nodes;
+}
+
+/** Opens a hit's chat and shows its message there, outlined. History pages back to it when it
+ * is older than anything loaded. */
+async function openHit(hit) {
+  const jump = ++finder.jumps;
+  const { chat_id: chatId, message } = hit;
+  const chat = ensureChat(chatId);
+  // The server has this message, so the chat's history reaches at least its seq (a summary
+  // may lag behind, e.g. a chat the list does not know yet).
+  if (message.seq > chat.lastSeq) chat.lastSeq = message.seq;
+  if (state.openChatId !== chatId) {
+    await openChatView(chatId);
+  } else if (!chat.seqById.has(message.id) && message.seq >= oldestSeq(chat)) {
+    await loadLatest(chat).catch((error) => console.warn('history:', error.message));
+  }
+  if (jump !== finder.jumps || state.openChatId !== chatId) return; // Overtaken, or moved on.
+  state.found = { chatId, id: message.id };
+  renderMessages();
+  for (const button of $('search-hits').querySelectorAll('.hit')) {
+    if (Number(button.dataset.messageId) === message.id) button.setAttribute('aria-current', 'true');
+    else button.removeAttribute('aria-current');
+  }
+  await revealMessage(chat, message.id, message.seq);
+}
+
+/** "This chat only" needs an open chat. */
+function renderSearchScope() {
+  $('search-this-chat').disabled = state.openChatId === null;
+}
+
+/** Esc, or an emptied box: the chat list again. */
+function closeSearch({ clearBox = true } = {}) {
+  clearTimeout(finder.timer);
+  const controller = finder.controller;
+  finder.controller = null;
+  controller?.abort();
+  finder.jumps += 1;
+  Object.assign(finder, { shown: null, hits: [], next: null });
+  if (clearBox) $('search-input').value = '';
+  $('search-hits').replaceChildren();
+  $('search-more').hidden = true;
+  $('search-results').hidden = true;
+  $('search-results').setAttribute('aria-busy', 'false');
+  delete $('search-results').dataset.q;
+  delete $('search-results').dataset.scope;
+  $('sidebar').classList.remove('searching');
+  if (state.found) {
+    state.found = null;
+    renderMessages();
+  }
+}
+
 function init() {
   $('tab-login').addEventListener('click', () => setAuthMode(false));
   $('tab-register').addEventListener('click', () => setAuthMode(true));
@@ -1571,6 +1805,27 @@ function init() {
   $('show-new-group').addEventListener('click', () => togglePanel('new-group-form', 'new-chat-form'));
   $('new-chat-form').addEventListener('submit', onNewChat);
   $('new-group-form').addEventListener('submit', onNewGroup);
+  $('search-input').addEventListener('input', onSearchInput);
+  $('search-input').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') {
+      event.preventDefault();
+      closeSearch();
+    } else if (event.key === 'Enter' && !event.isComposing) {
+      event.preventDefault();
+      runSearch(); // At once, without waiting for the debounce.
+    }
+  });
+  $('search-results').addEventListener('keydown', (event) => {
+    if (event.key !== 'Escape') return;
+    closeSearch();
+    $('search-input').focus();
+  });
+  $('search-this-chat').addEventListener('change', () => {
+    if (!$('search-input').value.trim()) return;
+    runSearch();
+    $('search-input').focus();
+  });
+  $('search-more').addEventListener('click', () => runSearch({ more: true }));
   $('back').addEventListener('click', closeChatView);
   $('composer').addEventListener('submit', onComposerSubmit);
   $('composer-text').addEventListener('input', onComposerInput);
