@@ -33,3 +33,36 @@ ALTER TABLE messages
 
 -- The words of live messages: a deleted message's text is blank anyway.
 CREATE INDEX messages_search_idx ON messages USING gin (search) WHERE deleted_at IS NULL;
+
+-- How many live messages a search is expected to match, from the planner's statistics of
+-- the stored words (the PostgreSQL wiki's `count_estimate`, for this one query): search
+-- chooses by it between walking the newest messages and asking the index (store/search.rs).
+-- The query is planned as a literal, so its words' frequencies are looked up (VOLATILE:
+-- Postgres runs EXPLAIN in no other kind of function).
+CREATE FUNCTION windi_search_estimate(query tsquery) RETURNS double precision
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    plan json;
+BEGIN
+    EXECUTE format(
+        'EXPLAIN (FORMAT JSON) SELECT 1 FROM messages WHERE deleted_at IS NULL AND search @@ %L::tsquery',
+        query)
+    INTO plan;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+END
+$$;
+
+-- The same for a prefix (the last word, as typed so far): the planner's own estimate of a
+-- prefix is a fixed guess, so this adds up the frequencies of the most common words that
+-- start with it, from the statistics ANALYZE keeps of the stored words (0 before any).
+CREATE FUNCTION windi_search_prefix_estimate(prefix text) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(e.freq), 0)
+           * (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'messages'::regclass)
+    FROM pg_stats s,
+         unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e (elem, freq),
+         (SELECT lexeme FROM unnest(to_tsvector('windi_search'::regconfig, prefix))
+          ORDER BY length(lexeme) DESC LIMIT 1) p
+    WHERE s.schemaname = current_schema() AND s.tablename = 'messages' AND s.attname = 'search'
+      AND starts_with(e.elem, p.lexeme)
+$$;

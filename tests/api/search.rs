@@ -5,11 +5,12 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use windi_shared::store::search::RECENT_WINDOW;
 use windi_shared::{
     AppState,
     config::LimitSettings,
+    domain::search,
     service::limits::{FakeRelativeClock, LimitClock, Limits},
+    store,
 };
 use windi_tests::{TestApp, TestUser};
 
@@ -232,7 +233,8 @@ async fn highlights_are_escaped_html_and_odd_queries_are_words_not_syntax() {
     let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
     let text = "<img src=x onerror=\"alert('x')\"> payload & more \u{1}not a mark\u{2}";
     app.send_to_user(&alice, &bob, text).await;
-    app.send_to_user(&alice, &bob, "<b>bold</b> claim: 1<2 && 3>2").await;
+    app.send_to_user(&alice, &bob, "<b>bold</b> claim: 1<2 && 3>2")
+        .await;
     app.send_to_user(&alice, &bob, "it's a\\b test").await;
 
     let (hits, _) = search(&app, &bob, "q=payload").await;
@@ -248,7 +250,10 @@ async fn highlights_are_escaped_html_and_odd_queries_are_words_not_syntax() {
         hits[0].2,
         "&lt;b&gt;<mark>bold</mark>&lt;/b&gt; claim: 1&lt;2 &amp;&amp; 3&gt;2"
     );
-    assert_eq!(texts(&app, &bob, "claim 2").await, ["<b>bold</b> claim: 1<2 && 3>2"]);
+    assert_eq!(
+        texts(&app, &bob, "claim 2").await,
+        ["<b>bold</b> claim: 1<2 && 3>2"]
+    );
 
     // tsquery operators and quotes are only text: never a 500, never a syntax error.
     for q in [
@@ -322,11 +327,14 @@ async fn searches_are_rate_limited_per_user_by_default() {
     assert_eq!(status, StatusCode::OK, "the limit refills");
 }
 
-/// Older matches than the newest [`RECENT_WINDOW`] messages come from the index walk, and a
-/// page that spans both walks is still newest first with every match once. Filler messages
-/// (by SQL, in a chat of other people) push the first two matches below the window.
+/// The two ways of [`store::search::messages`], on data small enough for a test with their
+/// boundaries moved to it: a word expected in more messages than `walk_above` is walked for,
+/// newest first, at most `walk_ids` ids back, and what that leaves short comes from the index
+/// below; a rarer word comes from the index alone. Either way a page is newest first with every
+/// match once. Filler messages (by SQL, in a chat Bob is not in) make "common" common and push
+/// Bob's older matches below the walk.
 #[tokio::test]
-async fn matches_older_than_the_recent_window_come_from_the_index_in_order() {
+async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_match_once() {
     let app = TestApp::spawn().await;
     let (alice, bob, carol) = (
         app.user("Alice").await,
@@ -340,44 +348,81 @@ async fn matches_older_than_the_recent_window_come_from_the_index_in_order() {
     let other = app.send_to_user(&carol, &alice, "filler starts").await["chat_id"]
         .as_i64()
         .unwrap();
-    let filler = RECENT_WINDOW + 500;
+    let pool = &app.db.pool;
     sqlx::query(
         "WITH f AS (
              INSERT INTO messages (chat_id, seq, rev, created_rev, sender_id, text, content_hash)
              SELECT $1, 1 + s, 1 + s, 1 + s, $2, 'filler with a common word ' || s, '\\x00'
-             FROM generate_series(1, $3::bigint) s
+             FROM generate_series(1, 3000) s
              RETURNING seq)
          UPDATE chats SET last_seq = (SELECT max(seq) FROM f), rev = (SELECT max(seq) FROM f)
          WHERE id = $1",
     )
     .bind(other)
     .bind(carol.id)
-    .bind(filler)
-    .execute(&app.db.pool)
+    .execute(pool)
     .await
     .unwrap();
-    let third = id(&app.send_to_user(&alice, &bob, "needle three").await);
+    let third = id(&app
+        .send_to_user(&alice, &bob, "needle three, common too")
+        .await);
+    sqlx::query("ANALYZE messages").execute(pool).await.unwrap();
+    let tuning = store::search::Tuning {
+        walk_above: 1_000.0,
+        walk_ids: 2_000,
+    };
+    let expected = |q: &str| {
+        let parsed = search::parse(q).unwrap();
+        async move {
+            store::search::expected_matches(pool, &parsed)
+                .await
+                .unwrap()
+        }
+    };
+    let common = expected("common").await;
+    assert!(common > tuning.walk_above, "walked: {common}");
     assert!(
-        third - second > RECENT_WINDOW,
-        "the first two needles are below the recent window"
+        expected("needle").await <= tuning.walk_above,
+        "from the index"
+    );
+    assert!(
+        third - second > tuning.walk_ids,
+        "Bob's older matches lie below one walk"
     );
 
-    // Bob is not in the filler's chat: one match from the recent walk, two from the index.
-    let (page, next) = search(&app, &bob, "q=needle&limit=2").await;
+    let page = |user: i64, q: &'static str, before: i64, limit: i64| async move {
+        let scope = store::search::Scope {
+            user_id: user,
+            chat_id: None,
+            before,
+            limit,
+        };
+        let parsed = search::parse(q).unwrap();
+        store::search::messages_tuned(pool, &parsed, scope, tuning)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.message.id)
+            .collect::<Vec<_>>()
+    };
+    // The walk finds the newest, the index the one below it.
+    assert_eq!(page(bob.id, "common", i64::MAX, 5).await, [third, first]);
+    assert_eq!(page(bob.id, "common", i64::MAX, 1).await, [third]);
+    assert_eq!(page(bob.id, "common", third, 5).await, [first]);
+    // A rarer word: the index alone.
     assert_eq!(
-        page.iter().map(|h| h.0).collect::<Vec<_>>(),
-        [third, second]
+        page(bob.id, "needle", i64::MAX, 5).await,
+        [third, second, first]
     );
-    let (page, next) = search(&app, &bob, &format!("q=needle&limit=2&before={next}")).await;
-    assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), [first]);
-    assert!(next.is_null());
-    assert!(page[0].2.contains("<mark>needle</mark>"), "{}", page[0].2);
+    // Alice is in both chats: the walk fills her page with the newest.
+    let alices = page(alice.id, "common", i64::MAX, 3).await;
+    assert_eq!(alices[0], third);
+    assert!(alices[1] < third && alices[2] < alices[1], "{alices:?}");
+    assert!(alices[2] > second, "all from the walk: {alices:?}");
 
-    // Alice is in both: a common word fills the page from the recent walk alone, and the
-    // oldest match is still reached through the index.
-    let (page, _) = search(&app, &alice, "q=common&limit=3").await;
-    assert_eq!(page.len(), 3);
-    assert!(page.iter().all(|h| h.1.starts_with("filler")), "{page:?}");
-    let (page, _) = search(&app, &alice, &format!("q=common&before={}", second)).await;
-    assert_eq!(page.iter().map(|h| h.0).collect::<Vec<_>>(), [first]);
+    // Over HTTP with the production tuning, the same answers.
+    let (hits, next) = search(&app, &bob, "q=common").await;
+    assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), [third, first]);
+    assert!(next.is_null());
+    assert!(hits[1].2.contains("<mark>common</mark>"), "{}", hits[1].2);
 }

@@ -51,6 +51,8 @@ pub const RAISED_LIMITS: &[(&str, &str)] = &[
     ("LIMIT_GROUPS_BURST", "1000000000"),
     ("LIMIT_TYPING_PER_SEC", "1000000000"),
     ("LIMIT_TYPING_BURST", "1000000000"),
+    ("LIMIT_SEARCHES_PER_SEC", "1000000000"),
+    ("LIMIT_SEARCHES_BURST", "1000000000"),
 ];
 
 /// The run's settings, shared by every scenario.

@@ -39,6 +39,7 @@ mod chatlist;
 mod history;
 mod login;
 mod read_flag;
+mod search;
 
 mod pg_activity;
 mod recovery;
@@ -61,6 +62,7 @@ const SCENARIOS: &[&str] = &[
     "connections",
     "history",
     "read-flag",
+    "search",
     "chatlist",
     "login",
     "recovery",
@@ -78,7 +80,7 @@ const SCENARIOS: &[&str] = &[
 #[derive(Debug, Parser)]
 #[command(name = "windi-bench")]
 struct Cli {
-    /// Scenarios to run: send, latency, fanout, connections, history, read-flag, chatlist,
+    /// Scenarios to run: send, latency, fanout, connections, history, read-flag, search, chatlist,
     /// login, recovery, storm, capacity, or all.
     #[arg(required = true, value_parser = scenario_name)]
     scenarios: Vec<String>,
@@ -116,6 +118,7 @@ async fn run_scenario(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         "connections" => connections::run(ctx).await,
         "history" => history::run(ctx).await,
         "read-flag" => read_flag::run(ctx).await,
+        "search" => search::run(ctx).await,
         "chatlist" => chatlist::run(ctx).await,
         "login" => login::run(ctx).await,
         "recovery" => recovery::run(ctx).await,

@@ -394,7 +394,11 @@ pub struct MessageSearchQuery {
     /// What to find: words (case and diacritics ignored, `ё` finds `е`), `"quoted phrases"`,
     /// `-excluded` words or phrases; the last plain word of two letters or more also finds
     /// words that start with it. At most 200 characters and 12 terms.
-    #[param(example = "deploy \"build is green\" -lunch tom", min_length = 1, max_length = 200)]
+    #[param(
+        example = "deploy \"build is green\" -lunch tom",
+        min_length = 1,
+        max_length = 200
+    )]
     pub q: String,
     /// Only this chat (404 if the caller is not a member).
     pub chat_id: Option<i64>,

@@ -67,47 +67,110 @@ fn bind_terms<'q, O>(
     q
 }
 
-/// How far back [`recent`] walks: the newest this many message ids of the whole database.
-/// Within it, checking each of the caller's messages against its stored words is cheaper
-/// than gathering every match from the index; beyond it, the index is.
-pub const RECENT_WINDOW: i64 = 20_000;
+/// Where [`messages`] changes from the index to the walk, and how far a walk goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Above this many matches expected in the whole database, walk the newest messages; at
+    /// or below it, ask the index.
+    pub walk_above: f64,
+    /// How far one walk goes back: this many message ids of the whole database, at most.
+    pub walk_ids: i64,
+}
+
+impl Default for Tuning {
+    /// 5,000 matches: a page of 20 then lies within a few thousand of a user's messages when
+    /// their chats are like the rest, while the index's rows would take longer to sort.
+    /// 200,000 ids: about 100 ms of walking on 2 cores if nothing matches.
+    fn default() -> Self {
+        Self {
+            walk_above: 5_000.0,
+            walk_ids: 200_000,
+        }
+    }
+}
 
 /// Up to `scope.limit` live messages matching `query`, newest first, in chats `scope.user_id`
 /// is a member of now, each with its highlight as safe HTML.
 ///
-/// Two walks, because no one plan serves both kinds of word. A common word ("ok", "завтра")
+/// Which way depends on how many messages the query matches, as the planner's statistics
+/// expect (one `EXPLAIN` in `windi_search_estimate`, a fraction of a millisecond). A common word ("ok", "завтра")
 /// matches a tenth of all messages: gathering its matches from the index and sorting them
-/// reads thousands of rows for a page of twenty, while the newest messages hold a page of
-/// them. A rare word or a phrase that rarely occurs is the opposite. So [`recent`] first
-/// checks the caller's messages among the newest [`RECENT_WINDOW`], and only if that leaves
-/// the page short does [`older`] ask the index for the rest, below the window. The planner
-/// cannot make this choice itself: its estimate of how often a word occurs comes from a
-/// sample, and misses every word not in it.
+/// reads tens of thousands of rows for a page of twenty, while walking the newest messages
+/// back, checking each of the caller's stored words, fills the page within a few hundred of
+/// theirs. A rare word is the opposite: the index holds its few matches, and a walk would read
+/// everything. So above [`Tuning::walk_above`] expected matches the walk goes first, at most
+/// [`Tuning::walk_ids`] ids back, and the index answers what it left short below where it stopped;
+/// otherwise the index answers alone. The planner cannot choose between the two by itself:
+/// with `ORDER BY id DESC LIMIT` it walks for any word it expects often and for every word
+/// its sample missed, which made a rare word take seconds.
 pub async fn messages(
     db: &sqlx::PgPool,
     query: &Query,
     scope: Scope,
 ) -> sqlx::Result<Vec<SearchHit>> {
-    let floor: i64 =
-        sqlx::query_scalar("SELECT coalesce(max(id), 0) - $2 FROM messages WHERE id < $1")
-            .bind(scope.before)
-            .bind(RECENT_WINDOW)
-            .fetch_one(db)
-            .await?;
-    let mut hits = run(db, query, scope, Walk::Recent { floor }).await?;
-    let missing = scope.limit - hits.len() as i64;
-    if missing > 0 && floor > 0 {
-        let below = Scope {
-            before: floor + 1,
-            limit: missing,
-            ..scope
-        };
-        hits.extend(run(db, query, below, Walk::Older).await?);
-    }
+    messages_tuned(db, query, scope, Tuning::default()).await
+}
+
+/// [`messages`] with other [`Tuning`] (the tests move the boundaries to small data).
+pub async fn messages_tuned(
+    db: &sqlx::PgPool,
+    query: &Query,
+    scope: Scope,
+    tuning: Tuning,
+) -> sqlx::Result<Vec<SearchHit>> {
+    let mut hits = if expected_matches(db, query).await? > tuning.walk_above {
+        let floor: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(id), 0) - $2 FROM messages WHERE id < $1")
+                .bind(scope.before)
+                .bind(tuning.walk_ids)
+                .fetch_one(db)
+                .await?;
+        let mut hits = run(db, query, scope, Walk::Recent { floor }).await?;
+        let missing = scope.limit - hits.len() as i64;
+        if missing > 0 && floor > 0 {
+            let below = Scope {
+                before: floor + 1,
+                limit: missing,
+                ..scope
+            };
+            hits.extend(run(db, query, below, Walk::Index).await?);
+        }
+        hits
+    } else {
+        run(db, query, scope, Walk::Index).await?
+    };
     for hit in &mut hits {
         hit.highlight = search::highlight_html(&hit.highlight);
     }
     Ok(hits)
+}
+
+/// How many live messages `query` may match, as the planner's statistics of the stored
+/// words tell: the fewest any of its terms is expected in (all must match), a phrase counted
+/// as its words together (the rows the index hands over to check their order), a prefix as
+/// the most common words that start with it. Excluded terms narrow nothing the index reads.
+/// (`windi_search_estimate` and `windi_search_prefix_estimate`, migration
+/// `20270101000001_search`.)
+pub async fn expected_matches(db: &sqlx::PgPool, query: &Query) -> sqlx::Result<f64> {
+    let wanted: Vec<_> = query.terms.iter().filter(|t| !t.excluded).collect();
+    let estimates: Vec<String> = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, term)| match term.kind {
+            TermKind::Prefix => format!("windi_search_prefix_estimate(${})", i + 1),
+            TermKind::Word | TermKind::Phrase => format!(
+                "windi_search_estimate(plainto_tsquery('windi_search'::regconfig, ${}))",
+                i + 1
+            ),
+        })
+        .collect();
+    let sql = format!("SELECT least({})::float8", estimates.join(", "));
+    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    for term in &wanted {
+        q = q.bind(term.text.clone());
+    }
+    let rows: Option<f64> = q.fetch_one(db).await?;
+    Ok(rows.unwrap_or(0.0))
 }
 
 /// Which walk [`run`] takes.
@@ -119,7 +182,7 @@ enum Walk {
     Recent { floor: i64 },
     /// Every match in the index, sorted. `m.id + 0` is not the primary key's order, so the
     /// planner cannot choose to walk it instead, on a guess that the word is common.
-    Older,
+    Index,
 }
 
 async fn run(
@@ -128,10 +191,20 @@ async fn run(
     scope: Scope,
     walk: Walk,
 ) -> sqlx::Result<Vec<SearchHit>> {
-    let chats = if scope.chat_id.is_some() {
-        "SELECT chat_id FROM chat_members WHERE user_id = $1 AND chat_id = $2"
+    // One chat: its own (chat_id, seq) index orders the walk; within a chat, seq and id
+    // rise together (both are taken under the chat's row lock).
+    let (chats, recent_order) = if scope.chat_id.is_some() {
+        (
+            "m.chat_id = $2 AND m.chat_id IN (SELECT chat_id FROM chat_members
+                                               WHERE user_id = $1 AND chat_id = $2)",
+            "m.seq DESC",
+        )
     } else {
-        "SELECT chat_id FROM chat_members WHERE user_id = $1 AND $2::bigint IS NULL"
+        (
+            "$2::bigint IS NULL AND m.chat_id IN (SELECT chat_id FROM chat_members
+                                                   WHERE user_id = $1)",
+            "m.id DESC",
+        )
     };
     let tsquery = tsquery_sql(query, 9);
     let (with, from, matches, order) = match walk {
@@ -139,9 +212,9 @@ async fn run(
             format!("WITH q AS MATERIALIZED (SELECT {tsquery} AS q)"),
             "q, messages m",
             "m.search @@ q.q AND m.id > $7".to_owned(),
-            "m.id DESC",
+            recent_order,
         ),
-        Walk::Older => (
+        Walk::Index => (
             String::new(),
             "messages m",
             format!("m.search @@ ({tsquery}) AND $7::bigint IS NULL"),
@@ -153,7 +226,7 @@ async fn run(
          SELECT {columns}, ts_headline('windi_search'::regconfig,
                     translate(m.text, $5, $8), {tsquery}, $6) AS highlight
          FROM (SELECT m.id FROM {from}
-               WHERE m.chat_id IN ({chats})
+               WHERE {chats}
                  AND m.deleted_at IS NULL
                  AND {matches}
                  AND m.id < $3
@@ -165,7 +238,7 @@ async fn run(
     );
     let floor = match walk {
         Walk::Recent { floor } => Some(floor),
-        Walk::Older => None,
+        Walk::Index => None,
     };
     let (from, to) = search::headline_translation();
     let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
