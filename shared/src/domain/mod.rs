@@ -5,9 +5,11 @@
 //!
 //! - [`model`]: request bodies, answers, limits, and where a message goes ([`model::Target`])
 //! - [`validate`]: input rules, each a 422 that names the field
+//! - [`attachments`]: the limits on files, safe filenames, and bytes that must match their type
 //! - [`search`]: what a search box's text asks for, and its highlights as safe HTML
 //! - [`error`]: the [`Error`](error::Error) every layer returns, as a status and a stable code
 
+pub mod attachments;
 pub mod error;
 pub mod model;
 pub mod search;

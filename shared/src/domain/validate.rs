@@ -32,7 +32,7 @@ pub(crate) fn message_text(text: &str) -> Result<()> {
 /// name shown next to other text, U+202E makes "Bob\u{202E}gpj.exe" read as "Bobexe.jpg", and
 /// a zero-width space makes two names that look alike differ. The joiners U+200C and U+200D
 /// stay allowed: Persian and Indic names and emoji sequences need them.
-fn is_invisible_format(c: char) -> bool {
+pub(crate) fn is_invisible_format(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}' | '\u{2060}' | '\u{FEFF}')
 }
 
