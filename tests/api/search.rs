@@ -371,39 +371,33 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
         walk_above: 1_000.0,
         walk_ids: 2_000,
     };
-    let expected = |q: &str| {
-        let parsed = search::parse(q).unwrap();
-        async move {
-            store::search::expected_matches(pool, &parsed)
-                .await
-                .unwrap()
-        }
-    };
-    let common = expected("common").await;
+    let stats = store::search::word_stats(pool).await.unwrap();
+    let expected = |q: &str| search::expected_matches(&stats, &search::parse(q).unwrap());
+    let common = expected("common");
     assert!(common > tuning.walk_above, "walked: {common}");
-    assert!(
-        expected("needle").await <= tuning.walk_above,
-        "from the index"
-    );
+    assert!(expected("needle") <= tuning.walk_above, "from the index");
     assert!(
         third - second > tuning.walk_ids,
         "Bob's older matches lie below one walk"
     );
 
-    let page = |user: i64, q: &'static str, before: i64, limit: i64| async move {
-        let scope = store::search::Scope {
-            user_id: user,
-            chat_id: None,
-            before,
-            limit,
-        };
+    let page = |user: i64, q: &'static str, before: i64, limit: i64| {
         let parsed = search::parse(q).unwrap();
-        store::search::messages_tuned(pool, &parsed, scope, tuning)
-            .await
-            .unwrap()
-            .iter()
-            .map(|h| h.message.id)
-            .collect::<Vec<_>>()
+        let expected = search::expected_matches(&stats, &parsed);
+        async move {
+            let scope = store::search::Scope {
+                user_id: user,
+                chat_id: None,
+                before,
+                limit,
+            };
+            store::search::messages(pool, &parsed, scope, expected, tuning)
+                .await
+                .unwrap()
+                .iter()
+                .map(|h| h.message.id)
+                .collect::<Vec<_>>()
+        }
     };
     // The walk finds the newest, the index the one below it.
     assert_eq!(page(bob.id, "common", i64::MAX, 5).await, [third, first]);

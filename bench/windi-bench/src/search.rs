@@ -12,8 +12,9 @@
 //! path), a phrase, a word with an exclusion, two words, the rare word, and a common word in
 //! one chat (`chat_id`). Every answer is checked: 200, every hit in one of the user's chats.
 //!
-//! Baseline: the same searches through `store::search::messages` (the very query the route
-//! runs) on a pool of as many connections, from as many tasks: what the route adds to its SQL.
+//! Baseline: the same searches through `store::search::messages` (the very queries the route
+//! runs, steered by the same word statistics) on a pool of as many connections, from as many
+//! tasks: what the route adds to its SQL.
 //!
 //! The send cost: `POST /chat/message` from [`SENDERS`] clients for [`SEND_SECONDS`], with the
 //! index and then without it (`DROP INDEX`, created again after from its own definition),
@@ -352,10 +353,15 @@ async fn sql_searches(
     budget: Duration,
 ) -> anyhow::Result<Vec<f64>> {
     let issued = Arc::new(AtomicUsize::new(0));
-    let parsed: Arc<Vec<(search::Query, Option<i64>)>> = Arc::new(
+    let stats = store::search::word_stats(pool).await?;
+    let parsed: Arc<Vec<(search::Query, Option<i64>, f64)>> = Arc::new(
         queries
             .iter()
-            .map(|(q, chat)| Ok((search::parse(q)?, *chat)))
+            .map(|(q, chat)| {
+                let query = search::parse(q)?;
+                let expected = search::expected_matches(&stats, &query);
+                Ok((query, *chat, expected))
+            })
             .collect::<windi_shared::Result<_>>()?,
     );
     let started = Instant::now();
@@ -369,7 +375,7 @@ async fn sql_searches(
                 if n >= count || started.elapsed() >= budget {
                     break;
                 }
-                let (query, chat_id) = &parsed[n % parsed.len()];
+                let (query, chat_id, expected) = &parsed[n % parsed.len()];
                 let scope = store::search::Scope {
                     user_id,
                     chat_id: *chat_id,
@@ -377,7 +383,7 @@ async fn sql_searches(
                     limit: search::DEFAULT_HITS + 1,
                 };
                 let sent = Instant::now();
-                store::search::messages(&pool, query, scope).await?;
+                store::search::messages(&pool, query, scope, *expected, Default::default()).await?;
                 out.push(sent.elapsed().as_secs_f64() * 1e3);
             }
             anyhow::Ok(out)

@@ -174,7 +174,7 @@ async fn search_messages(
         // One more than asked: whether a next page exists, without a count.
         limit: limit + 1,
     };
-    let mut hits = store::search::messages(&state.db, &parsed, scope).await?;
+    let mut hits = state.search.messages(&state.db, &parsed, scope).await?;
     let next = if hits.len() as i64 > limit {
         hits.truncate(limit as usize);
         hits.last().map(|h| h.message.id)

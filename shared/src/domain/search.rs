@@ -107,6 +107,65 @@ pub fn parse(q: &str) -> Result<Query> {
     Ok(Query { terms })
 }
 
+/// How common the indexed words are: the most common words of the stored search vectors and
+/// the share of messages each is in, as `ANALYZE` sampled them (`pg_stats`), and how many
+/// messages there are. What [`expected_matches`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WordStats {
+    pub messages: f64,
+    pub share: std::collections::HashMap<String, f64>,
+}
+
+/// A word as the search configuration would index it, near enough to look up how common it
+/// is: lower case, diacritics removed (`ё` → `е`, `é` → `e`). Postgres's `unaccent` and parser
+/// remain the rule for matching; a word folded differently here only makes the guess worse.
+fn fold(word: &str) -> String {
+    use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+    word.nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// How many messages `query` may match: the fewest of any term that is not excluded (all
+/// must match); a phrase or a term of several words (`e-mail`) counted as the rarest of its
+/// words (the rows the index hands over to be checked); a prefix as the sum of the common
+/// words that start with it; a word rarer than every common one as 0.
+pub fn expected_matches(stats: &WordStats, query: &Query) -> f64 {
+    let share = |term: &Term| -> f64 {
+        let words: Vec<String> = term
+            .text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(fold)
+            .collect();
+        let one = |word: &String| -> f64 {
+            if term.kind == TermKind::Prefix {
+                stats
+                    .share
+                    .iter()
+                    .filter(|(known, _)| known.starts_with(word.as_str()))
+                    .map(|(_, share)| share)
+                    .sum()
+            } else {
+                stats.share.get(word).copied().unwrap_or(0.0)
+            }
+        };
+        words.iter().map(one).fold(f64::INFINITY, f64::min)
+    };
+    let rarest = query
+        .terms
+        .iter()
+        .filter(|t| !t.excluded)
+        .map(share)
+        .fold(f64::INFINITY, f64::min);
+    if rarest.is_finite() {
+        rarest.min(1.0) * stats.messages
+    } else {
+        0.0
+    }
+}
+
 /// `limit` of a search: 1..=[`MAX_HITS`], default [`DEFAULT_HITS`].
 pub fn hits(limit: Option<i64>) -> Result<i64> {
     let limit = limit.unwrap_or(DEFAULT_HITS);
@@ -271,6 +330,42 @@ mod tests {
             highlight_html("\u{3}b\u{4}\u{1}bold\u{2}\u{3}/b\u{4}"),
             "&lt;b&gt;<mark>bold</mark>&lt;/b&gt;"
         );
+    }
+
+    #[test]
+    fn the_expected_matches_are_the_rarest_wanted_term_and_unknown_words_are_rare() {
+        let stats = WordStats {
+            messages: 1000.0,
+            share: [
+                ("build", 0.2),
+                ("tomorrow", 0.1),
+                ("today", 0.05),
+                ("елка", 0.01),
+            ]
+            .into_iter()
+            .map(|(w, s)| (w.to_owned(), s))
+            .collect(),
+        };
+        let expect = |q: &str| expected_matches(&stats, &parse(q).unwrap());
+        assert_eq!(expect("build"), 200.0);
+        assert_eq!(expect("BUILD tomorrow"), 100.0, "the rarest term");
+        assert_eq!(
+            expect("build -tomorrow"),
+            200.0,
+            "exclusions narrow nothing"
+        );
+        assert!(
+            (expect("to") - 150.0).abs() < 1e-9,
+            "a prefix sums its words"
+        );
+        assert_eq!(expect("ЁЛКА"), 10.0, "folded as the index folds");
+        assert_eq!(
+            expect("\"build tomorrow\""),
+            100.0,
+            "a phrase: its rarest word"
+        );
+        assert_eq!(expect("zanzibar"), 0.0, "rarer than every common word");
+        assert_eq!(expect("build zanzibar"), 0.0);
     }
 
     #[test]

@@ -12,12 +12,14 @@
 //!   [`gates`], the per-chat queue in front of a chat's lock
 //! - [`send`]: the send path with seq and rev allocation and idempotency
 //! - [`revise`]: edits, deletions and reactions, each a change of its chat
+//! - [`search`](mod@search): message search, steered by how common the searched words are
 
 pub mod auth;
 pub mod gates;
 pub mod jwt_crypto;
 pub mod limits;
 pub mod revise;
+pub mod search;
 pub mod send;
 pub mod session_cache;
 pub mod state;

@@ -34,6 +34,8 @@ pub struct AppState {
     /// How many of this process's requests may wait on one chat's lock at once
     /// ([`crate::service::gates::ChatGates`]).
     pub gates: Arc<ChatGates>,
+    /// Message search and the word statistics that steer it.
+    pub search: Arc<crate::service::search::Search>,
     /// What a new password must satisfy (the default unless set with
     /// [`AppState::with_password_rules`]; `PASSWORD_MIN_LENGTH` in production).
     pub password_rules: PasswordRules,
@@ -66,6 +68,7 @@ impl AppState {
             logins: Arc::default(),
             sessions: Arc::default(),
             gates,
+            search: Arc::default(),
             password_rules: PasswordRules::default(),
         }
     }

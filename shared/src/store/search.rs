@@ -6,7 +6,7 @@ use sqlx::{postgres::PgArguments, query::QueryAs};
 
 use crate::domain::{
     model::SearchHit,
-    search::{self, Query, TermKind},
+    search::{self, Query, TermKind, WordStats},
 };
 
 /// Where to look and how far.
@@ -89,108 +89,110 @@ impl Default for Tuning {
     }
 }
 
+/// How common the stored words are ([`WordStats`]): the most common words `ANALYZE` found in
+/// `messages.search` with the share of messages each is in, and the table's row estimate.
+/// Empty before the first `ANALYZE`.
+pub async fn word_stats(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<WordStats> {
+    let (words, shares, messages): (Option<Vec<String>>, Option<Vec<f32>>, f32) = sqlx::query_as(
+        "SELECT (SELECT most_common_elems::text::text[] FROM pg_stats
+                     WHERE schemaname = current_schema() AND tablename = 'messages'
+                       AND attname = 'search'),
+                    (SELECT most_common_elem_freqs FROM pg_stats
+                     WHERE schemaname = current_schema() AND tablename = 'messages'
+                       AND attname = 'search'),
+                    (SELECT greatest(reltuples, 0) FROM pg_class
+                     WHERE oid = 'messages'::regclass)",
+    )
+    .fetch_one(db)
+    .await?;
+    // `most_common_elem_freqs` ends with three more figures (least, most, nulls): zip stops
+    // at the words.
+    let share = words
+        .unwrap_or_default()
+        .into_iter()
+        .zip(shares.unwrap_or_default().into_iter().map(f64::from))
+        .collect();
+    Ok(WordStats {
+        messages: f64::from(messages),
+        share,
+    })
+}
+
 /// Up to `scope.limit` live messages matching `query`, newest first, in chats `scope.user_id`
-/// is a member of now, each with its highlight as safe HTML.
+/// is a member of now, each with its highlight as safe HTML. `expected` is how many messages
+/// the query may match ([`search::expected_matches`]).
 ///
-/// Which way depends on how many messages the query matches, as the planner's statistics
-/// expect (one `EXPLAIN` in `windi_search_estimate`, a fraction of a millisecond). A common word ("ok", "завтра")
-/// matches a tenth of all messages: gathering its matches from the index and sorting them
-/// reads tens of thousands of rows for a page of twenty, while walking the newest messages
-/// back, checking each of the caller's stored words, fills the page within a few hundred of
-/// theirs. A rare word is the opposite: the index holds its few matches, and a walk would read
-/// everything. So above [`Tuning::walk_above`] expected matches the walk goes first, at most
-/// [`Tuning::walk_ids`] ids back, and the index answers what it left short below where it stopped;
-/// otherwise the index answers alone. The planner cannot choose between the two by itself:
-/// with `ORDER BY id DESC LIMIT` it walks for any word it expects often and for every word
-/// its sample missed, which made a rare word take seconds.
+/// Which way depends on it. A common word ("ok", "завтра") matches a tenth of all messages:
+/// gathering its matches from the index and sorting them reads tens of thousands of rows for
+/// a page of twenty, while walking the newest messages back, checking each of the caller's
+/// stored words, fills the page within a few hundred of theirs. A rare word is the opposite:
+/// the index holds its few matches, and a walk would read everything. So above
+/// [`Tuning::walk_above`] the walk goes first, at most [`Tuning::walk_ids`] ids back, and the
+/// index answers what it left short below where it stopped; otherwise the index answers
+/// alone. The planner cannot choose between the two by itself: with `ORDER BY id DESC LIMIT`
+/// it walks for any word it expects often and for every word its sample missed, which made a
+/// rare word take seconds.
 pub async fn messages(
     db: &sqlx::PgPool,
     query: &Query,
     scope: Scope,
-) -> sqlx::Result<Vec<SearchHit>> {
-    messages_tuned(db, query, scope, Tuning::default()).await
-}
-
-/// [`messages`] with other [`Tuning`] (the tests move the boundaries to small data).
-pub async fn messages_tuned(
-    db: &sqlx::PgPool,
-    query: &Query,
-    scope: Scope,
+    expected: f64,
     tuning: Tuning,
 ) -> sqlx::Result<Vec<SearchHit>> {
-    let mut hits = if expected_matches(db, query).await? > tuning.walk_above {
+    let ids = if expected > tuning.walk_above {
         let floor: i64 =
             sqlx::query_scalar("SELECT coalesce(max(id), 0) - $2 FROM messages WHERE id < $1")
                 .bind(scope.before)
                 .bind(tuning.walk_ids)
                 .fetch_one(db)
                 .await?;
-        let mut hits = run(db, query, scope, Walk::Recent { floor }).await?;
-        let missing = scope.limit - hits.len() as i64;
+        let mut ids = matching(db, query, scope, Walk::Recent { floor }).await?;
+        let missing = scope.limit - ids.len() as i64;
         if missing > 0 && floor > 0 {
             let below = Scope {
                 before: floor + 1,
                 limit: missing,
                 ..scope
             };
-            hits.extend(run(db, query, below, Walk::Index).await?);
+            ids.extend(matching(db, query, below, Walk::Index).await?);
         }
-        hits
+        ids
     } else {
-        run(db, query, scope, Walk::Index).await?
+        matching(db, query, scope, Walk::Index).await?
     };
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut hits = shown(db, query, &ids).await?;
     for hit in &mut hits {
         hit.highlight = search::highlight_html(&hit.highlight);
     }
     Ok(hits)
 }
 
-/// How many live messages `query` may match, as the planner's statistics of the stored
-/// words tell: the fewest any of its terms is expected in (all must match), a phrase counted
-/// as its words together (the rows the index hands over to check their order), a prefix as
-/// the most common words that start with it. Excluded terms narrow nothing the index reads.
-/// (`windi_search_estimate` and `windi_search_prefix_estimate`, migration
-/// `20270101000001_search`.)
-pub async fn expected_matches(db: &sqlx::PgPool, query: &Query) -> sqlx::Result<f64> {
-    let wanted: Vec<_> = query.terms.iter().filter(|t| !t.excluded).collect();
-    let estimates: Vec<String> = wanted
-        .iter()
-        .enumerate()
-        .map(|(i, term)| match term.kind {
-            TermKind::Prefix => format!("windi_search_prefix_estimate(${})", i + 1),
-            TermKind::Word | TermKind::Phrase => format!(
-                "windi_search_estimate(plainto_tsquery('windi_search'::regconfig, ${}))",
-                i + 1
-            ),
-        })
-        .collect();
-    let sql = format!("SELECT least({})::float8", estimates.join(", "));
-    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    for term in &wanted {
-        q = q.bind(term.text.clone());
-    }
-    let rows: Option<f64> = q.fetch_one(db).await?;
-    Ok(rows.unwrap_or(0.0))
-}
-
-/// Which walk [`run`] takes.
+/// Which way [`matching`] goes. Each walk is planned for its own values (an unnamed
+/// statement): a plan cached for any values walked every one of the caller's chats by its
+/// `(chat_id, seq)` index intersected with the id range, 1 to 2 s a search.
 #[derive(Debug, Clone, Copy)]
 enum Walk {
-    /// The newest messages down to `floor` (exclusive), by the primary key, each checked.
-    /// The query is out of the planner's sight (a materialized CTE), so it cannot switch to
-    /// the index on a guess.
+    /// The newest messages down to `floor` (exclusive), by the primary key, each one's stored
+    /// words checked. `ts_match_vq` is `@@` as a plain function, which no index serves, and
+    /// the query is a sub-select the planner does not look into: so it cannot switch to the
+    /// word index on a guess.
     Recent { floor: i64 },
     /// Every match in the index, sorted. `m.id + 0` is not the primary key's order, so the
     /// planner cannot choose to walk it instead, on a guess that the word is common.
     Index,
 }
 
-async fn run(
+/// The ids of up to `scope.limit` matches, newest first. Only ids: the statement stays small
+/// to plan, which it is for every search.
+async fn matching(
     db: &sqlx::PgPool,
     query: &Query,
     scope: Scope,
     walk: Walk,
-) -> sqlx::Result<Vec<SearchHit>> {
+) -> sqlx::Result<Vec<i64>> {
     // One chat: its own (chat_id, seq) index orders the walk; within a chat, seq and id
     // rise together (both are taken under the chat's row lock).
     let (chats, recent_order) = if scope.chat_id.is_some() {
@@ -206,49 +208,56 @@ async fn run(
             "m.id DESC",
         )
     };
-    let tsquery = tsquery_sql(query, 9);
-    let (with, from, matches, order) = match walk {
-        Walk::Recent { .. } => (
-            format!("WITH q AS MATERIALIZED (SELECT {tsquery} AS q)"),
-            "q, messages m",
-            "m.search @@ q.q AND m.id > $7".to_owned(),
+    let tsquery = tsquery_sql(query, 6);
+    let (matches, order, floor) = match walk {
+        Walk::Recent { floor } => (
+            format!("ts_match_vq(m.search, (SELECT {tsquery})) AND m.id > $5"),
             recent_order,
+            Some(floor),
         ),
         Walk::Index => (
-            String::new(),
-            "messages m",
-            format!("m.search @@ ({tsquery}) AND $7::bigint IS NULL"),
+            format!("m.search @@ ({tsquery}) AND $5::bigint IS NULL"),
             "m.id + 0 DESC",
+            None,
         ),
     };
     let sql = format!(
-        "{with}
-         SELECT {columns}, ts_headline('windi_search'::regconfig,
-                    translate(m.text, $5, $8), {tsquery}, $6) AS highlight
-         FROM (SELECT m.id FROM {from}
-               WHERE {chats}
-                 AND m.deleted_at IS NULL
-                 AND {matches}
-                 AND m.id < $3
-               ORDER BY {order}
-               LIMIT $4) hit
-         JOIN messages m ON m.id = hit.id
-         ORDER BY m.id DESC",
-        columns = super::messages::message_columns!(),
+        "SELECT m.id FROM messages m
+         WHERE {chats}
+           AND m.deleted_at IS NULL
+           AND {matches}
+           AND m.id < $3
+         ORDER BY {order}
+         LIMIT $4"
     );
-    let floor = match walk {
-        Walk::Recent { floor } => Some(floor),
-        Walk::Index => None,
-    };
-    let (from, to) = search::headline_translation();
     let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .persistent(false)
         .bind(scope.user_id)
         .bind(scope.chat_id)
         .bind(scope.before)
         .bind(scope.limit)
+        .bind(floor);
+    let rows: Vec<(i64,)> = bind_terms(q, query).fetch_all(db).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// The messages `ids`, newest first, each with its highlight marked (not yet HTML). One plan
+/// serves every search of the same shape (a prepared statement): it looks rows up by id.
+async fn shown(db: &sqlx::PgPool, query: &Query, ids: &[i64]) -> sqlx::Result<Vec<SearchHit>> {
+    let sql = format!(
+        "SELECT {columns}, ts_headline('windi_search'::regconfig,
+                    translate(m.text, $2, $3), {tsquery}, $4) AS highlight
+         FROM messages m
+         WHERE m.id = ANY($1)
+         ORDER BY m.id DESC",
+        columns = super::messages::message_columns!(),
+        tsquery = tsquery_sql(query, 5),
+    );
+    let (from, to) = search::headline_translation();
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
         .bind(from)
-        .bind(headline_options())
-        .bind(floor)
-        .bind(to);
+        .bind(to)
+        .bind(headline_options());
     bind_terms(q, query).fetch_all(db).await
 }
