@@ -175,10 +175,10 @@ pub async fn messages(
 /// `(chat_id, seq)` index intersected with the id range, 1 to 2 s a search.
 #[derive(Debug, Clone, Copy)]
 enum Walk {
-    /// The newest messages down to `floor` (exclusive), by the primary key, each one's stored
-    /// words checked. `ts_match_vq` is `@@` as a plain function, which no index serves, and
-    /// the query is a sub-select the planner does not look into: so it cannot switch to the
-    /// word index on a guess.
+    /// The newest messages down to `floor` (exclusive), by the primary key, the stored words
+    /// of the caller's checked. `ts_match_vq` is `@@` as a plain function, which no index
+    /// serves, and the query is a sub-select the planner does not look into: so it cannot
+    /// switch to the word index on a guess.
     Recent { floor: i64 },
     /// Every match in the index, sorted. `m.id + 0` is not the primary key's order, so the
     /// planner cannot choose to walk it instead, on a guess that the word is common.
@@ -193,43 +193,38 @@ async fn matching(
     scope: Scope,
     walk: Walk,
 ) -> sqlx::Result<Vec<i64>> {
-    // One chat: its own (chat_id, seq) index orders the walk; within a chat, seq and id
-    // rise together (both are taken under the chat's row lock).
-    let (chats, recent_order) = if scope.chat_id.is_some() {
-        (
-            "m.chat_id = $2 AND m.chat_id IN (SELECT chat_id FROM chat_members
-                                               WHERE user_id = $1 AND chat_id = $2)",
-            "m.seq DESC",
-        )
+    let member = "m.chat_id IN (SELECT chat_id FROM chat_members WHERE user_id = $1)";
+    // One chat: its own (chat_id, seq) index orders the walk; within a chat, seq and id rise
+    // together (both are taken under the chat's row lock).
+    let (chat, order) = if scope.chat_id.is_some() {
+        ("m.chat_id = $2", "m.seq DESC")
     } else {
-        (
-            "$2::bigint IS NULL AND m.chat_id IN (SELECT chat_id FROM chat_members
-                                                   WHERE user_id = $1)",
-            "m.id DESC",
-        )
+        ("$2::bigint IS NULL", "m.id DESC")
     };
     let tsquery = tsquery_sql(query, 6);
-    let (matches, order, floor) = match walk {
-        Walk::Recent { floor } => (
-            format!("ts_match_vq(m.search, (SELECT {tsquery})) AND m.id > $5"),
-            recent_order,
-            Some(floor),
+    let sql = match walk {
+        // The caller's chats first (a hash of their ids), the words only of their messages:
+        // `CASE` keeps that order, which the planner would otherwise turn around.
+        Walk::Recent { .. } => format!(
+            "SELECT m.id FROM messages m
+             WHERE {chat} AND m.deleted_at IS NULL AND m.id > $5 AND m.id < $3
+               AND CASE WHEN {member} THEN ts_match_vq(m.search, (SELECT {tsquery}))
+                        ELSE false END
+             ORDER BY {order}
+             LIMIT $4"
         ),
-        Walk::Index => (
-            format!("m.search @@ ({tsquery}) AND $5::bigint IS NULL"),
-            "m.id + 0 DESC",
-            None,
+        Walk::Index => format!(
+            "SELECT m.id FROM messages m
+             WHERE {chat} AND {member} AND m.deleted_at IS NULL
+               AND m.search @@ ({tsquery}) AND $5::bigint IS NULL AND m.id < $3
+             ORDER BY m.id + 0 DESC
+             LIMIT $4"
         ),
     };
-    let sql = format!(
-        "SELECT m.id FROM messages m
-         WHERE {chats}
-           AND m.deleted_at IS NULL
-           AND {matches}
-           AND m.id < $3
-         ORDER BY {order}
-         LIMIT $4"
-    );
+    let floor = match walk {
+        Walk::Recent { floor } => Some(floor),
+        Walk::Index => None,
+    };
     let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .persistent(false)
         .bind(scope.user_id)
