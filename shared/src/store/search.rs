@@ -213,12 +213,22 @@ async fn matching(
              ORDER BY {order}
              LIMIT $4"
         ),
+        // `+ 0` on both sides of the order: no other index than the words' may serve. Left
+        // the choice, the planner read every message of the caller's chats by their
+        // (chat_id, seq) index for a prefix it guessed in 2% of messages (54 ms, not 0.3).
         Walk::Index => format!(
             "SELECT m.id FROM messages m
-             WHERE {chat} AND {member} AND m.deleted_at IS NULL
+             WHERE {chat} AND m.chat_id + 0 IN (SELECT chat_id FROM chat_members
+                                                WHERE user_id = $1)
+               AND m.deleted_at IS NULL
                AND m.search @@ ({tsquery}) AND $5::bigint IS NULL AND m.id < $3
              ORDER BY m.id + 0 DESC
-             LIMIT $4"
+             LIMIT $4",
+            chat = if scope.chat_id.is_some() {
+                "m.chat_id + 0 = $2"
+            } else {
+                "$2::bigint IS NULL"
+            },
         ),
     };
     let floor = match walk {
