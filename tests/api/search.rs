@@ -292,6 +292,8 @@ async fn bad_queries_are_a_422_naming_what_is_wrong() {
         ("q=x&limit=51", "limit", "between 1 and 50"),
         ("q=x&before=0", "before", "message id"),
         ("q=x&chat_id=abc", "chat_id", ""),
+        ("q=a%00b", "q", "control characters"),
+        ("q=a%09b", "q", "control characters"),
         ("limit=5", "q", ""),
     ] {
         let (status, body) = app.get(&format!("/chat/search?{query}"), &alice).await;

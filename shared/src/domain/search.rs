@@ -47,8 +47,12 @@ pub struct Query {
 
 /// Parses `q`. Terms without a letter or digit (`!!!`, a lone `-`) are dropped, as Postgres
 /// would find nothing in them; an unclosed quote runs to the end. 422 naming `q` when it is
-/// too long, has too many terms, or asks for nothing but exclusions.
+/// too long, has too many terms, holds a control character (Postgres refuses NUL in text;
+/// the rest no one types, as for `GET /users/search`), or asks for nothing but exclusions.
 pub fn parse(q: &str) -> Result<Query> {
+    if q.chars().any(char::is_control) {
+        return Err(Error::invalid("q", "must not contain control characters"));
+    }
     let chars = q.chars().count();
     if chars > MAX_QUERY_CHARS {
         return Err(Error::invalid(
@@ -291,6 +295,7 @@ mod tests {
 
     #[test]
     fn nothing_to_find_too_long_and_too_many_are_422_naming_q() {
+        assert!(parse("a\0b").unwrap_err().to_string().contains("control"));
         for q in ["", "   ", "!!! ???", "-lunch", r#"-"see you" -x"#] {
             let err = parse(q).unwrap_err().to_string();
             assert!(err.contains("q: must contain a word"), "{q:?}: {err}");
