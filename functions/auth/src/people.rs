@@ -8,9 +8,12 @@ use axum::{extract::State, http::StatusCode};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    domain::model::{
-        DEFAULT_SEARCH_LIMIT, MAX_SEARCH_CHARS, MAX_SEARCH_LIMIT, MIN_SEARCH_CHARS, PersonOut,
-        SearchQuery,
+    domain::{
+        model::{
+            DEFAULT_SEARCH_LIMIT, MAX_SEARCH_CHARS, MAX_SEARCH_LIMIT, MIN_SEARCH_CHARS, PersonOut,
+            SearchQuery,
+        },
+        validate,
     },
     http::{
         error::ErrorBody,
@@ -62,13 +65,7 @@ async fn search(
     if q.chars().any(char::is_control) {
         return Err(Error::invalid("q", "must not contain control characters"));
     }
-    let limit = query.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
-    if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
-        return Err(Error::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
-        ));
-    }
+    let limit = validate::limit(query.limit, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)?;
     // Exactly when the query looks the email up (`users::search`): name searches, typed as
     // the user types, stay free.
     if q.contains('@') {

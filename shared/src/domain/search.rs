@@ -172,14 +172,7 @@ pub fn expected_matches(stats: &WordStats, query: &Query) -> f64 {
 
 /// `limit` of a search: 1..=[`MAX_HITS`], default [`DEFAULT_HITS`].
 pub fn hits(limit: Option<i64>) -> Result<i64> {
-    let limit = limit.unwrap_or(DEFAULT_HITS);
-    if !(1..=MAX_HITS).contains(&limit) {
-        return Err(Error::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_HITS}, got {limit}"),
-        ));
-    }
-    Ok(limit)
+    super::validate::limit(limit, DEFAULT_HITS, MAX_HITS)
 }
 
 /// `text` as one quoted `tsquery` operand matched as a prefix: `'it''s':*`. Inside quotes,

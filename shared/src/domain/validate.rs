@@ -154,15 +154,21 @@ pub fn dedup_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// `limit` (1..=[`MAX_PAGE`], default [`DEFAULT_PAGE`]) and `offset` (≥ 0, default 0).
-pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
+/// A page size `limit`: 1..=`max`, `default` when the client names none.
+pub fn limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
         return Err(Error::invalid(
             "limit",
-            format!("must be between 1 and {MAX_PAGE}, got {limit}"),
+            format!("must be between 1 and {max}, got {limit}"),
         ));
     }
+    Ok(limit)
+}
+
+/// `limit` (1..=[`MAX_PAGE`], default [`DEFAULT_PAGE`]) and `offset` (≥ 0, default 0).
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
+    let limit = self::limit(limit, DEFAULT_PAGE, MAX_PAGE)?;
     let offset = offset.unwrap_or(0);
     if offset < 0 {
         return Err(Error::invalid("offset", "must not be negative"));
