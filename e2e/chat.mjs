@@ -28,26 +28,33 @@
 //      anything loaded: the quote says "message #id" until she clicks it and it pages back;
 //  12. Bob's connection drops; meanwhile Alice edits, deletes, reacts, and removes Bob from the
 //      group; after the reconnect, `resume` with Bob's revs brings all four;
-//  13. Alice searches her messages on a fresh page: typing "note" lists the group's notes
+//  13. files: Alice attaches a PNG (built here) with the 📎 button's file input and drops a text
+//      file on the conversation (which lights up as a drop zone); both show as chips uploading,
+//      with progress bars and Send disabled, until their PUTs (held by the test) go through;
+//      she sends them with no text. Bob sees the image's thumbnail loaded and the text file's
+//      row, live; he opens the image whole, downloads the text file (same bytes, same name),
+//      and replies to the files, quoted as "📎 2 files" (as Alice's chat list says too);
+//  14. Alice searches her messages on a fresh page: typing "note" lists the group's notes
 //      (newest first, "More" for older ones, each match marked); "note 7" narrows it to one
 //      note, older than anything loaded; clicking it opens the group, pages back to it and
 //      outlines it. "This chat only" finds nothing of the private chat in the group; without
 //      it, a message full of HTML-special characters is found and shown as text, and opens in
 //      its chat. A query of only -excluded words is refused with the server's reason. Esc closes
 //      the search;
-//  14. Bob renames himself in the account panel: Alice's chat list shows the new name, live;
-//  15. silent refresh: Alice's access token is about to expire and the client exchanges its
+//  15. Bob renames himself in the account panel: Alice's chat list shows the new name, live;
+//  16. silent refresh: Alice's access token is about to expire and the client exchanges its
 //      refresh token before then; a refused (expired) access token is refreshed and the
 //      request retried, with no login;
-//  16. Bob changes his password (a wrong current one is refused);
-//  17. Alice logs out everywhere: she is at the login form and her old token is refused.
+//  17. Bob changes his password (a wrong current one is refused);
+//  18. Alice logs out everywhere: she is at the login form and her old token is refused.
 // All of it under the Content-Security-Policy windi sends: the page must carry one without
 // 'unsafe-inline' for scripts, and any violation (a blocked script, style, image or relay
 // connection) fails the run (e2e/csp.mjs).
 // Every wait is on a condition with a timeout; nothing sleeps. Exit code 0 means it all held.
 
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 import { cspWatch, requirePolicy } from './csp.mjs';
 
@@ -76,6 +83,20 @@ async function until(page, what, fn, arg) {
     return await page.waitForFunction(fn, arg, { timeout: WAIT_MS, polling: 50 });
   } catch (error) {
     throw new Error(`timed out waiting for: ${what} (${error.message.split('\n')[0]})`);
+  }
+}
+
+/** Waits for something that happens on the Node side (a route hit, an event); fails naming
+ * `what`. */
+async function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for: ${what}`)), WAIT_MS);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -212,6 +233,51 @@ async function register(page, name, email) {
 async function send(page, text) {
   await page.fill('#composer-text', text);
   await page.click('#send');
+}
+
+/** A real PNG (8-bit RGB, no interlace) of `width` × `height`: a gradient with a white disc,
+ * for the server to decode and make a thumbnail of. */
+function makePng(width, height) {
+  const rows = [];
+  for (let y = 0; y < height; y += 1) {
+    const row = Buffer.alloc(1 + width * 3); // Filter type 0 (none), then the pixels.
+    for (let x = 0; x < width; x += 1) {
+      const disc = (x - width / 2) ** 2 + (y - height / 2) ** 2 < (height / 3) ** 2;
+      row[1 + x * 3] = disc ? 255 : Math.round((255 * x) / width);
+      row[2 + x * 3] = disc ? 255 : Math.round((255 * y) / height);
+      row[3 + x * 3] = disc ? 255 : 180;
+    }
+    rows.push(row);
+  }
+  const chunk = (type, data) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([length, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header[8] = 8; // bits per sample
+  header[9] = 2; // RGB
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', header),
+    chunk('IDAT', deflateSync(Buffer.concat(rows))),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+/** PNG's CRC-32 (zlib's crc32 is not in every Node 20). */
+function crc32(bytes) {
+  let crc = ~0;
+  for (const byte of bytes) {
+    crc ^= byte;
+    for (let bit = 0; bit < 8; bit += 1) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
+  }
+  return ~crc >>> 0;
 }
 
 async function shot(page, name) {
@@ -594,7 +660,143 @@ async function main() {
     await shot(alice, 'desktop-chat');
     await shot(bob, 'phone-chat');
 
-    // 13. Message search. A message with every character HTML treats specially and an entity
+    // 13. Files. Alice attaches a PNG through the 📎 button's file input and drops a text
+    // file on the conversation; their PUTs are held until the chips have been seen uploading.
+    const png = makePng(320, 200);
+    const packing = 'Packing list:\n- tent\n- stove\n- maps\n';
+    const held = [];
+    let bothHeld;
+    const uploadsHeld = new Promise((resolve) => { bothHeld = resolve; });
+    const uploadLinks = /\/files\/uploads\//;
+    await alice.route(uploadLinks, (route) => {
+      if (route.request().method() !== 'PUT') return route.continue();
+      held.push(route);
+      if (held.length === 2) bothHeld();
+      return undefined;
+    });
+    await visible(alice.locator('#attach[aria-label="Attach files"]'), 'alice: the 📎 button');
+    await alice.setInputFiles('#file-input', { name: 'photo.png', mimeType: 'image/png', buffer: png });
+    const dropped = await alice.evaluateHandle((text) => {
+      const data = new DataTransfer();
+      data.items.add(new File([text], 'packing.txt', { type: 'text/plain' }));
+      return data;
+    }, packing);
+    await alice.dispatchEvent('#messages', 'dragenter', { dataTransfer: dropped });
+    await alice.dispatchEvent('#messages', 'dragover', { dataTransfer: dropped });
+    await until(alice, 'alice: the conversation lit up as a drop zone',
+      () => document.getElementById('chat-view').classList.contains('dragging'));
+    await shot(alice, 'desktop-drop');
+    await alice.dispatchEvent('#messages', 'drop', { dataTransfer: dropped });
+    await until(alice, 'alice: the drop zone dark again',
+      () => !document.getElementById('chat-view').classList.contains('dragging'));
+    await within(uploadsHeld, 'alice: both files announced and their uploads started');
+    const chips = alice.locator('#uploads .chip');
+    await until(alice, 'alice: two chips uploading, with progress bars, Send disabled',
+      () => {
+        const shown = [...document.querySelectorAll('#uploads .chip')];
+        return shown.length === 2
+          && shown.every((c) => c.dataset.status === 'uploading' && c.querySelector('progress'))
+          && document.getElementById('send').disabled;
+      });
+    assertSame(await chips.locator('.chip-name').allTextContents(), ['photo.png', 'packing.txt'],
+      'alice: the chips, in the order chosen');
+    await until(alice, 'alice: the photo previewed on its chip', () => {
+      const preview = document.querySelector('#uploads .chip img.chip-preview');
+      return preview?.complete && preview.naturalWidth === 320;
+    });
+    await shot(alice, 'desktop-uploading');
+    for (const route of held) await route.continue();
+    await alice.unroute(uploadLinks);
+    await until(alice, 'alice: both uploads done, Send enabled', () => {
+      const shown = [...document.querySelectorAll('#uploads .chip')];
+      return shown.length === 2 && shown.every((c) => c.dataset.status === 'done')
+        && !document.getElementById('send').disabled;
+    });
+    // A file the server refuses (text declared as a PNG): its chip says why, and goes with ×.
+    // One over 25 MiB (dropped) is refused here, before anything is uploaded.
+    await alice.setInputFiles('#file-input', {
+      name: 'fake.png', mimeType: 'image/png', buffer: Buffer.from('not a picture at all'),
+    });
+    const fake = alice.locator('#uploads .chip[data-status="failed"]', { hasText: 'fake.png' });
+    await visible(fake.locator('.chip-error', { hasText: /\S/ }), 'alice: the refused file\'s chip, saying why');
+    log(`the server refused fake.png: "${await fake.locator('.chip-error').textContent()}"`);
+    if (await alice.locator('#send').isDisabled()) throw new Error('alice: a failed upload blocks Send');
+    await shot(alice, 'desktop-attachments');
+    await fake.locator('.chip-remove').click();
+    await gone(fake, 'alice: the refused file removed');
+    const big = await alice.evaluateHandle(() => {
+      const data = new DataTransfer();
+      data.items.add(new File([new Uint8Array(25 * 1024 * 1024 + 1)], 'big.bin'));
+      return data;
+    });
+    await alice.dispatchEvent('#messages', 'drop', { dataTransfer: big });
+    await visible(alice.locator('#chat-error', { hasText: 'big.bin is larger than 25 MB.' }),
+      'alice: a file over 25 MiB refused before uploading');
+    if (await chips.count() !== 2) throw new Error('alice: a chip for the file over 25 MiB');
+    // No text: the files are the message.
+    await alice.fill('#composer-text', '');
+    await alice.click('#send');
+    await until(alice, 'alice: the chips cleared by sending',
+      () => document.getElementById('uploads').hidden
+        && !document.querySelector('#uploads .chip'));
+    const filesRow = (page, more = '') => page.locator(`#message-list .msg.files-only${more}[data-seq]`);
+    await visible(filesRow(alice, '.own').locator('.status'), 'alice: her files message stored');
+    const filesSeq = Number(await filesRow(alice, '.own').getAttribute('data-seq'));
+    if (await filesRow(alice, '.own').locator('.text').count()) {
+      throw new Error('alice: a message of files alone shows a line of text');
+    }
+    const thumbLoaded = (seq) => {
+      const img = document.querySelector(`#message-list .msg[data-seq="${seq}"] img.thumb`);
+      return img?.complete && img.naturalWidth > 0
+        && Math.round(img.getBoundingClientRect().width) === 240
+        && Math.round(img.getBoundingClientRect().height) === 150;
+    };
+    await until(alice, 'alice: her image shown in her message, 240 × 150', thumbLoaded, filesSeq);
+    await visible(alice.locator('.chat-item .preview', { hasText: '📎 2 files' }),
+      'alice: "📎 2 files" as the chat\'s last message');
+
+    // Bob sees both, live: the image's thumbnail loaded (with his token, from a blob: URL) and
+    // the text file's row.
+    await until(bob, 'bob: the image\'s thumbnail, loaded, 240 × 150', thumbLoaded, filesSeq);
+    const fileRow = messageAt(bob, filesSeq).locator('.attachment-file', { hasText: 'packing.txt' });
+    await visible(fileRow, 'bob: the text file\'s row');
+    assertSame(await fileRow.locator('.file-size').textContent(), `${packing.length} B`,
+      'bob: the text file\'s size');
+    await shot(bob, 'phone-attachments');
+
+    // The image whole, then back.
+    await messageAt(bob, filesSeq).locator('.attachment-image').click();
+    await until(bob, 'bob: the whole image shown', () => {
+      const image = document.getElementById('lightbox-image');
+      return document.getElementById('lightbox').open && image.dataset.attachmentId
+        && image.complete && image.naturalWidth === 320 && image.naturalHeight === 200;
+    });
+    await shot(bob, 'phone-image');
+    await bob.keyboard.press('Escape');
+    await until(bob, 'bob: the image closed', () => !document.getElementById('lightbox').open);
+
+    // The text file, downloaded under its name with its bytes.
+    const [download] = await Promise.all([
+      bob.waitForEvent('download', { timeout: WAIT_MS }),
+      fileRow.locator('.file-download').click(),
+    ]);
+    assertSame(download.suggestedFilename(), 'packing.txt', 'bob: the downloaded file\'s name');
+    assertSame(await readFile(await download.path(), 'utf8'), packing, 'bob: the downloaded bytes');
+
+    // A reply to the files quotes them as what they are.
+    await messageAction(messageAt(bob, filesSeq), 'reply', 'bob: "Reply" on the files');
+    await until(bob, 'bob: the composer quotes the files',
+      () => document.getElementById('context-text').textContent === '📎 2 files');
+    const thanks = 'Got the list and the picture';
+    await send(bob, thanks);
+    for (const [who, page] of [['bob', bob], ['alice', alice]]) {
+      await visible(anyMessage(page, thanks).locator('.quote-text', { hasText: exactly('📎 2 files') }),
+        `${who}: the reply quoting "📎 2 files"`);
+    }
+    log('Alice sent an image (file input) and a text file (dropped) with no text; Bob saw the '
+      + 'thumbnail live, opened the image, downloaded the file and replied to them');
+
+    // 14. Message search. A message with every character HTML treats specially and an entity
     // written out, to be found later (not a tag such as <b>: Postgres's text search parser
     // leaves tags out of the index and the highlight); then a fresh page, so that the group's
     // first notes are older than anything loaded.
@@ -675,7 +877,7 @@ async function main() {
     log('"this chat only" limited the search; a hit opened in another chat; a query of only '
       + 'exclusions was refused; Esc closed the search');
 
-    // 14. Bob renames himself; Alice sees it in her list, live.
+    // 15. Bob renames himself; Alice sees it in her list, live.
     if (await bob.locator('#back').isVisible()) await bob.click('#back');
     await bob.click('#show-account');
     await bob.fill('#profile-name', 'Bobby Tables');
@@ -685,7 +887,7 @@ async function main() {
       'alice: Bob\'s new name in her chat list, live');
     log('a new name reached the other side live');
 
-    // 15. Silent refresh, ahead of expiry and after a refused access token.
+    // 16. Silent refresh, ahead of expiry and after a refused access token.
     const firstRefresh = await alice.evaluate(() => sessionStorage.getItem('windi.refresh'));
     await alice.evaluate(() => sessionStorage.setItem('windi.expires', String(Date.now() + 61000)));
     await alice.reload();
@@ -706,7 +908,7 @@ async function main() {
         && sessionStorage.getItem('windi.refresh') !== old, secondRefresh);
     log('the client refreshed its tokens silently, twice');
 
-    // 16. Bob changes his password.
+    // 17. Bob changes his password.
     await bob.fill('#password-current', 'not my password');
     await bob.fill('#password-new', 'an even better password');
     await bob.click('#password-form button[type=submit]');
@@ -717,7 +919,7 @@ async function main() {
     await visible(bob.locator('#account-status', { hasText: 'Password changed' }), 'bob: password changed');
     await visible(bob.locator('#main-view'), 'bob: still signed in after his password change');
 
-    // 17. Alice logs out everywhere.
+    // 18. Alice logs out everywhere.
     const aliceToken = await alice.evaluate(() => sessionStorage.getItem('windi.token'));
     await alice.click('#show-account');
     await alice.click('#logout-all');

@@ -8,7 +8,7 @@
 //! those layers import them from here; this module imports only the domain. So reading the
 //! environment never needs the code that acts on it, and a setting has one home.
 
-use std::{env, fmt, time::Duration};
+use std::{env, fmt, path::PathBuf, time::Duration};
 
 use jsonwebtoken::Algorithm;
 
@@ -59,6 +59,25 @@ pub struct Config {
     /// `PASSWORD_MIN_LENGTH` (8 unless set; 6 at least): the shortest password register and
     /// password change accept. Policy, so the operator chooses; see [`PasswordRules`].
     pub password_rules: PasswordRules,
+    /// Where attachments' bytes live (`FILES_BUCKET`, `FILES_S3_ENDPOINT`, `FILES_DIR`).
+    pub files: FilesConfig,
+}
+
+/// Where attachments' bytes live. The service opens it as `crate::blobs::Settings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesConfig {
+    /// `FILES_DIR`, by default `files` in `WINDI_DATA_DIR` (`./.windi/files`): the local
+    /// binary's default, served by windi itself with signed links.
+    Folder(PathBuf),
+    /// `FILES_BUCKET`: an S3 bucket, credentials and region from the usual `AWS_*` variables;
+    /// `FILES_S3_ENDPOINT` names an S3-compatible server other than AWS (MinIO in compose).
+    S3 {
+        bucket: String,
+        endpoint: Option<String>,
+    },
+    /// On Lambda without `FILES_BUCKET` (a function's folder would not outlive it, nor be seen
+    /// by the others): the attachment routes answer 503 naming the variable.
+    Unset,
 }
 
 /// See [`Config::event_acks`].
@@ -99,6 +118,7 @@ impl fmt::Debug for Config {
             .field("session_cache", &self.session_cache)
             .field("event_acks", &self.event_acks)
             .field("password_rules", &self.password_rules)
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -167,7 +187,36 @@ impl Config {
             },
             event_acks: event_acks(optional("EVENT_ACKS").as_deref(), in_lambda())?,
             password_rules: password_rules(optional("PASSWORD_MIN_LENGTH").as_deref())?,
+            files: files_from_env()?,
         })
+    }
+}
+
+/// See [`FilesConfig`].
+fn files_from_env() -> Result<FilesConfig, ConfigError> {
+    let endpoint = optional("FILES_S3_ENDPOINT");
+    if let Some(endpoint) = &endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid {
+            var: "FILES_S3_ENDPOINT",
+            reason: format!("{endpoint:?} is not a URL; write e.g. http://minio:9000"),
+        });
+    }
+    match optional("FILES_BUCKET") {
+        Some(bucket) => Ok(FilesConfig::S3 { bucket, endpoint }),
+        None if endpoint.is_some() => Err(ConfigError::Missing(
+            "FILES_BUCKET",
+            " (FILES_S3_ENDPOINT names a server; FILES_BUCKET names the bucket on it)",
+        )),
+        None if in_lambda() => Ok(FilesConfig::Unset),
+        None => Ok(FilesConfig::Folder(optional("FILES_DIR").map_or_else(
+            || {
+                PathBuf::from(optional("WINDI_DATA_DIR").unwrap_or_else(|| ".windi".into()))
+                    .join("files")
+            },
+            PathBuf::from,
+        ))),
     }
 }
 

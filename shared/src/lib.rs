@@ -15,14 +15,14 @@
 //!     │
 //!   service   AppState, auth, limits, the session cache, the one write path, send, revise
 //!     │
-//!   store · events · config     queries per table · what is published after commit ·
-//!     │                          typed settings from the environment
+//!   store · events · config · blobs   queries per table · what is published after commit ·
+//!     │                        typed settings from the environment · files in a folder or S3
 //!   domain    the API's shapes, input rules, the error type
 //! ```
 //!
 //! - [`domain`] imports nothing: no I/O, no axum, no sqlx. The rules hold for any caller (a
 //!   handler, the relay's frames, the admin CLI), and a test of them needs no database.
-//! - [`store`], [`events`] and [`config`] each import the domain only. A query does not know
+//! - [`store`], [`events`], [`config`] and [`blobs`] each import the domain only. A query does not know
 //!   who calls it; an event does not know who publishes it; a setting does not know who reads
 //!   it. So the settings types other layers need ([`config::JwtConfig`],
 //!   [`config::LimitSettings`], [`config::in_lambda`]) live in `config`, and a store constant
@@ -46,6 +46,7 @@
 // a workspace crate's docs are read.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod blobs;
 pub mod config;
 pub mod domain;
 pub mod events;

@@ -27,8 +27,12 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["domain"]),
     ("events", &["domain"]),
     ("config", &["domain"]),
-    ("service", &["domain", "store", "events", "config"]),
-    ("http", &["domain", "store", "events", "config", "service"]),
+    ("blobs", &["domain"]),
+    ("service", &["domain", "store", "events", "config", "blobs"]),
+    (
+        "http",
+        &["domain", "store", "events", "config", "blobs", "service"],
+    ),
 ];
 
 /// The HTTP stack: only the edge names it.

@@ -242,6 +242,11 @@ async fn pruning_removes_old_used_tokens_and_ended_sessions_and_keeps_the_live_o
     assert_eq!(me_status(&app, &live).await, StatusCode::OK);
     assert_eq!(app.get("/auth/me", &alice).await.0, StatusCode::OK);
     refreshed(&app, &live).await;
-    let again = windi::admin::prune(db).await.unwrap();
-    assert_eq!((again.used_tokens, again.sessions), (0, 0));
+    let again = windi::admin::prune(db, app.state.files.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.sessions.used_tokens, again.sessions.sessions),
+        (0, 0)
+    );
 }

@@ -118,7 +118,8 @@ async fn every_client_file_and_docs_page_carries_a_strict_policy_naming_the_rela
         let policy = page_policy(&app.http, &app.base, &path).await;
         assert_eq!(policy["connect-src"], relay_sources, "{path}");
         assert_eq!(policy["style-src"], "'self'", "{path}");
-        assert_eq!(policy["img-src"], "'self' data:", "{path}");
+        // blob: for attachments, fetched with the token and shown from memory.
+        assert_eq!(policy["img-src"], "'self' data: blob:", "{path}");
     }
     for path in DOCS_PATHS {
         let policy = page_policy(&app.http, &app.base, path).await;
@@ -140,6 +141,7 @@ async fn a_relay_behind_a_proxy_is_allowed_at_its_public_url_and_nowhere_else() 
     let client = windi::ClientConfig {
         relay_port: 8001,
         relay_url: Some("wss://chat.example.com/ws".into()),
+        files_source: None,
     };
     let base = serve(windi::app_with_client(app.state.clone(), client)).await;
     for path in client_paths() {
@@ -153,10 +155,49 @@ async fn a_relay_behind_a_proxy_is_allowed_at_its_public_url_and_nowhere_else() 
     let client = windi::ClientConfig {
         relay_port: 8001,
         relay_url: Some("wss://chat.example.com/ws; script-src *".into()),
+        files_source: None,
     };
     let base = serve(windi::app_with_client(app.state.clone(), client)).await;
     let policy = page_policy(&app.http, &base, "/").await;
     assert_eq!(policy["connect-src"], "'self'");
+}
+
+#[tokio::test]
+async fn an_s3_file_store_is_allowed_at_its_origin_and_nowhere_else() {
+    let app = TestApp::spawn().await;
+    let s3 = |endpoint: Option<&str>| windi_shared::config::FilesConfig::S3 {
+        bucket: "windi-files".into(),
+        endpoint: endpoint.map(Into::into),
+    };
+    for (files, expected) in [
+        (
+            s3(Some("http://s3.localhost:9000/some/path?x=1")),
+            "'self' wss://chat.example.com/ws http://s3.localhost:9000",
+        ),
+        (
+            s3(None),
+            "'self' wss://chat.example.com/ws https://*.amazonaws.com",
+        ),
+        // One that is no plain origin widens nothing.
+        (
+            s3(Some("https://s3.example.com;script-src")),
+            "'self' wss://chat.example.com/ws",
+        ),
+        (
+            windi_shared::config::FilesConfig::Folder("files".into()),
+            "'self' wss://chat.example.com/ws",
+        ),
+    ] {
+        let client = windi::ClientConfig {
+            relay_port: 8001,
+            relay_url: Some("wss://chat.example.com/ws".into()),
+            files_source: None,
+        }
+        .with_files(&files);
+        let base = serve(windi::app_with_client(app.state.clone(), client)).await;
+        let policy = page_policy(&app.http, &base, "/").await;
+        assert_eq!(policy["connect-src"], expected, "{files:?}");
+    }
 }
 
 #[tokio::test]

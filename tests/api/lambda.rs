@@ -9,7 +9,7 @@
 //! has its own fresh database and replays the same steps, so ids line up; only times and token
 //! bytes differ, and those are checked for shape and meaning instead of compared.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
@@ -23,15 +23,16 @@ use reqwest::{Method, header::HeaderMap};
 use serde_json::Value;
 use windi_shared::{
     AppState,
-    config::{Config, JwtConfig},
-    events::stream_name,
+    blobs::Blobs,
+    config::{Config, JwtConfig, LimitSettings},
+    events::{LocalBus, stream_name},
     http::{
         lambda::{self, Handler},
         runtime::function_app,
     },
     service::{auth::Claims, state::Broker},
 };
-use windi_tests::{TEST_SECRET, TestApp, TestDb, nats_url, unique};
+use windi_tests::{TEST_SECRET, TestApp, TestDb, nats_url, s3::S3Server, unique};
 
 /// The function crates, as deployed by `template.yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +84,8 @@ struct Step {
     /// `(JSON pointer, JSON)` pairs the answer's body holds, after [`normalise`].
     body: &'static [(&'static str, &'static str)],
     publishes: Publishes,
+    /// The answer is an upload link: PUT `events/photo.png` with it, on each side.
+    uploads: bool,
 }
 
 /// What a step must have put in JetStream by the time its handler answers.
@@ -103,6 +106,7 @@ const fn step(event: &'static str, function: Function, status: u16) -> Step {
         status,
         body: &[],
         publishes: Publishes::Nothing,
+        uploads: false,
     }
 }
 
@@ -114,6 +118,11 @@ impl Step {
 
     const fn publishes(mut self, publishes: Publishes) -> Self {
         self.publishes = publishes;
+        self
+    }
+
+    const fn uploads(mut self) -> Self {
+        self.uploads = true;
         self
     }
 }
@@ -170,6 +179,23 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-search.json", Function::History, 200)
         .body(&[("/hits/0/message/id", "3"), ("/next", "null")]),
     step("chat-message-read.json", Function::Read, 200),
+    // A photo: announced, PUT to the presigned link (both sides keep files in a real S3
+    // server), sent without text, and downloaded with its thumbnail by redirect.
+    step("chat-attachments.json", Function::Message, 201)
+        .body(&[("/id", "1"), ("/upload/method", "\"PUT\"")])
+        .uploads(),
+    step("chat-message-attachment.json", Function::Message, 201)
+        .publishes(Publishes::Created)
+        .body(&[
+            ("/attachments/0/width", "64"),
+            ("/attachments/0/height", "48"),
+            (
+                "/attachments/0/thumbnail",
+                "\"/chat/attachments/1/thumbnail\"",
+            ),
+        ]),
+    step("chat-attachment.json", Function::Message, 302),
+    step("chat-attachment-thumbnail.json", Function::Message, 302),
     step("auth-register.json", Function::Auth, 409),
     // Accounts and sessions (docs/api.md, "Sessions and accounts"), in an order where each relies on the last.
     step("auth-me-patch.json", Function::Auth, 200),
@@ -227,7 +253,7 @@ struct Answer {
 }
 
 /// The five functions as Lambda containers would run them, on `db`, publishing under `prefix`.
-async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handler> {
+async fn lambda_functions(db: &TestDb, prefix: &str, files: &Blobs) -> BTreeMap<Function, Handler> {
     let mut handlers = BTreeMap::new();
     for function in Function::ALL {
         let config = Config {
@@ -249,10 +275,14 @@ async fn lambda_functions(db: &TestDb, prefix: &str) -> BTreeMap<Function, Handl
             // What Config::from_env gives under Lambda, and the only choice there.
             event_acks: windi_shared::config::EventAcks::Wait,
             password_rules: windi_shared::domain::validate::PasswordRules::default(),
+            files: windi_shared::config::FilesConfig::Unset,
         };
+        // FILES_BUCKET would name the bucket; the test server's endpoint and keys are given
+        // here instead of through AWS_* variables (which every test in the process would see).
         let state = AppState::connect(&config, Broker::Required, function.name())
             .await
-            .unwrap();
+            .unwrap()
+            .with_files(files.clone());
         let app = function_app(function.routes(), state);
         handlers.insert(function, lambda::handler(app));
     }
@@ -343,9 +373,12 @@ async fn send_locally(app: &TestApp, event: &Value) -> Answer {
         app.url(&format!("{path}?{query}"))
     };
 
-    let mut request = app
-        .http
-        .request(Method::from_bytes(method.as_bytes()).unwrap(), url);
+    // A redirect is an answer to compare, as Lambda's is, not one to follow.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = http.request(Method::from_bytes(method.as_bytes()).unwrap(), url);
     let header_source = if v2 {
         &event["headers"]
     } else {
@@ -430,7 +463,7 @@ fn normalise(value: &mut Value) {
             for (key, field) in map.iter_mut() {
                 match (key.as_str(), &*field) {
                     (
-                        "timestamp" | "created_at" | "edited_at" | "last_used_at",
+                        "timestamp" | "created_at" | "edited_at" | "last_used_at" | "expires_at",
                         Value::String(time),
                     ) => {
                         assert!(
@@ -438,6 +471,10 @@ fn normalise(value: &mut Value) {
                             "{key} is not an RFC 3339 time: {time}"
                         );
                         *field = Value::String("<time>".into());
+                    }
+                    // Each side's object has its own random name and signature.
+                    ("url", Value::String(url)) if url.contains("X-Amz-Signature=") => {
+                        *field = Value::String(presigned(url));
                     }
                     // Every request has its own id (see tests/api/ops.rs).
                     ("request_id", Value::String(id)) => {
@@ -467,6 +504,23 @@ fn normalise(value: &mut Value) {
     }
 }
 
+/// A presigned S3 URL by what it means: method-independent, its object's random name and its
+/// signature left out, after checking it is a signed URL of the test bucket.
+fn presigned(url: &str) -> String {
+    let (path, query) = url
+        .split_once('?')
+        .unwrap_or_else(|| panic!("unsigned: {url}"));
+    assert!(query.contains("X-Amz-Signature="), "unsigned: {url}");
+    let (folder, name) = path.rsplit_once('/').unwrap();
+    let name = name.split('.').next().unwrap();
+    assert!(
+        name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not a random object name: {url}"
+    );
+    let folder = folder.rsplit('/').next().unwrap();
+    format!("<presigned URL of {folder}/*>")
+}
+
 fn assert_same(what: &str, lambda: &Answer, local: &Answer) {
     assert_eq!(
         lambda.status,
@@ -484,6 +538,11 @@ fn assert_same(what: &str, lambda: &Answer, local: &Answer) {
         // Both sides answer a request id, each its own.
         let id = headers.remove("x-request-id");
         assert!(id.is_some(), "{what}: {side} answered no x-request-id");
+        if let Some(location) = headers.get_mut("location") {
+            for url in location.iter_mut() {
+                *url = presigned(url);
+            }
+        }
         headers
     };
     assert_eq!(
@@ -597,18 +656,32 @@ struct Sides {
     _stream: windi_tests::StreamGuard,
     _lambda_db: TestDb,
     local: TestApp,
+    /// Where both sides keep files, as a deployment's bucket.
+    _s3: S3Server,
 }
 
 impl Sides {
     async fn new() -> Self {
-        let local = TestApp::spawn_unlimited(windi_tests::Mode::Local).await;
+        let s3 = S3Server::start().await;
+        let files = s3.blobs();
+        let local = TestApp::start_adjusted(
+            TestDb::new().await,
+            Arc::new(LocalBus::default()),
+            unique("t"),
+            |state| {
+                state
+                    .with_limits(LimitSettings::unlimited())
+                    .with_files(files.clone())
+            },
+        )
+        .await;
         let lambda_db = TestDb::new().await;
         let prefix = unique("lambda");
         let stream = windi_tests::StreamGuard {
             url: nats_url(),
             prefix: prefix.clone(),
         };
-        let functions = lambda_functions(&lambda_db, &prefix).await;
+        let functions = lambda_functions(&lambda_db, &prefix, &files).await;
         let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
         Self {
             functions,
@@ -618,6 +691,7 @@ impl Sides {
             _stream: stream,
             _lambda_db: lambda_db,
             local,
+            _s3: s3,
         }
     }
 
@@ -627,7 +701,46 @@ impl Sides {
         for (n, step) in steps.iter().enumerate() {
             let what = format!("step {} ({}, {})", n + 1, step.event, step.function.name());
             let event = load_event(step.event);
-            let answer = self.step(&what, step.function, &event, step.status).await;
+            let (answer, local) = self
+                .step_as(&what, step.function, &event, &event, step.status)
+                .await;
+            if step.uploads {
+                let photo = std::fs::read(events_dir().join("photo.png")).unwrap();
+                for side in [&answer, &local] {
+                    let link: Value = serde_json::from_slice(&side.body).unwrap();
+                    let status = self
+                        .local
+                        .http
+                        .put(link["upload"]["url"].as_str().unwrap())
+                        .header("content-type", "image/png")
+                        .body(photo.clone())
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    assert_eq!(status, 200, "{what}: the upload");
+                }
+            }
+            if step.status == 302 {
+                // Each side's link gives the same bytes (the photo, or the same thumbnail).
+                let mut fetched = Vec::new();
+                for side in [&answer, &local] {
+                    let response = self
+                        .local
+                        .http
+                        .get(&side.headers["location"][0])
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200, "{what}: the download");
+                    fetched.push(response.bytes().await.unwrap());
+                }
+                assert!(!fetched[0].is_empty() && fetched[0] == fetched[1], "{what}");
+                if step.event == "chat-attachment.json" {
+                    let photo = std::fs::read(events_dir().join("photo.png")).unwrap();
+                    assert_eq!(fetched[0], photo, "{what}");
+                }
+            }
             if step.body.is_empty() && matches!(step.publishes, Publishes::Nothing) {
                 continue;
             }
@@ -641,15 +754,11 @@ impl Sides {
         }
     }
 
-    /// One step: `event` without a token first, if it carries one (the same 401 from both
+    /// One step: the event without a token first, if it carries one (the same 401 from both
     /// sides), then with each side's own token; both sides must answer `status` and the same
-    /// status, headers and body. Returns the Lambda side's answer.
-    async fn step(&mut self, what: &str, function: Function, event: &Value, status: u16) -> Answer {
-        self.step_as(what, function, event, event, status).await
-    }
-
-    /// [`Self::step`], with the event the Lambda side gets and the request the local side gets
-    /// given apart, for an event API Gateway builds differently from the request it was sent.
+    /// status, headers and body. The event the Lambda side gets and the request the local side
+    /// gets are given apart, for an event API Gateway builds differently from the request it
+    /// was sent. Returns both answers, Lambda's first.
     async fn step_as(
         &mut self,
         what: &str,
@@ -657,7 +766,7 @@ impl Sides {
         lambda_event: &Value,
         local_event: &Value,
         status: u16,
-    ) -> Answer {
+    ) -> (Answer, Answer) {
         let handler = self.functions.get_mut(&function).unwrap();
         if needs_token(lambda_event) {
             let lambda_answer = invoke(handler, &with_token(lambda_event.clone(), None)).await;
@@ -695,7 +804,7 @@ impl Sides {
             };
             self.tokens = Some((token(&lambda_answer), token(&local_answer)));
         }
-        lambda_answer
+        (lambda_answer, local_answer)
     }
 }
 
@@ -743,7 +852,7 @@ async fn a_percent_encoded_emoji_reaches_the_function_as_it_reaches_the_local_se
             for (form, path) in [("encoded", &encoded_path), ("decoded", &decoded_path)] {
                 let what = format!("{file} for {emoji:?}, rawPath {form}");
                 let event = reaction_event(file, path, emoji);
-                let answer = sides
+                let (answer, _) = sides
                     .step_as(&what, Function::Message, &event, &sent, 200)
                     .await;
                 let body: Value = serde_json::from_slice(&answer.body).unwrap();

@@ -4,6 +4,7 @@
 
 mod address_limits;
 mod admin;
+mod attachments;
 mod auth;
 mod authorization;
 mod bad_input;

@@ -194,7 +194,7 @@ async fn deduplication_holds_across_a_restart() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, windi::app(state)).await });
-    let response = reqwest::Client::new()
+    let response = windi_tests::http_client()
         .post(format!("http://{addr}/chat/message"))
         .bearer_auth(&alice.token)
         .json(&body)

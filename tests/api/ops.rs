@@ -107,7 +107,7 @@ async fn metrics_need_the_token_when_one_is_set() {
         },
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = windi_tests::http_client();
     let anonymous = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let wrong = http

@@ -199,7 +199,7 @@ async fn clients_that_hang_up_mid_request_leave_every_connection_clean() {
         .as_i64()
         .unwrap();
     // 60 sends whose clients give up after a few milliseconds, mid-transaction for many.
-    let impatient = reqwest::Client::new();
+    let impatient = windi_tests::http_client();
     let outcomes = futures::future::join_all((0..60).map(|i| {
         let request = impatient
             .post(app.url("/chat/message"))

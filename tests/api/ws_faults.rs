@@ -75,7 +75,7 @@ async fn a_relay_restart_mid_stream_loses_and_repeats_nothing() {
         let base = app.base.clone();
         let token = alice.token.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = windi_tests::http_client();
             for i in 2..=60 {
                 let response = http
                     .post(format!("{base}/chat/message"))

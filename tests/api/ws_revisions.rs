@@ -492,7 +492,7 @@ async fn a_removal_racing_sends_stops_delivery_exactly_at_its_rev() {
 
     // Two members send as fast as they can while the owner removes Bob.
     let sends = |user: TestUser, base: String| async move {
-        let http = reqwest::Client::new();
+        let http = windi_tests::http_client();
         for i in 0..40 {
             let response = http
                 .post(format!("{base}/chat/message"))

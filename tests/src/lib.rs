@@ -27,6 +27,7 @@ use windi_shared::{
 };
 use ws_relay::{RelayHandle, RelaySettings};
 
+pub mod s3;
 pub mod ws;
 
 /// Which event carrier a test runs on: the delivery tests run on both.
@@ -186,6 +187,26 @@ pub struct TestApp {
     pub nats_url: Option<String>,
     /// Deletes this app's JetStream stream when the test ends.
     stream: Option<StreamGuard>,
+    /// Where its files are kept (unless a test gives it S3); removed when the test ends.
+    pub files: TempFolder,
+}
+
+/// A folder under the system's temporary folder, removed (with what is in it) when dropped.
+#[derive(Debug)]
+pub struct TempFolder(pub std::path::PathBuf);
+
+impl TempFolder {
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Deletes a test's JetStream stream when dropped (pass or fail), so test runs leave nothing
@@ -351,6 +372,7 @@ impl TestApp {
         let client = windi::ClientConfig {
             relay_port: relay.addr.port(),
             relay_url: None,
+            files_source: None,
         };
         app.serve(listener, client);
         (app, relay)
@@ -364,18 +386,24 @@ impl TestApp {
             Duration::from_secs(1800),
         )
         .unwrap();
-        let state = AppState::new(db.pool.clone(), &jwt, events).with_limits(test_limits());
+        // Files in a folder of the test's own, as the local binary keeps them by default.
+        let files = TempFolder::new("files");
+        let blobs = windi_shared::blobs::Blobs::folder(files.0.clone(), TEST_SECRET).unwrap();
+        let state = AppState::new(db.pool.clone(), &jwt, events)
+            .with_limits(test_limits())
+            .with_files(blobs);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Self {
             base: format!("http://{addr}"),
             addr,
             state,
-            http: reqwest::Client::new(),
+            http: http_client(),
             db,
             prefix,
             nats_url: None,
             stream: None,
+            files,
         };
         (app, listener)
     }
@@ -815,4 +843,11 @@ impl PrivatePostgres {
 fn run(command: &mut std::process::Command) {
     let status = command.status().unwrap();
     assert!(status.success(), "{command:?} failed: {status}");
+}
+
+/// A plain HTTP client. windi builds reqwest without a TLS provider of its own (see
+/// `windi_shared::blobs::install_tls_provider`): every client in a test is made here, after it.
+pub fn http_client() -> reqwest::Client {
+    windi_shared::blobs::install_tls_provider();
+    reqwest::Client::new()
 }

@@ -6,13 +6,17 @@
 //! session that ended without its event: this process publishes nothing.
 //!
 //! Pruning runs here too: hourly inside `windi serve` ([`spawn_pruning`]), and as
-//! `windi admin prune` for a deployment with no long-running windi (Lambda), on a schedule.
+//! `windi admin prune` for a deployment with no long-running windi (Lambda), on a schedule
+//! (with the functions' `FILES_BUCKET`, so the files it removes are the deployment's).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-use windi_shared::store::sessions::{self, Pruned};
+use windi_shared::{
+    service::{attachments, files::Files},
+    store::sessions,
+};
 
 /// A user as the operator sees one.
 #[derive(Debug, sqlx::FromRow)]
@@ -91,15 +95,26 @@ pub const PRUNE_BATCH: i64 = 1_000;
 /// How often `windi serve` prunes.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60 * 60);
 
+/// What one pruning pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub sessions: sessions::Pruned,
+    pub files: attachments::Pruned,
+}
+
 /// Deletes used refresh tokens and ended sessions past their retention
-/// ([`sessions::prune`]); answers how many of each.
-pub async fn prune(pool: &PgPool) -> sqlx::Result<Pruned> {
-    sessions::prune(pool, PRUNE_BATCH).await
+/// ([`sessions::prune`]), uploads never sent in time, and the files of deleted messages
+/// ([`attachments::prune`]; their bytes from `files`, the store they are kept in).
+pub async fn prune(pool: &PgPool, files: Option<&Files>) -> windi_shared::Result<Pruned> {
+    Ok(Pruned {
+        sessions: sessions::prune(pool, PRUNE_BATCH).await?,
+        files: attachments::prune(pool, files, PRUNE_BATCH).await?,
+    })
 }
 
 /// Prunes at once and then every [`PRUNE_EVERY`], until `pool` is closed: `windi serve`'s
 /// background job. Several processes pruning at once only delete the same rows once.
-pub fn spawn_pruning(pool: PgPool) {
+pub fn spawn_pruning(pool: PgPool, files: Option<Files>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,11 +123,13 @@ pub fn spawn_pruning(pool: PgPool) {
             if pool.is_closed() {
                 return;
             }
-            match prune(&pool).await {
+            match prune(&pool, files.as_ref()).await {
                 Ok(pruned) if pruned != Pruned::default() => tracing::info!(
-                    used_tokens = pruned.used_tokens,
-                    sessions = pruned.sessions,
-                    "pruned used refresh tokens and ended sessions"
+                    used_tokens = pruned.sessions.used_tokens,
+                    sessions = pruned.sessions.sessions,
+                    unsent_files = pruned.files.expired,
+                    files_removed = pruned.files.removed,
+                    "pruned used refresh tokens, ended sessions and unreachable files"
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning failed; trying again later"),

@@ -104,8 +104,9 @@ pub enum AdminCommand {
     Disable { user_id: i64 },
     /// Let a disabled user log in again.
     Enable { user_id: i64 },
-    /// Delete used refresh tokens older than 30 days and sessions ended over 7 days ago, 1,000
-    /// rows a statement. `windi serve` does it hourly; without one (Lambda), schedule this.
+    /// Delete used refresh tokens older than 30 days, sessions ended over 7 days ago, uploads
+    /// not sent within 24 hours, and the files of deleted messages, 1,000 rows a statement.
+    /// `windi serve` does it hourly; without one (Lambda), schedule this (with FILES_BUCKET).
     Prune,
 }
 

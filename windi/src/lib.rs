@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 use windi_shared::{
     AppState,
-    config::{ConfigError, optional},
+    config::{ConfigError, FilesConfig, optional},
     domain::model::{Health, Readiness},
     http::{SECURITY_SCHEME, runtime::HttpSettings},
     store::MIGRATOR,
@@ -154,6 +154,11 @@ pub struct ClientConfig {
     /// for a relay behind a TLS proxy or on another host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_url: Option<String>,
+    /// The origin of an S3 store's presigned links (`https://*.amazonaws.com`, or the origin
+    /// of `FILES_S3_ENDPOINT`), which the page uploads to and downloads from; `None` when
+    /// files are served by windi itself. Only the page's policy needs it.
+    #[serde(skip)]
+    pub files_source: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -161,6 +166,7 @@ impl Default for ClientConfig {
         Self {
             relay_port: 8001,
             relay_url: None,
+            files_source: None,
         }
     }
 }
@@ -183,8 +189,39 @@ impl ClientConfig {
         Ok(Self {
             relay_port,
             relay_url,
+            files_source: None,
         })
     }
+
+    /// The same configuration with the page allowed to reach the file store of `files`.
+    pub fn with_files(mut self, files: &FilesConfig) -> Self {
+        self.files_source = match files {
+            FilesConfig::S3 {
+                endpoint: Some(url),
+                ..
+            } => origin_source(url),
+            FilesConfig::S3 { endpoint: None, .. } => Some(AWS_FILES.into()),
+            FilesConfig::Folder(_) | FilesConfig::Unset => None,
+        };
+        self
+    }
+}
+
+/// Where object_store's AWS links point: `https://<bucket>.s3.<region>.amazonaws.com/…`.
+const AWS_FILES: &str = "https://*.amazonaws.com";
+
+/// The origin of an `http(s)://` URL as a CSP source: scheme, host and port, if it is printable
+/// ASCII without a quote, `;` or `,` (which would end the source or the directive).
+fn origin_source(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"?#;,'\"@".contains(&b))
+    };
+    (matches!(scheme, "http" | "https") && plain(authority))
+        .then(|| format!("{scheme}://{authority}"))
 }
 
 /// [`app`] with an explicit client configuration.
@@ -283,16 +320,18 @@ fn static_client(config: ClientConfig) -> Router {
 // client keeps them in sessionStorage, where any script of the page could read them). A
 // reverse proxy in front must pass them on (docs/operations.md).
 
-/// The browser client's policy, around the relay's address (see [`ClientCsp`]): only its own
-/// files (no inline script or style, no `eval`; images from itself or `data:`, which its empty
-/// favicon is), its own API and that one WebSocket URL, no `<base>`, no plugin, no framing,
-/// and no native form submission (app.js handles every form, so a form that posted before
-/// app.js ran would put a password in the URL).
-fn client_csp(relay: &str) -> String {
+/// The browser client's policy, around the relay's address and the file store's (see
+/// [`ClientCsp`]): only its own files (no inline script or style, no `eval`; images from
+/// itself, `data:` (its empty favicon) and `blob:` (attachments, which it fetches with its
+/// token and shows from memory)), its own API, that one WebSocket URL and the store its file
+/// links point at, no `<base>`, no plugin, no framing, and no native form submission (app.js
+/// handles every form, so a form that posted before app.js ran would put a password in the
+/// URL).
+fn client_csp(relay: &str, files: &str) -> String {
     format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'{relay}; object-src 'none'; base-uri 'none'; form-action 'none'; \
-         frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+         connect-src 'self'{relay}{files}; object-src 'none'; base-uri 'none'; \
+         form-action 'none'; frame-ancestors 'none'"
     )
 }
 
@@ -340,34 +379,42 @@ async fn client_headers(State(csp): State<ClientCsp>, request: Request, next: Ne
 #[derive(Debug, Clone)]
 enum ClientCsp {
     Fixed(HeaderValue),
-    SameHost { relay_port: u16 },
+    SameHost { relay_port: u16, files: String },
 }
 
 impl ClientCsp {
     fn new(config: &ClientConfig) -> Self {
+        // Checked like the relay's: one that cannot be a source is left out.
+        let files = config
+            .files_source
+            .as_deref()
+            .filter(|s| *s == AWS_FILES || origin_source(s).as_deref() == Some(*s))
+            .map(|s| format!(" {s}"))
+            .unwrap_or_default();
         match &config.relay_url {
             Some(url) => {
                 // from_env refused a URL that cannot be a source; one set in code is left out
                 // (the client then cannot connect) rather than let it widen the policy.
                 let relay = relay_source(url).map(|url| format!(" {url}"));
-                let csp = client_csp(relay.as_deref().unwrap_or_default());
+                let csp = client_csp(relay.as_deref().unwrap_or_default(), &files);
                 Self::Fixed(HeaderValue::try_from(csp).expect("a relay source is ASCII"))
             }
             None => Self::SameHost {
                 relay_port: config.relay_port,
+                files,
             },
         }
     }
 
     fn for_request(&self, request: &Request) -> HeaderValue {
-        let relay_port = match self {
+        let (relay_port, files) = match self {
             Self::Fixed(csp) => return csp.clone(),
-            Self::SameHost { relay_port } => relay_port,
+            Self::SameHost { relay_port, files } => (relay_port, files),
         };
         // ws://… also admits wss://… in CSP 3; both are named for browsers that predate it.
         let relay = request_host(request)
             .map(|host| format!(" ws://{host}:{relay_port}/ws wss://{host}:{relay_port}/ws"));
-        HeaderValue::try_from(client_csp(relay.as_deref().unwrap_or_default()))
+        HeaderValue::try_from(client_csp(relay.as_deref().unwrap_or_default(), files))
             .expect("a checked host is ASCII")
     }
 }

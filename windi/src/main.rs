@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
     let mut signals = StopSignals::register();
     // clap prints --help, --version and usage errors itself (once, exit 0 or 2).
     let cli = Cli::parse();
+    windi_shared::blobs::install_tls_provider();
     load_dotenv();
     init_tracing();
     let command = cli.command.unwrap_or(Command::Serve);
@@ -98,11 +99,12 @@ async fn serve_all(mut signals: StopSignals) -> Result<(), String> {
     let http = HttpSettings::from_env().map_err(|e| e.to_string())?;
     let client = windi::ClientConfig::from_env(relay_settings.port).map_err(|e| e.to_string())?;
     let (config, _embedded) = prepared_config().await?;
+    let client = client.with_files(&config.files);
     let state = AppState::connect(&config, Broker::LocalFallback, "windi").await?;
     if config.session_cache {
         state.sync_sessions();
     }
-    windi::admin::spawn_pruning(state.db.clone());
+    windi::admin::spawn_pruning(state.db.clone(), state.files.clone());
     windi_shared::http::metrics::watch_pool(&state.db, "api");
     match &config.nats_url {
         Some(url) => tracing::info!(%url, "events go to NATS"),
@@ -295,15 +297,23 @@ async fn admin_command(command: AdminCommand) -> Result<(), String> {
             Ok(false) => Err(format!("no user {user_id}")),
             Err(e) => Err(e.to_string()),
         },
-        AdminCommand::Prune => windi::admin::prune(&pool)
-            .await
-            .map(|p| {
-                println!(
-                    "deleted {} used refresh token(s) and {} ended session(s)",
-                    p.used_tokens, p.sessions
-                );
-            })
-            .map_err(|e| e.to_string()),
+        AdminCommand::Prune => {
+            let files = windi_shared::service::state::open_files(&config)?
+                .map(windi_shared::service::files::Files::new);
+            windi::admin::prune(&pool, files.as_ref())
+                .await
+                .map(|p| {
+                    println!(
+                        "deleted {} used refresh token(s), {} ended session(s), {} upload(s) \
+                         never sent, and the bytes of {} unreachable file(s)",
+                        p.sessions.used_tokens,
+                        p.sessions.sessions,
+                        p.files.expired,
+                        p.files.removed
+                    );
+                })
+                .map_err(|e| e.to_string())
+        }
         AdminCommand::Enable { user_id } => match windi::admin::enable(&pool, user_id).await {
             Ok(true) => {
                 println!("user {user_id} can log in again");

@@ -34,6 +34,12 @@
 //    The highlight is HTML the server escaped; it is still built as text nodes and <mark>
 //    elements here, never assigned as HTML. Opening a hit pages history back to it, so the
 //    messages stay contiguous. → onSearchInput(), runSearch(), highlightNodes(), openHit()
+//  * Files go in three steps: announce (`POST /chat/attachments`) for an id and an upload link,
+//    PUT the bytes to that link (no token: the link is the permission; any 2xx is success, as
+//    an S3 link answers with an empty body), then send the ids in the message's `attachments`
+//    (its text may then be empty). Reading a file needs the token, so an <img> cannot point at
+//    it: the client fetches it with the token and shows it from a blob: URL (bounded cache).
+//    → addFiles(), startUpload(), putFile(), attachmentsBlock(), loadThumbnail(), fetchFile()
 
 // ---------------------------------------------------------------------------------------------
 // Tunables
@@ -81,6 +87,23 @@ const SEARCH_PAGE_SIZE = 20;
 const MAX_HISTORY_PAGE = 200;
 /** Messages loaded above a search hit opened far back, so it does not sit at the very top. */
 const REVEAL_CONTEXT = 10;
+/** The server's limits on files: 25 MiB each, 10 a message. Checked here first, so a file too
+ * large is refused at once rather than after announcing it. */
+const MAX_FILE_BYTES = 25 * 1024 * 1024;
+const MAX_FILES = 10;
+/** Thumbnails kept as blob: URLs (the oldest is revoked past this). */
+const THUMB_CACHE_SIZE = 200;
+/** The largest box (px) an image takes in a message; its thumbnail is at most 320 px. */
+const THUMB_MAX_WIDTH = 240;
+const THUMB_MAX_HEIGHT = 320;
+/** A thumbnail that failed to load is not asked for again before this. */
+const THUMB_RETRY_MS = 30_000;
+/** Downloading a file (up to 25 MiB) may take longer than an API call. */
+const FILE_TIMEOUT_MS = 120_000;
+/** An upload link is valid for 15 minutes: an upload still going then cannot succeed. */
+const UPLOAD_TIMEOUT_MS = 15 * 60_000;
+/** The types a chip previews from the local file (what the server makes thumbnails of). */
+const PREVIEW_TYPES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -105,6 +128,11 @@ const state = {
   /** The message a search hit opened, outlined until another chat opens: `{chatId, id}`, or
    * null. */
   found: null,
+  /** Files chosen for the next message, as chips above the composer (see addFiles). Like the
+   * draft text they belong to the composer, not to a chat. */
+  uploads: [],
+  /** An edit is being saved (the Send button waits for it). */
+  saving: false,
 };
 
 /** A chat as this client tracks it. `summary` is a ChatSummary from the API or a `chat` frame. */
@@ -221,18 +249,54 @@ class ApiError extends Error {
  * signed-in call may be an access token that just expired: one silent refresh and a retry;
  * if the session itself has ended, the refresh fails and we sign out. `signal` aborts it
  * (a search overtaken by a newer one). */
-async function api(method, path, body, { signal, retried = false } = {}) {
+function api(method, path, body, { signal } = {}) {
+  return withSession(() => request(method, path, body, signal));
+}
+
+/** Runs `call` (a request with the stored token); a 401 refreshes the session once and runs it
+ * again, with the new token, and an ended session signs out. */
+async function withSession(call, retried = false) {
   try {
-    return await request(method, path, body, signal);
+    return await call();
   } catch (error) {
     if (error.status === 401 && state.me && !retried && await refreshSession()) {
-      return api(method, path, body, { signal, retried: true });
+      return withSession(call, true);
     }
     if (error.status === 401 && state.me) {
       signOut('Your session has ended. Please log in again.');
     }
     throw error;
   }
+}
+
+/** A file (or thumbnail) of a message, as a Blob: `GET /chat/attachments/…` with our token
+ * answers a redirect to a short-lived link, which fetch follows. (A cross-origin link, such as
+ * S3's, gets no Authorization header: browsers drop it on such a redirect, as they should.) */
+function fetchFile(path) {
+  return withSession(async () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const response = await fetch(path, {
+      headers: token ? { Authorization: `Bearer ${token}` } : {},
+      signal: AbortSignal.timeout(FILE_TIMEOUT_MS),
+    });
+    if (!response.ok) throw await responseError(response);
+    return response.blob();
+  });
+}
+
+/** The ApiError of a failed answer (errors are `{detail, code}` JSON; anything else is its
+ * text, or the status). */
+async function responseError(response) {
+  const text = await response.text().catch(() => '');
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = { detail: text };
+  }
+  const retryAfter = Number(response.headers.get('Retry-After'));
+  return new ApiError(response.status, data?.detail || response.statusText || `HTTP ${response.status}`,
+    data?.code, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null);
 }
 
 async function request(method, path, body, signal) {
@@ -671,14 +735,19 @@ function onRelayError(frame) {
 // Sending
 
 /** Queues a message for the open chat (or the drafted private chat) and sends it; `replyTo` is
- * the id of the message it answers, or null. */
-function send(text, replyTo = null) {
+ * the id of the message it answers, or null; `files` are uploaded files (AttachmentOut-shaped,
+ * at least `{id, filename, content_type, size}`) it carries. */
+function send(text, replyTo = null, files = []) {
   const item = {
     key: newDedupKey(),
     chatId: state.openChatId,
     recipientId: state.openChatId === null ? state.draftRecipient : null,
     text,
     replyTo,
+    /** Their ids go with every try (the dedup key stands for text and files together). */
+    attachments: files.map((file) => file.id),
+    /** What the pending message shows of them until the stored one replaces it. */
+    files,
     error: null,
     timer: null,
     httpInFlight: false,
@@ -693,6 +762,7 @@ function transmit(item) {
   clearTimeout(item.timer);
   const frame = { type: 'send', text: item.text, dedup_key: item.key };
   if (item.replyTo !== null) frame.reply_to = item.replyTo;
+  if (item.attachments.length) frame.attachments = item.attachments;
   if (item.chatId !== null) frame.chat_id = item.chatId;
   else frame.recipient_id = item.recipientId;
   if (relaySend(frame)) {
@@ -708,6 +778,7 @@ async function sendOverHttp(item) {
   item.httpInFlight = true;
   const body = { text: item.text, dedup_key: item.key };
   if (item.replyTo !== null) body.reply_to = item.replyTo;
+  if (item.attachments.length) body.attachments = item.attachments;
   if (item.chatId !== null) body.chat_id = item.chatId;
   else body.recipient_id = item.recipientId;
   try {
@@ -1010,7 +1081,7 @@ function renderChatList() {
     let preview = 'No messages yet';
     if (typing) preview = 'typing…';
     else if (last?.deleted) preview = 'message deleted';
-    else if (last) preview = `${isMine(last) ? (last.read ? '✓✓ ' : '✓ ') : ''}${last.text}`;
+    else if (last) preview = `${isMine(last) ? (last.read ? '✓✓ ' : '✓ ') : ''}${gist(last)}`;
     const title = chatTitle(chat);
     return el('li', {},
       el('button', {
@@ -1092,6 +1163,7 @@ function renderMessages({ toBottom = false, keepBottomDistance = false } = {}) {
   }
   for (const item of state.outbox.values()) if (isShown(item)) rows.push(pendingRow(item));
   $('message-list').replaceChildren(...rows);
+  observeThumbnails();
   renderComposeContext(); // The message replied to or edited may have changed too.
 
   if (stick) box.scrollTop = box.scrollHeight;
@@ -1110,13 +1182,17 @@ function messageRow(chat, message) {
   const classes = ['msg', mine ? 'own' : 'theirs'];
   if (message.deleted) classes.push('deleted');
   if (menuOpen) classes.push('menu-open');
+  // Files and no text: the bubble is the files, with no empty line of text under them.
+  const hasText = message.deleted || message.text !== '' || !filesOf(message).length;
+  if (!hasText) classes.push('files-only');
   if (state.found?.chatId === chat.id && state.found.id === message.id) classes.push('found');
   return el('li', { class: classes.join(' '), 'data-seq': message.seq, 'data-id': message.id },
     !mine && chat.kind === 'group' ? el('div', { class: 'sender small', text: senderName(chat, message.sender_id) }) : null,
     message.reply_to != null && !message.deleted ? quoteBlock(chat, message.reply_to) : null,
+    message.deleted ? null : attachmentsBlock(filesOf(message)),
     message.deleted
       ? el('div', { class: 'text tombstone', text: 'message deleted' })
-      : el('div', { class: 'text', text: message.text }),
+      : hasText ? el('div', { class: 'text', text: message.text }) : null,
     message.deleted ? null : reactionsRow(chat, message),
     el('div', { class: 'meta small' },
       message.deleted ? null : el('button', {
@@ -1151,8 +1227,20 @@ function quoteBlock(chat, id) {
 function excerpt(message) {
   if (message.deleted) return 'message deleted';
   // By code points, so that an emoji is never cut in half.
-  const chars = Array.from(message.text.replace(/\s+/g, ' ').trim());
+  const chars = Array.from(gist(message).replace(/\s+/g, ' ').trim());
   return chars.length > QUOTE_CHARS ? `${chars.slice(0, QUOTE_CHARS - 1).join('')}…` : chars.join('');
+}
+
+/** A message's files; a message cached before files existed has no such field. */
+const filesOf = (message) => message.attachments ?? [];
+
+/** What a message says in one line (chat list, quotes): its text, marked 📎 when it carries
+ * files; with no text, what the files are ("📎 photo.png", "📎 3 files"). */
+function gist(message) {
+  const files = filesOf(message);
+  if (!files.length) return message.text;
+  if (message.text.trim()) return `📎 ${message.text}`;
+  return files.length === 1 ? `📎 ${files[0].filename}` : `📎 ${files.length} files`;
 }
 
 /** The reactions under a message: each emoji with its count; ours are highlighted, and
@@ -1203,6 +1291,7 @@ function renderComposeContext() {
   const shown = Boolean(chat) && compose.chatId === state.openChatId;
   $('composer-context').hidden = !shown;
   $('send').textContent = shown && compose.mode === 'edit' ? 'Save' : 'Send';
+  renderSendButton();
   if (!shown) return;
   const message = findMessage(chat, compose.id);
   let label = 'Edit message';
@@ -1217,9 +1306,11 @@ function renderComposeContext() {
 function pendingRow(item) {
   const status = item.error ? 'failed' : 'sending';
   const chat = state.chats.get(item.chatId);
-  return el('li', { class: `msg own pending${item.error ? ' failed' : ''}`, 'data-key': item.key },
+  const filesOnly = item.text === '' && item.files.length > 0;
+  return el('li', { class: `msg own pending${item.error ? ' failed' : ''}${filesOnly ? ' files-only' : ''}`, 'data-key': item.key },
     chat && item.replyTo !== null ? quoteBlock(chat, item.replyTo) : null,
-    el('div', { class: 'text', text: item.text }),
+    attachmentsBlock(item.files, { pending: true }),
+    filesOnly ? null : el('div', { class: 'text', text: item.text }),
     el('div', { class: 'meta small' },
       item.error
         ? el('span', { class: 'status', 'data-status': status, text: `Not sent: ${item.error}` })
@@ -1228,6 +1319,501 @@ function pendingRow(item) {
         type: 'button', class: 'link small', text: 'Dismiss',
         onclick: () => { state.outbox.delete(item.key); renderMessages(); },
       }) : null));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files: uploads from the composer, and the files of messages
+
+let nextUploadKey = 0;
+
+/** Takes files chosen with 📎 or dropped on the conversation: each becomes a chip above the
+ * composer and starts uploading at once. The server's limits are checked here first, so a file
+ * it would refuse is never announced. */
+function addFiles(fileList) {
+  const files = Array.from(fileList ?? []);
+  if (!files.length) return;
+  const problems = [];
+  // A failed chip is never sent, so it takes no place.
+  let room = MAX_FILES - state.uploads.filter((upload) => upload.status !== 'failed').length;
+  let leftOut = 0;
+  for (const file of files) {
+    if (file.size > MAX_FILE_BYTES) {
+      problems.push(`${file.name} is larger than ${humanSize(MAX_FILE_BYTES)}.`);
+    } else if (file.size === 0) {
+      problems.push(`${file.name} is empty.`);
+    } else if (room <= 0) {
+      leftOut += 1;
+    } else {
+      room -= 1;
+      const upload = newUpload(file);
+      state.uploads.push(upload);
+      startUpload(upload);
+    }
+  }
+  if (leftOut) {
+    problems.push(`A message takes at most ${MAX_FILES} files: ${leftOut} left out.`);
+  }
+  showError('chat-error', problems.length ? problems.join(' ') : null);
+  renderUploads();
+}
+
+function newUpload(file) {
+  const type = file.type || 'application/octet-stream';
+  return {
+    key: ++nextUploadKey,
+    file,
+    type,
+    /** A blob: URL of the local image for its chip (and then its thumbnail: see sentFile). */
+    preview: PREVIEW_TYPES.has(type) ? URL.createObjectURL(file) : null,
+    /** 'uploading', then 'done' or 'failed' (`error` says why). */
+    status: 'uploading',
+    error: null,
+    /** Bytes sent so far. */
+    loaded: 0,
+    /** The server's id for it, from the announcement. */
+    id: null,
+    /** The file as a message will show it: the folder's upload link answers it, S3's does not. */
+    out: null,
+    xhr: null,
+  };
+}
+
+/** Announces an upload, then PUTs its bytes. A chip removed meanwhile is forgotten: the server
+ * prunes an upload that is never sent. */
+async function startUpload(upload) {
+  try {
+    const ticket = await api('POST', '/chat/attachments', {
+      filename: upload.file.name, content_type: upload.type, size: upload.file.size,
+    });
+    if (!state.uploads.includes(upload)) return;
+    upload.id = ticket.id;
+    upload.out = await putFile(upload, ticket.upload);
+    upload.status = 'done';
+  } catch (error) {
+    if (!state.uploads.includes(upload)) return;
+    upload.status = 'failed';
+    upload.error = error.name === 'TimeoutError' ? 'The server took too long to answer.'
+      : error.message;
+  } finally {
+    upload.xhr = null;
+  }
+  renderUploads();
+}
+
+/** PUTs the bytes to the upload link with exactly its headers and no token (the link is the
+ * permission). Any 2xx is success; answers the file as the folder's link describes it, or null
+ * (S3 answers nothing). XMLHttpRequest rather than fetch, for the upload's progress. */
+function putFile(upload, link) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    upload.xhr = xhr;
+    xhr.open(link.method ?? 'PUT', link.url);
+    for (const [name, value] of Object.entries(link.headers ?? {})) xhr.setRequestHeader(name, value);
+    xhr.timeout = UPLOAD_TIMEOUT_MS;
+    xhr.upload.onprogress = (event) => {
+      upload.loaded = event.loaded;
+      renderProgress(upload);
+    };
+    xhr.onload = () => {
+      let data = null;
+      try {
+        data = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+      } catch {
+        data = null; // S3 answers nothing on success, XML on failure.
+      }
+      if (xhr.status >= 200 && xhr.status < 300) {
+        resolve(data?.id === upload.id ? data : null);
+      } else {
+        reject(new ApiError(xhr.status, data?.detail ?? (xhr.statusText || `HTTP ${xhr.status}`),
+          data?.code));
+      }
+    };
+    xhr.onerror = () => reject(new Error('The upload failed: the connection was lost.'));
+    xhr.ontimeout = () => reject(new Error('The upload took too long.'));
+    xhr.onabort = () => reject(new DOMException('The upload was cancelled.', 'AbortError'));
+    xhr.send(upload.file);
+  });
+}
+
+/** A chip's × : the file is left out of the message (an upload on its way stops). */
+function removeUpload(upload) {
+  state.uploads = state.uploads.filter((u) => u !== upload);
+  dropUpload(upload);
+  showError('chat-error', null);
+  renderUploads();
+}
+
+/** Every chip goes (sent, or signed out). */
+function clearUploads() {
+  const uploads = state.uploads;
+  state.uploads = [];
+  for (const upload of uploads) dropUpload(upload);
+  renderUploads();
+}
+
+function dropUpload(upload) {
+  upload.xhr?.abort();
+  if (upload.preview) URL.revokeObjectURL(upload.preview);
+  upload.preview = null;
+}
+
+/** A finished upload as its message will carry it, for the message pending until the server
+ * has it. An image's local preview becomes its thumbnail, so the sender's own message shows it
+ * without fetching it back (and the chip no longer owns it). */
+function sentFile(upload) {
+  const file = upload.out ?? {
+    id: upload.id, filename: upload.file.name, content_type: upload.type, size: upload.file.size,
+  };
+  if (!upload.preview) return file;
+  cacheThumbnail(upload.id, upload.preview);
+  upload.preview = null;
+  // Behind S3 the size of the image is not known before it is sent: a default box meanwhile.
+  return file.thumbnail ? file : { ...file, thumbnail: `/chat/attachments/${upload.id}/thumbnail` };
+}
+
+function renderUploads() {
+  $('uploads').replaceChildren(...state.uploads.map(uploadChip));
+  $('uploads').hidden = state.uploads.length === 0;
+  renderSendButton();
+}
+
+/** One chosen file: a preview (images) or an icon, its name, its size and progress, or why it
+ * failed, and × to remove it. */
+function uploadChip(upload) {
+  const name = upload.file.name;
+  const { status } = upload;
+  return el('li', { class: `chip ${status}`, 'data-upload': upload.key, 'data-status': status },
+    upload.preview
+      ? el('img', {
+        class: 'chip-preview', src: upload.preview, alt: '',
+        // Not a picture after all (its type said so): its badge instead, and no thumbnail.
+        onerror: () => {
+          if (!upload.preview) return;
+          URL.revokeObjectURL(upload.preview);
+          upload.preview = null;
+          renderUploads();
+        },
+      })
+      : el('span', { class: 'file-icon', text: fileBadge(name), 'aria-hidden': 'true' }),
+    el('span', { class: 'chip-body' },
+      el('span', { class: 'chip-name', text: name, title: name }),
+      status === 'failed'
+        ? el('span', { class: 'chip-error small', text: upload.error })
+        : el('span', { class: 'chip-size small', text: `${status === 'done' ? '✓ ' : ''}${humanSize(upload.file.size)}` }),
+      // Indeterminate (no value) until the bytes start going.
+      status === 'uploading' ? el('progress', {
+        class: 'chip-progress', max: upload.file.size, value: upload.loaded || null,
+        'aria-label': `Uploading ${name}`,
+      }) : null),
+    el('button', {
+      type: 'button', class: 'chip-remove link', text: '×', title: 'Remove',
+      'aria-label': `Remove ${name}`, onclick: () => removeUpload(upload),
+    }));
+}
+
+/** Moves a chip's progress bar without redrawing the chips (progress events come often). */
+function renderProgress(upload) {
+  const bar = $('uploads').querySelector(`[data-upload="${upload.key}"] progress`);
+  if (bar) bar.value = upload.loaded;
+}
+
+/** Send waits for an edit being saved, and for the uploads (an edit does not take files). */
+function renderSendButton() {
+  const editing = state.compose?.mode === 'edit' && state.compose.chatId === state.openChatId;
+  const waiting = !editing && state.uploads.some((upload) => upload.status === 'uploading');
+  $('send').disabled = state.saving || waiting;
+  $('send').title = waiting ? 'Waiting for the files to upload' : '';
+}
+
+function humanSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ['KB', 'MB', 'GB'];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value < 10 ? value.toFixed(1).replace(/\.0$/, '') : Math.round(value)} ${units[unit]}`;
+}
+
+/** What a file icon says: its extension ("PDF", "TXT"), or FILE. Text, not an emoji, so it
+ * shows whatever fonts the system has. */
+function fileBadge(filename) {
+  const dot = filename.lastIndexOf('.');
+  const extension = dot > 0 ? filename.slice(dot + 1) : '';
+  return /^[a-z0-9]{1,4}$/i.test(extension) ? extension.toUpperCase() : 'FILE';
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/** A line icon on a 24 px grid, drawn in the text's colour (style.css `.icon`), built as
+ * elements from its path data. */
+function icon(...paths) {
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('class', 'icon');
+  svg.setAttribute('aria-hidden', 'true');
+  for (const d of paths) {
+    const path = document.createElementNS(SVG_NS, 'path');
+    path.setAttribute('d', d);
+    svg.append(path);
+  }
+  return svg;
+}
+
+const DOWNLOAD_ICON = ['M12 4v11', 'M7 10l5 5 5-5', 'M5 20h14'];
+
+/** Whether a drag carries files (not text or a link dragged about the page). */
+const carriesFiles = (event) => Array.from(event.dataTransfer?.types ?? []).includes('Files');
+
+/** Files dragged onto the open conversation are dropped there (it lights up meanwhile).
+ * Anywhere else a dropped file does nothing, rather than the browser leaving the app for it. */
+function watchDrops() {
+  const zone = $('chat-view');
+  // dragenter and dragleave fire for every child crossed: the zone is left when they even out.
+  let depth = 0;
+  const done = () => {
+    depth = 0;
+    zone.classList.remove('dragging');
+  };
+  zone.addEventListener('dragenter', (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth += 1;
+    zone.classList.add('dragging');
+  });
+  zone.addEventListener('dragover', (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = 'copy';
+  });
+  zone.addEventListener('dragleave', (event) => {
+    if (!carriesFiles(event)) return;
+    depth -= 1;
+    if (depth <= 0) done();
+  });
+  zone.addEventListener('drop', (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    done();
+    addFiles(event.dataTransfer.files);
+    $('composer-text').focus({ preventScroll: true });
+  });
+  window.addEventListener('dragover', (event) => {
+    if (!carriesFiles(event) || zone.contains(event.target)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = 'none';
+  });
+  window.addEventListener('drop', (event) => { if (carriesFiles(event)) event.preventDefault(); });
+  // A drag that ends elsewhere (Esc, or dropped outside the window) leaves no highlight behind.
+  window.addEventListener('dragend', done);
+}
+
+/** The files of a message: images as their thumbnails, anything else as a row to download
+ * (not yet while the message is `pending`: nobody can have it before it is sent anyway). */
+function attachmentsBlock(files, { pending = false } = {}) {
+  if (!files.length) return null;
+  return el('div', { class: 'attachments' }, ...files.map((file) => (file.thumbnail
+    ? imageAttachment(file) : fileAttachment(file, pending))));
+}
+
+/** An image: its thumbnail in a box of its own proportions, sized before it loads so nothing
+ * jumps; a click shows it whole. */
+function imageAttachment(file) {
+  const [width, height] = thumbBox(file);
+  const img = el('img', {
+    class: `thumb${file.width > 0 ? '' : ' unsized'}`, alt: file.filename,
+    src: cachedThumbnail(file.id), 'data-attachment-id': file.id, 'data-thumbnail': file.thumbnail,
+  });
+  img.style.width = `${width}px`;
+  img.style.height = `${height}px`;
+  // No `src` yet: observeThumbnails() loads it once it is (nearly) on screen.
+  return el('button', {
+    type: 'button', class: 'attachment-image', title: file.filename,
+    'aria-label': `Open ${file.filename}`, 'data-attachment-id': file.id,
+    onclick: () => openLightbox(file),
+  }, img);
+}
+
+/** An image's box: its own size, scaled down into THUMB_MAX_WIDTH × THUMB_MAX_HEIGHT. */
+function thumbBox({ width, height }) {
+  if (!(width > 0 && height > 0)) return [THUMB_MAX_WIDTH, Math.round(THUMB_MAX_WIDTH * 0.75)];
+  const scale = Math.min(1, THUMB_MAX_WIDTH / width, THUMB_MAX_HEIGHT / height);
+  return [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale))];
+}
+
+/** Any other file: an icon, its name and size, and a download button. */
+function fileAttachment(file, pending) {
+  return el('div', { class: 'attachment-file', 'data-attachment-id': file.id },
+    el('span', { class: 'file-icon', text: fileBadge(file.filename), 'aria-hidden': 'true' }),
+    el('span', { class: 'file-info' },
+      el('span', { class: 'file-name', text: file.filename, title: file.filename }),
+      el('span', { class: 'file-size small', text: humanSize(file.size) })),
+    pending ? null : el('button', {
+      type: 'button', class: 'file-download', title: `Download ${file.filename}`,
+      'aria-label': `Download ${file.filename}`,
+      onclick: (event) => downloadAttachment(file, event.currentTarget),
+    }, icon(...DOWNLOAD_ICON)));
+}
+
+/** Thumbnails, fetched with the token and shown from blob: URLs. */
+const thumbs = {
+  /** Attachment id → blob: URL, least recently shown first (a Map keeps insertion order). */
+  urls: new Map(),
+  /** Attachment id → the fetch on its way. */
+  loading: new Map(),
+  /** Attachment id → when its fetch last failed. */
+  failedAt: new Map(),
+  /** Bumped on signing out: a fetch from before then is dropped. */
+  generation: 0,
+  observer: null,
+};
+
+function cachedThumbnail(id) {
+  const url = thumbs.urls.get(id);
+  if (url) {
+    thumbs.urls.delete(id);
+    thumbs.urls.set(id, url);
+  }
+  return url;
+}
+
+/** Keeps a thumbnail's URL; past THUMB_CACHE_SIZE the least recently shown is revoked (an
+ * image showing it keeps its picture; the next redraw fetches it again). */
+function cacheThumbnail(id, url) {
+  const old = thumbs.urls.get(id);
+  if (old && old !== url) URL.revokeObjectURL(old);
+  thumbs.urls.delete(id);
+  thumbs.urls.set(id, url);
+  for (const [oldId, oldUrl] of thumbs.urls) {
+    if (thumbs.urls.size <= THUMB_CACHE_SIZE) break;
+    thumbs.urls.delete(oldId);
+    URL.revokeObjectURL(oldUrl);
+  }
+}
+
+/** Watches the thumbnails not loaded yet, to load each one as it nears the screen. Every
+ * redraw makes new rows, so the watch starts over with them. */
+function observeThumbnails() {
+  thumbs.observer ??= new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      thumbs.observer.unobserve(entry.target);
+      loadThumbnail(Number(entry.target.dataset.attachmentId), entry.target.dataset.thumbnail);
+    }
+  }, { root: $('messages'), rootMargin: '400px 0px' });
+  thumbs.observer.disconnect();
+  for (const img of $('message-list').querySelectorAll('img.thumb:not([src])')) {
+    thumbs.observer.observe(img);
+  }
+}
+
+/** Fetches a thumbnail once (however many images show it) and puts it in every image of it on
+ * screen then: the one it was asked for may have been redrawn meanwhile. */
+function loadThumbnail(id, path) {
+  if (thumbs.loading.has(id) || !path) return;
+  if (Date.now() - (thumbs.failedAt.get(id) ?? -Infinity) < THUMB_RETRY_MS) return;
+  const { generation } = thumbs;
+  const loading = fetchFile(path)
+    .then((blob) => {
+      if (generation !== thumbs.generation) return;
+      const url = URL.createObjectURL(blob);
+      cacheThumbnail(id, url);
+      for (const img of thumbnailsOf(id)) {
+        img.src = url;
+        img.classList.remove('broken');
+      }
+    })
+    .catch((error) => {
+      if (generation !== thumbs.generation) return;
+      thumbs.failedAt.set(id, Date.now());
+      console.warn('thumbnail:', error.message);
+      for (const img of thumbnailsOf(id)) img.classList.add('broken');
+    })
+    .finally(() => {
+      if (thumbs.loading.get(id) === loading) thumbs.loading.delete(id);
+    });
+  thumbs.loading.set(id, loading);
+}
+
+const thumbnailsOf = (id) => document.querySelectorAll(`img.thumb[data-attachment-id="${id}"]`);
+
+function forgetThumbnails() {
+  thumbs.generation += 1;
+  for (const url of thumbs.urls.values()) URL.revokeObjectURL(url);
+  thumbs.urls.clear();
+  thumbs.loading.clear();
+  thumbs.failedAt.clear();
+  thumbs.observer?.disconnect();
+}
+
+/** The image shown whole (a <dialog>): `file`, and the blob: URL of its bytes, revoked when it
+ * closes (full images are not cached: they may be large). */
+const lightbox = { file: null, url: null, opened: 0 };
+
+async function openLightbox(file) {
+  const dialog = $('lightbox');
+  const opened = ++lightbox.opened;
+  releaseLightbox();
+  lightbox.file = file;
+  const image = $('lightbox-image');
+  image.alt = file.filename;
+  // The thumbnail stands in while the whole image loads.
+  const thumb = cachedThumbnail(file.id);
+  if (thumb) image.src = thumb;
+  else image.removeAttribute('src');
+  $('lightbox-name').textContent = file.filename;
+  $('lightbox-status').textContent = 'Loading…';
+  if (!dialog.open) dialog.showModal();
+  try {
+    const blob = await fetchFile(`/chat/attachments/${file.id}`);
+    if (opened !== lightbox.opened) return; // Closed, or another image opened meanwhile.
+    lightbox.url = URL.createObjectURL(blob);
+    image.src = lightbox.url;
+    image.dataset.attachmentId = String(file.id);
+    $('lightbox-status').textContent = '';
+  } catch (error) {
+    if (opened !== lightbox.opened) return;
+    $('lightbox-status').textContent = `Could not load the image: ${error.message}`;
+  }
+}
+
+function releaseLightbox() {
+  if (lightbox.url) URL.revokeObjectURL(lightbox.url);
+  lightbox.url = null;
+  lightbox.file = null;
+  $('lightbox-image').removeAttribute('src');
+  delete $('lightbox-image').dataset.attachmentId;
+}
+
+function closeLightbox() {
+  if ($('lightbox').open) $('lightbox').close(); // Its `close` event releases it.
+}
+
+/** Fetches a file with the token and hands it to the browser as a download by its name. */
+async function downloadAttachment(file, button = null) {
+  showError('chat-error', null);
+  if (button) button.disabled = true;
+  try {
+    const url = URL.createObjectURL(await fetchFile(`/chat/attachments/${file.id}`));
+    saveUrl(url, file.filename);
+    // The download has the bytes once it starts, but revoking in the same task can cut it off.
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    showError('chat-error', `Could not download ${file.filename}: ${error.message}`);
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+/** A download of a blob: URL: a link with `download`, clicked (no navigation, so nothing the
+ * page's policy would have to allow). */
+function saveUrl(url, filename) {
+  const link = el('a', { href: url, download: filename, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1324,6 +1910,9 @@ function signOut(message) {
   state.compose = null;
   state.found = null;
   closeSearch();
+  clearUploads();
+  forgetThumbnails();
+  closeLightbox();
   $('composer-text').value = '';
   clearTimeout(relay.reconnectTimer);
   const socket = relay.socket;
@@ -1398,15 +1987,28 @@ function onComposerSubmit(event) {
   event.preventDefault();
   const input = $('composer-text');
   const text = input.value.trim();
-  if (!text) return;
   const compose = state.compose;
   if (compose?.mode === 'edit') {
-    submitEdit(compose, text);
+    // An edit changes the text only; files chosen meanwhile wait for the next message.
+    if (text && !state.saving) submitEdit(compose, text);
     return;
   }
+  // Send waits for the uploads (the button is disabled meanwhile; Enter lands here anyway):
+  // sending without a file still on its way would quietly leave it out.
+  if (state.uploads.some((upload) => upload.status === 'uploading')) {
+    showError('chat-error', 'Wait for the files to finish uploading.');
+    return;
+  }
+  const files = state.uploads.filter((upload) => upload.status === 'done');
+  if (!text && !files.length) return;
   input.value = '';
   autosize(input);
-  send(text, compose?.mode === 'reply' && compose.chatId === state.openChatId ? compose.id : null);
+  showError('chat-error', null);
+  send(text, compose?.mode === 'reply' && compose.chatId === state.openChatId ? compose.id : null,
+    files.map(sentFile));
+  // Every chip goes: the finished ones are in the message, and a failed one (its reason shown
+  // on it) was never going to be.
+  clearUploads();
   endCompose();
 }
 
@@ -1419,9 +2021,11 @@ async function submitEdit(compose, text) {
     endCompose();
     return;
   }
-  $('send').disabled = true;
+  state.saving = true;
+  renderSendButton();
   const saved = await editMessage(chat, compose.id, text);
-  $('send').disabled = false;
+  state.saving = false;
+  renderSendButton();
   if (state.compose === compose && (saved || findMessage(chat, compose.id)?.deleted)) endCompose();
 }
 
@@ -1840,6 +2444,27 @@ function init() {
   $('context-cancel').addEventListener('click', () => {
     endCompose();
     $('composer-text').focus({ preventScroll: true });
+  });
+  $('attach').addEventListener('click', () => $('file-input').click());
+  $('file-input').addEventListener('change', (event) => {
+    addFiles(event.target.files);
+    event.target.value = ''; // So that choosing the same file again is a change again.
+    $('composer-text').focus({ preventScroll: true });
+  });
+  watchDrops();
+  const box = $('lightbox');
+  box.addEventListener('close', () => {
+    lightbox.opened += 1; // A load still on its way is dropped.
+    releaseLightbox();
+  });
+  // A click on the image or beside it (the dialog's own box is the backdrop) closes it.
+  box.addEventListener('click', (event) => {
+    if (event.target === box || event.target === $('lightbox-image')) box.close();
+  });
+  $('lightbox-close').addEventListener('click', () => box.close());
+  $('lightbox-download').addEventListener('click', () => {
+    if (lightbox.url) saveUrl(lightbox.url, lightbox.file.filename);
+    else if (lightbox.file) downloadAttachment(lightbox.file);
   });
   document.addEventListener('keydown', (event) => { if (event.key === 'Escape') closeMenu(); });
   $('load-older').addEventListener('click', () => { const c = openChat(); if (c) loadOlder(c); });

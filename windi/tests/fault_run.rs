@@ -1408,6 +1408,7 @@ async fn under_killed_relays_apis_nats_and_postgres_every_device_converges_on_th
     // Postgres, NATS, then A1 alone (it creates and migrates the database), then the others.
     let mut services = tokio::task::block_in_place(Services::start);
     wait_port(services.nats_port, "nats-server").await;
+    windi_shared::blobs::install_tls_provider();
     let http = reqwest::Client::new();
     for i in 0..4 {
         services.spawn_windi(i);

@@ -632,9 +632,15 @@ impl Session {
                 text,
                 dedup_key,
                 reply_to,
+                attachments,
             } => {
-                self.send(recipient_id, chat_id, &text, dedup_key, reply_to)
-                    .await
+                let out = Outgoing {
+                    text: &text,
+                    dedup_key: dedup_key.as_deref(),
+                    reply_to,
+                    attachments: &attachments,
+                };
+                self.send(recipient_id, chat_id, out).await
             }
             ClientFrame::Typing { chat_id } => self.typing(chat_id).await,
         }
@@ -792,16 +798,9 @@ impl Session {
         &mut self,
         recipient_id: Option<i64>,
         chat_id: Option<i64>,
-        text: &str,
-        dedup_key: Option<String>,
-        reply_to: Option<i64>,
+        out: Outgoing<'_>,
     ) -> Result<(), Closed> {
-        let key = dedup_key.as_deref();
-        let out = Outgoing {
-            text,
-            dedup_key: key,
-            reply_to,
-        };
+        let key = out.dedup_key;
         let sent = match Target::from_fields(recipient_id, chat_id) {
             Ok(target) => send_message(&self.state, self.user_id, target, out).await,
             Err(e) => Err(e),

@@ -15,6 +15,7 @@ use ws_relay::RelaySettings;
 #[tokio::main]
 async fn main() -> ExitCode {
     init_tracing();
+    windi_shared::blobs::install_tls_provider();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

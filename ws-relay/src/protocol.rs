@@ -27,9 +27,14 @@ pub enum ClientFrame {
     Send {
         chat_id: Option<i64>,
         recipient_id: Option<i64>,
+        #[serde(default)]
         text: String,
         dedup_key: Option<String>,
         reply_to: Option<i64>,
+        /// Uploads this message carries (`POST /chat/attachments`); with any, `text` may be
+        /// empty or left out.
+        #[serde(default)]
+        attachments: Vec<i64>,
     },
     /// "I am typing in this chat": relayed to the other members, never stored.
     Typing { chat_id: i64 },

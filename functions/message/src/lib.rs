@@ -1,5 +1,6 @@
 //! Sending and changing messages: `POST /chat/message`, `PATCH` and `DELETE
-//! /chat/message/{id}`, and `PUT`/`DELETE /chat/message/{id}/reactions/{emoji}`.
+//! /chat/message/{id}`, and `PUT`/`DELETE /chat/message/{id}/reactions/{emoji}`; and the files
+//! they carry (`/chat/attachments`, see [`attachments`]).
 //!
 //! The work is in [`windi_shared::service::send`] (shared with the relay's `send` frame) and
 //! [`windi_shared::service::revise`]; this crate maps HTTP onto it: `201` for a new message, `200`
@@ -26,11 +27,14 @@ use windi_shared::{
 /// The header that may carry the idempotency key instead of the body's `dedup_key`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+mod attachments;
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(send))
         .routes(routes!(edit, delete))
         .routes(routes!(react, unreact))
+        .merge(attachments::routes())
 }
 
 /// Send a message to a user (`recipient_id`; the private chat is created on the first message)
@@ -77,6 +81,7 @@ async fn send(
         text: &body.text,
         dedup_key,
         reply_to: body.reply_to,
+        attachments: &body.attachments,
     };
     let sent = send_message(&state, user.id, target, out).await?;
     let status = if sent.created {

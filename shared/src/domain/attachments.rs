@@ -99,6 +99,31 @@ pub fn size(size: i64) -> Result<()> {
     Ok(())
 }
 
+/// The ids a message carries: at most [`MAX_PER_MESSAGE`], each once. 422 naming
+/// `attachments`.
+pub fn ids(ids: &[i64]) -> Result<()> {
+    if ids.len() > MAX_PER_MESSAGE {
+        return Err(Error::invalid(
+            "attachments",
+            format!(
+                "{} files; a message carries at most {MAX_PER_MESSAGE}",
+                ids.len()
+            ),
+        ));
+    }
+    if let Some((_, id)) = ids
+        .iter()
+        .enumerate()
+        .find(|(i, id)| ids[..*i].contains(id))
+    {
+        return Err(Error::invalid(
+            "attachments",
+            format!("{id} is listed twice"),
+        ));
+    }
+    Ok(())
+}
+
 /// The type that claims nothing about the bytes: any file may be declared it (it is then
 /// served as a download, never shown).
 pub const GENERIC: &str = "application/octet-stream";
@@ -217,6 +242,17 @@ mod tests {
                 .to_string()
                 .contains("the limit is 26214400")
         );
+    }
+
+    #[test]
+    fn a_message_carries_at_most_ten_files_each_once() {
+        assert!(ids(&[]).is_ok());
+        assert!(ids(&[1, 2, 3]).is_ok());
+        let twice = ids(&[1, 2, 1]).unwrap_err().to_string();
+        assert!(twice.contains("attachments: 1 is listed twice"), "{twice}");
+        let many: Vec<i64> = (1..=11).collect();
+        let over = ids(&many).unwrap_err().to_string();
+        assert!(over.contains("at most 10"), "{over}");
     }
 
     #[test]

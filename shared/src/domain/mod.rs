@@ -6,11 +6,13 @@
 //! - [`model`]: request bodies, answers, limits, and where a message goes ([`model::Target`])
 //! - [`validate`]: input rules, each a 422 that names the field
 //! - [`attachments`]: the limits on files, safe filenames, and bytes that must match their type
+//! - [`images`]: an uploaded image's dimensions and thumbnail, bounded so a bomb is refused
 //! - [`search`]: what a search box's text asks for, and its highlights as safe HTML
 //! - [`error`]: the [`Error`](error::Error) every layer returns, as a status and a stable code
 
 pub mod attachments;
 pub mod error;
+pub mod images;
 pub mod model;
 pub mod search;
 pub mod validate;

@@ -70,6 +70,35 @@ pub struct MessageOut {
     /// One entry per emoji, in the order they were first used.
     #[sqlx(json)]
     pub reactions: Vec<Reaction>,
+    /// The files sent with the message, in the order the sender listed them; empty once the
+    /// message is deleted. Absent in what older servers stored, hence the default.
+    #[sqlx(json)]
+    #[serde(default)]
+    pub attachments: Vec<AttachmentOut>,
+}
+
+/// A file sent with a message. The bytes are fetched through `GET /chat/attachments/{id}`
+/// (members of the chat only), the thumbnail through the `thumbnail` path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttachmentOut {
+    pub id: i64,
+    /// Made safe: no path, no control characters, at most 255 bytes.
+    #[schema(example = "photo.jpg")]
+    pub filename: String,
+    #[schema(example = "image/jpeg")]
+    pub content_type: String,
+    /// In bytes.
+    pub size: i64,
+    /// Pixels, for images (as shown, after their EXIF orientation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i32>,
+    /// For images: the path of a JPEG thumbnail at most 320 pixels on a side, on this API
+    /// (`/chat/attachments/{id}/thumbnail`, authenticated like the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/chat/attachments/7/thumbnail")]
+    pub thumbnail: Option<String>,
 }
 
 /// One emoji on a message and who used it.
@@ -88,14 +117,53 @@ pub struct Reaction {
 pub struct SendMessage {
     pub recipient_id: Option<i64>,
     pub chat_id: Option<i64>,
-    /// 1–4096 characters, not blank, no NUL.
-    #[schema(example = "Привет, как дела?", min_length = 1, max_length = 4096)]
+    /// 1–4096 characters, not blank, no NUL; may be empty (or left out) when the message
+    /// carries attachments.
+    #[schema(example = "Привет, как дела?", max_length = 4096)]
+    #[serde(default)]
     pub text: String,
     /// Idempotency key, scoped to the sender; the `Idempotency-Key` header works too.
     #[schema(min_length = 1, max_length = 128)]
     pub dedup_key: Option<String>,
     /// A message of the same chat this one answers.
     pub reply_to: Option<i64>,
+    /// Ids of the sender's uploads (`POST /chat/attachments`) to send with the message, at
+    /// most 10, each once; their bytes must have been uploaded.
+    #[serde(default)]
+    pub attachments: Vec<i64>,
+}
+
+/// `POST /chat/attachments`: what the client is about to upload.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewAttachment {
+    /// Shown to the chat and used when saving; made safe (see [`AttachmentOut::filename`]).
+    #[schema(example = "photo.jpg")]
+    pub filename: String,
+    /// The type of the bytes; checked against them after upload.
+    #[schema(example = "image/jpeg")]
+    pub content_type: String,
+    /// The exact size in bytes, 1 to 25 MiB.
+    #[schema(example = 48213)]
+    pub size: i64,
+}
+
+/// The answer to `POST /chat/attachments`: where to PUT the bytes, until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttachmentUpload {
+    /// What to pass in `attachments` when sending.
+    pub id: i64,
+    pub upload: UploadLink,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A request the client makes with the bytes as its body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadLink {
+    #[schema(example = "PUT")]
+    pub method: String,
+    pub url: String,
+    /// Headers to send with it (the declared `Content-Type`).
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a message goes: what [`SendMessage`]'s two optional fields (and the relay's `send`

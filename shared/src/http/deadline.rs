@@ -41,19 +41,28 @@ use crate::{
 /// database answers 503 from there first) and the lock timeout.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The deadline of a request to the file folder's links (`/files/…`), which carry up to
+/// 25 MiB from a client on any connection: at 256 KiB/s, about 100 s.
+const FILE_DEADLINE: Duration = Duration::from_secs(120);
+
 /// How much longer a request whose COMMIT is on the wire at its deadline is waited for.
 const COMMIT_GRACE: Duration = Duration::from_secs(3);
 
 /// The middleware (`axum::middleware::from_fn(run_to_completion)`).
 pub(crate) async fn run_to_completion(request: Request, next: Next) -> Response {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let limit = if request.uri().path().starts_with("/files/") {
+        FILE_DEADLINE
+    } else {
+        REQUEST_DEADLINE
+    };
+    let deadline = Instant::now() + limit;
     let clock = Arc::new(RequestClock::new(deadline));
     let mut handler = tokio::spawn(scoped(clock.clone(), next.run(request).in_current_span()));
     let finished = match tokio::time::timeout_at(deadline, &mut handler).await {
         Ok(finished) => finished,
         Err(_) if clock.expire() => {
             tracing::warn!(
-                deadline = ?REQUEST_DEADLINE,
+                deadline = ?limit,
                 "no answer within the deadline; the handler finishes on its own"
             );
             return Error::Unavailable("no answer in time; retry in a few seconds".into())

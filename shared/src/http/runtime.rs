@@ -273,6 +273,7 @@ fn unmatched(method: &Method, status: axum::http::StatusCode) {
 /// handler or as a local HTTP server on `PORT`.
 pub async fn run_function(name: &str, routes: OpenApiRouter<AppState>) -> ExitCode {
     init_tracing();
+    crate::blobs::install_tls_provider();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => return fail(name, &e),

@@ -12,9 +12,13 @@
 //!   [`gates`], the per-chat queue in front of a chat's lock
 //! - [`send`]: the send path with seq and rev allocation and idempotency
 //! - [`revise`]: edits, deletions and reactions, each a change of its chat
+//! - [`attachments`]: files sent with messages: upload links, checks, downloads, pruning;
+//!   [`files`], where they are kept
 //! - [`search`](mod@search): message search, steered by how common the searched words are
 
+pub mod attachments;
 pub mod auth;
+pub mod files;
 pub mod gates;
 pub mod jwt_crypto;
 pub mod limits;

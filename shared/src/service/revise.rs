@@ -24,7 +24,7 @@ use crate::{
     events::Event,
     service::{gates::Pass, state::AppState, write},
     store::{
-        chats,
+        attachments, chats,
         messages::{self, Subject},
     },
 };
@@ -71,6 +71,8 @@ pub async fn delete(state: &AppState, user_id: i64, message_id: i64) -> Result<M
         return unchanged(state, tx, message_id, user_id).await;
     }
     let message = messages::tombstone(&mut *tx, message_id, rev, user_id).await?;
+    // Its files leave reach with it; pruning removes their bytes later.
+    attachments::mark_deleted_with_message(&mut *tx, message_id).await?;
     commit(state, tx, "deleted", message).await
 }
 

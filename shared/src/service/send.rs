@@ -10,6 +10,9 @@
 //!   and text answers the original message (`created: false`); other content is a 409. Concurrent
 //!   duplicates: the INSERT's `ON CONFLICT DO NOTHING` waits for the winner, then this transaction
 //!   rolls back (returning its seq) and answers the winner's row.
+//! - **Files go once.** The attachments a send carries are the sender's checked, unsent
+//!   uploads, locked in its transaction and marked sent in it: two sends naming the same file
+//!   cannot both carry it.
 
 use sha2::{Digest, Sha256};
 
@@ -20,9 +23,9 @@ use crate::{
         validate,
     },
     events::Event,
-    service::{state::AppState, write},
+    service::{attachments, state::AppState, write},
     store::{
-        blocks, chats, members,
+        attachments as files, blocks, chats, members,
         messages::{self, Inserted, NewMessage},
         users,
     },
@@ -42,6 +45,9 @@ pub struct Outgoing<'a> {
     pub dedup_key: Option<&'a str>,
     /// A message of the same chat this one answers.
     pub reply_to: Option<i64>,
+    /// The sender's uploads this message carries (`POST /chat/attachments`); with any, the
+    /// text may be empty.
+    pub attachments: &'a [i64],
 }
 
 pub async fn send_message(
@@ -54,12 +60,18 @@ pub async fn send_message(
         text,
         dedup_key,
         reply_to,
+        attachments: file_ids,
     } = out;
-    validate::message_text(text)?;
+    // Only a message of files may have no words.
+    if !text.is_empty() || file_ids.is_empty() {
+        validate::message_text(text)?;
+    }
     if let Some(key) = dedup_key {
         validate::dedup_key(key)?;
     }
     state.limits.sends.check(sender)?;
+    // Uploads whose bytes were not yet checked are checked now, before any lock is taken.
+    attachments::prepare_for_send(state, sender, file_ids).await?;
 
     // A chat that exists takes its turn before taking a connection (see `gates::ChatGates`).
     let _turn = match target {
@@ -90,7 +102,7 @@ pub async fn send_message(
             (id, created.then_some(recipient))
         }
     };
-    let hash = content_hash(chat_id, text, reply_to);
+    let hash = content_hash(chat_id, text, reply_to, file_ids);
 
     if let Some(key) = dedup_key
         && let Some(existing) = messages::by_dedup_key(&mut *tx, sender, key).await?
@@ -103,6 +115,11 @@ pub async fn send_message(
     let Some(position) = messages::take_seq(&mut *tx, chat_id, sender).await? else {
         return Err(Error::NotFound("chat"));
     };
+    let carried: Vec<_> = attachments::lock_for_send(&mut tx, sender, file_ids)
+        .await?
+        .iter()
+        .map(files::Attachment::out)
+        .collect();
     let new = NewMessage {
         chat_id,
         sender_id: sender,
@@ -110,6 +127,7 @@ pub async fn send_message(
         dedup_key,
         content_hash: &hash,
         reply_to,
+        attachments: &carried,
     };
     let Some(Inserted { message, marker }) = messages::insert(&mut *tx, &new, position).await?
     else {
@@ -120,6 +138,9 @@ pub async fn send_message(
         tx.rollback().await?;
         return why_not_sent(state, sender, chat_id, dedup_key, reply_to, &hash).await;
     };
+    if !file_ids.is_empty() {
+        files::mark_sent(&mut tx, file_ids, chat_id, message.id).await?;
+    }
     let member_revs = match new_peer {
         Some(peer) => users::bump_member_revs(&mut *tx, &[sender, peer]).await?,
         None => Vec::new(),
@@ -218,16 +239,22 @@ fn replay(
     }
 }
 
-/// sha256(chat_id ‖ text [‖ reply_to]): equal only for the same text in the same chat, as a
-/// reply to the same message. A message that replies to none hashes as before replies existed,
-/// so keys stored then still replay.
-fn content_hash(chat_id: i64, text: &str, reply_to: Option<i64>) -> Vec<u8> {
+/// sha256(chat_id ‖ text [‖ reply_to] [‖ attachments]): equal only for the same text in the
+/// same chat, as a reply to the same message, with the same files. A message with neither
+/// hashes as before replies existed, so keys stored then still replay.
+fn content_hash(chat_id: i64, text: &str, reply_to: Option<i64>, files: &[i64]) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(chat_id.to_be_bytes());
     hasher.update(text.as_bytes());
     if let Some(reply_to) = reply_to {
         hasher.update(b"\0reply_to");
         hasher.update(reply_to.to_be_bytes());
+    }
+    if !files.is_empty() {
+        hasher.update(b"\0attachments");
+        for id in files {
+            hasher.update(id.to_be_bytes());
+        }
     }
     hasher.finalize().to_vec()
 }

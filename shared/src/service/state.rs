@@ -5,11 +5,13 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::{
-    config::{Config, EventAcks, JwtConfig, LimitSettings, redact_url},
+    blobs::{self, Blobs},
+    config::{Config, EventAcks, FilesConfig, JwtConfig, LimitSettings, redact_url},
     domain::validate::PasswordRules,
     events::{self, Bus, LocalBus},
     service::{
         auth::{Passwords, Tokens},
+        files::Files,
         gates::ChatGates,
         limits::{Limits, LoginGuard},
         session_cache::{self, SessionCache},
@@ -39,6 +41,9 @@ pub struct AppState {
     /// What a new password must satisfy (the default unless set with
     /// [`AppState::with_password_rules`]; `PASSWORD_MIN_LENGTH` in production).
     pub password_rules: PasswordRules,
+    /// Where attachments' bytes live; `None` where none is configured (the attachment
+    /// routes then answer 503). Set with [`AppState::with_files`].
+    pub files: Option<Files>,
 }
 
 /// What a process does for events when `NATS_URL` is unset.
@@ -70,7 +75,14 @@ impl AppState {
             gates,
             search: Arc::default(),
             password_rules: PasswordRules::default(),
+            files: None,
         }
+    }
+
+    /// The same state keeping attachments in `blobs`.
+    pub fn with_files(mut self, blobs: Blobs) -> Self {
+        self.files = Some(Files::new(blobs));
+        self
     }
 
     /// Lets authenticated requests skip the per-request session read for sessions checked in
@@ -129,8 +141,29 @@ impl AppState {
                 );
             }
         };
-        Ok(Self::new(pool, &config.jwt, events)
+        let state = Self::new(pool, &config.jwt, events)
             .with_limits(config.limits)
-            .with_password_rules(config.password_rules))
+            .with_password_rules(config.password_rules);
+        Ok(match open_files(config)? {
+            Some(blobs) => state.with_files(blobs),
+            None => state,
+        })
     }
+}
+
+/// The file store the configuration names (`None`: not configured). The error names what
+/// is wrong.
+pub fn open_files(config: &Config) -> Result<Option<Blobs>, String> {
+    let settings = match &config.files {
+        FilesConfig::Folder(root) => blobs::Settings::Folder {
+            root: root.clone(),
+            secret: config.jwt.secret.clone(),
+        },
+        FilesConfig::S3 { bucket, endpoint } => blobs::Settings::S3 {
+            bucket: bucket.clone(),
+            endpoint: endpoint.clone(),
+        },
+        FilesConfig::Unset => return Ok(None),
+    };
+    Blobs::open(&settings).map(Some)
 }

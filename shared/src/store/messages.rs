@@ -3,14 +3,14 @@
 
 use sqlx::PgExecutor;
 
-use crate::domain::model::MessageOut;
+use crate::domain::model::{AttachmentOut, MessageOut};
 
 /// The columns of [`MessageOut`] for a message aliased `m`. `read` is computed: true when no
 /// member other than the sender has a marker below this message's seq.
 macro_rules! message_columns {
     () => {
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
-         m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions,
+         m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions, m.attachments,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
                        AND r.last_read_seq < m.seq) AS read"
@@ -27,6 +27,8 @@ pub(crate) struct NewMessage<'a> {
     pub dedup_key: Option<&'a str>,
     pub content_hash: &'a [u8],
     pub reply_to: Option<i64>,
+    /// The files it carries (locked for this send by the caller).
+    pub attachments: &'a [AttachmentOut],
 }
 
 /// A stored message and whether the sender's read marker moved to it.
@@ -76,8 +78,9 @@ pub(crate) async fn insert(
     sqlx::query_as(concat!(
         "WITH m AS (
              INSERT INTO messages
-                 (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to)
-             SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6
+                 (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to,
+                  attachments)
+             SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6, $9
              WHERE EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
                AND NOT EXISTS (
                    SELECT 1 FROM chats c JOIN blocks b
@@ -109,6 +112,7 @@ pub(crate) async fn insert(
     .bind(new.reply_to)
     .bind(seq)
     .bind(rev)
+    .bind(sqlx::types::Json(new.attachments))
     .fetch_optional(db)
     .await
 }
@@ -230,7 +234,7 @@ pub async fn edit(
 }
 
 /// Turns a message into its tombstone, as change `rev`: the text is erased (not hidden) and
-/// its reactions go with it. The id, seq and reply link stay, so threads and order hold.
+/// its reactions and attachments go with it (the caller takes the files out of reach). The id, seq and reply link stay, so threads and order hold.
 pub async fn tombstone(
     db: impl PgExecutor<'_>,
     message_id: i64,
@@ -240,7 +244,8 @@ pub async fn tombstone(
     sqlx::query_as(concat!(
         "WITH gone AS (DELETE FROM message_reactions WHERE message_id = $1),
          m AS (
-             UPDATE messages SET text = '', deleted_at = now(), reactions = '[]', rev = $2
+             UPDATE messages SET text = '', deleted_at = now(), reactions = '[]', attachments = '[]',
+                 rev = $2
              WHERE id = $1
              RETURNING *),
          ch AS (

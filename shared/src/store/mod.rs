@@ -5,6 +5,7 @@
 //! tables, their constraints and Postgres; it imports only the domain (the shapes rows are read
 //! into, the error a failure becomes: [`error`]), never the layers that call it.
 
+pub mod attachments;
 pub mod blocks;
 pub mod changes;
 pub mod chats;
