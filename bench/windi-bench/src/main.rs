@@ -40,6 +40,7 @@ mod history;
 mod login;
 mod read_flag;
 mod search;
+mod upload;
 
 mod pg_activity;
 mod recovery;
@@ -65,6 +66,7 @@ const SCENARIOS: &[&str] = &[
     "search",
     "chatlist",
     "login",
+    "upload",
     "recovery",
     "storm",
     "capacity",
@@ -81,7 +83,7 @@ const SCENARIOS: &[&str] = &[
 #[command(name = "windi-bench")]
 struct Cli {
     /// Scenarios to run: send, latency, fanout, connections, history, read-flag, search, chatlist,
-    /// login, recovery, storm, capacity, or all.
+    /// login, upload, recovery, storm, capacity, or all.
     #[arg(required = true, value_parser = scenario_name)]
     scenarios: Vec<String>,
     /// The CI smoke: tiny sizes, a few seconds per scenario (figures are real but noisy).
@@ -121,6 +123,7 @@ async fn run_scenario(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         "search" => search::run(ctx).await,
         "chatlist" => chatlist::run(ctx).await,
         "login" => login::run(ctx).await,
+        "upload" => upload::run(ctx).await,
         "recovery" => recovery::run(ctx).await,
         "storm" => storm::run(ctx).await,
         // capacity reads the figures measured before it; see the loop in `run`.
@@ -132,6 +135,7 @@ async fn run_scenario(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    windi_shared::blobs::install_tls_provider();
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
