@@ -321,6 +321,14 @@ async fn a_declared_size_over_the_limit_or_a_body_other_than_declared_is_refused
     let image = png(8, 8);
     let (status, answer) = announce(&app, &alice, "x.png", "image/png", image.len()).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
+    // Announced, not uploaded: the uploader's look finds it not ready.
+    let (status, body) = app
+        .get(&format!("/chat/attachments/{}", answer["id"]), &alice)
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::CONFLICT, json!("not_ready"))
+    );
     let mut longer = image.clone();
     longer.extend_from_slice(b"tail");
     let (status, body) = put_bytes(&answer, longer).await;

@@ -80,7 +80,7 @@ async fn announce(
     responses(
         (status = 302, description = "`Location` is the download link"),
         (status = 404, description = "No such file in a chat of the caller's (nor an unsent upload of theirs)", body = ErrorBody),
-        (status = 422, description = "The caller's unsent upload was checked now and refused: `detail` says why", body = ErrorBody),
+        (status = 409, description = "`not_ready`: the caller's unsent upload has no bytes yet, or they were checked now and refused (`detail` says why)", body = ErrorBody),
     )
 )]
 async fn download(
@@ -101,6 +101,7 @@ async fn download(
     responses(
         (status = 302, description = "`Location` is the thumbnail's download link"),
         (status = 404, description = "No such file for the caller, or it is not an image", body = ErrorBody),
+        (status = 409, description = "`not_ready`: the caller's unsent upload has no bytes yet, or they were refused", body = ErrorBody),
     )
 )]
 async fn thumbnail(

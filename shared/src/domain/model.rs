@@ -139,11 +139,16 @@ pub struct NewAttachment {
     /// Shown to the chat and used when saving; made safe (see [`AttachmentOut::filename`]).
     #[schema(example = "photo.jpg")]
     pub filename: String,
-    /// The type of the bytes; checked against them after upload.
-    #[schema(example = "image/jpeg")]
+    /// The type of the bytes (`type/subtype`; parameters such as `; charset=…` are accepted
+    /// and dropped); checked against them after upload.
+    #[schema(
+        example = "image/jpeg",
+        max_length = 127,
+        pattern = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$"
+    )]
     pub content_type: String,
     /// The exact size in bytes, 1 to 25 MiB.
-    #[schema(example = 48213)]
+    #[schema(example = 48213, minimum = 1, maximum = 26_214_400)]
     pub size: i64,
 }
 
