@@ -149,6 +149,35 @@ async fn download_url(app: &TestApp, user: &TestUser, path: &str) -> String {
     location.unwrap()
 }
 
+/// A download link of attachment `id` (a PNG named x.png) valid for `ttl`, made by the app's
+/// store directly and answered once the clock has passed its expiry (whole seconds).
+async fn expired_link(app: &TestApp, id: i64, ttl: Duration) -> String {
+    let object_key: String = sqlx::query_scalar("SELECT object_key FROM attachments WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let shown = Presentation {
+        content_type: "image/png".into(),
+        filename: "x.png".into(),
+        inline: true,
+    };
+    let files = app.state.files.as_ref().unwrap();
+    let link = files
+        .blobs
+        .download_link(&object_key, &shown, ttl)
+        .await
+        .unwrap();
+    let expires = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap();
+    eventually(
+        ttl + Duration::from_secs(3),
+        "the clock passes the link's expiry",
+        || async { chrono::Utc::now().timestamp() > expires },
+    )
+    .await;
+    link
+}
+
 /// An app whose files go to `s3`.
 async fn on_s3(s3: &S3Server) -> TestApp {
     let blobs = s3.blobs();
@@ -472,29 +501,7 @@ async fn forged_and_expired_links_are_refused() {
     }
 
     // An expired link: made to expire now, tried once the clock has passed it.
-    let files = app.state.files.as_ref().unwrap();
-    let object_key: String = sqlx::query_scalar("SELECT object_key FROM attachments WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    let shown = Presentation {
-        content_type: "image/png".into(),
-        filename: "x.png".into(),
-        inline: true,
-    };
-    let expiring = files
-        .blobs
-        .download_link(&object_key, &shown, Duration::ZERO)
-        .await
-        .unwrap();
-    let made = chrono::Utc::now().timestamp();
-    eventually(
-        Duration::from_secs(3),
-        "the clock passes the link's expiry",
-        || async { chrono::Utc::now().timestamp() > made },
-    )
-    .await;
+    let expiring = expired_link(&app, id, Duration::ZERO).await;
     let (status, _, body) = fetch(&app.url(&expiring)).await;
     assert_eq!(
         status,
@@ -529,29 +536,7 @@ async fn an_expired_presigned_s3_link_is_refused_by_s3() {
         (image, &"image/png".parse::<header::HeaderValue>().unwrap())
     );
 
-    let files = app.state.files.as_ref().unwrap();
-    let object_key: String = sqlx::query_scalar("SELECT object_key FROM attachments WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    let shown = Presentation {
-        content_type: "image/png".into(),
-        filename: "x.png".into(),
-        inline: true,
-    };
-    let expiring = files
-        .blobs
-        .download_link(&object_key, &shown, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let made = chrono::Utc::now().timestamp();
-    eventually(
-        Duration::from_secs(4),
-        "the clock passes the link's expiry",
-        || async { chrono::Utc::now().timestamp() > made + 1 },
-    )
-    .await;
+    let expiring = expired_link(&app, id, Duration::from_secs(1)).await;
     let (status, _, body) = fetch(&expiring).await;
     assert_eq!(
         status,

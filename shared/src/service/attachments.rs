@@ -357,15 +357,14 @@ pub async fn download_link(
     if row.is_pending() {
         // The uploader looks at an upload before sending it: check it first.
         // Its bytes missing or refused: not a bad request, a file not ready (yet).
-        let out = finish(state, &row).await.map_err(|e| match e {
+        finish(state, &row).await.map_err(|e| match e {
             Error::Validation { detail, .. } => Error::Conflict {
                 code: "not_ready",
                 detail,
             },
             e => e,
         })?;
-        row.width = out.width;
-        row.height = out.height;
+        // Read again: the check moved it and may have made a thumbnail.
         row = store::for_reader(&state.db, id, reader)
             .await?
             .ok_or(Error::NotFound("attachment"))?;
