@@ -372,6 +372,7 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
     let tuning = store::search::Tuning {
         walk_above: 1_000.0,
         walk_ids: 2_000,
+        first_window: 500,
     };
     let stats = store::search::word_stats(pool).await.unwrap();
     let expected = |q: &str| search::expected_matches(&stats, &search::parse(q).unwrap());
@@ -385,7 +386,7 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
 
     let page = |user: i64, q: &'static str, before: i64, limit: i64| {
         let parsed = search::parse(q).unwrap();
-        let expected = search::expected_matches(&stats, &parsed);
+        let expected = (search::expected_matches(&stats, &parsed), stats.messages);
         async move {
             let scope = store::search::Scope {
                 user_id: user,

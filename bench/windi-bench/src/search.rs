@@ -17,7 +17,8 @@
 //! tasks: what the route adds to its SQL.
 //!
 //! The send cost: `POST /chat/message` from [`SENDERS`] clients for [`SEND_SECONDS`], with the
-//! index and then without it (`DROP INDEX`, created again after from its own definition),
+//! indexes search reads (the words', and each chat's messages by id) and then without them
+//! (`DROP INDEX`, created again after from their own definitions),
 //! interleaved per repetition on the same server and database: sends/s with / without.
 
 use std::{
@@ -45,8 +46,9 @@ const CLIENTS: usize = 16;
 /// hold about 150 groups).
 const CHATS: usize = 200;
 const QUICK_CHATS: usize = 100;
-/// The index under test, as migration 20270101000002 names it.
-const INDEX: &str = "messages_search_idx";
+/// The indexes only search reads: the words' (migration 20270101000001) and each chat's
+/// messages by id (migration 20270103000001).
+const INDEXES: [&str; 2] = ["messages_search_idx", "messages_chat_id_idx"];
 /// The word only the rare messages have.
 const RARE: &str = "zanzibar";
 /// Concurrent senders while the send cost is measured, and for how long each time.
@@ -111,12 +113,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let one_chat = busiest(&pool, &member_of).await?;
     let queries = queries(one_chat);
 
-    let index_def: String =
-        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = $1")
-            .bind(INDEX)
-            .fetch_optional(&pool)
-            .await?
-            .with_context(|| format!("no index {INDEX}: is migration 20270101000002 there?"))?;
+    let mut index_defs = Vec::new();
+    for index in INDEXES {
+        let def: String =
+            sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = $1")
+                .bind(index)
+                .fetch_optional(&pool)
+                .await?
+                .with_context(|| format!("no index {index}: are the migrations there?"))?;
+        index_defs.push(def);
+    }
 
     let mut http_p50 = Vec::new();
     let mut http_p99 = Vec::new();
@@ -168,13 +174,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     // (a walk for a Russian word would first pass tens of thousands of new English ones).
     for _ in 0..ctx.reps {
         sends_with.push(sends(ctx, &base, &searcher.token, &member_of, send_seconds).await?);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX {INDEX}")))
-            .execute(&pool)
-            .await?;
+        for index in INDEXES {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX {index}")))
+                .execute(&pool)
+                .await?;
+        }
         sends_without.push(sends(ctx, &base, &searcher.token, &member_of, send_seconds).await?);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(index_def.clone()))
-            .execute(&pool)
-            .await?;
+        for def in &index_defs {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(def.clone()))
+                .execute(&pool)
+                .await?;
+        }
         sqlx::raw_sql("VACUUM ANALYZE messages")
             .execute(&pool)
             .await?;
@@ -212,15 +222,15 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         Figure::new("search", "searches/s, 16 clients", "searches/s", &rates),
         Figure::new(
             "search",
-            format!("sends/s with the search index, {SENDERS} clients"),
+            format!("sends/s with the search indexes, {SENDERS} clients"),
             "sends/s",
             &sends_with,
         )
-        .against("the same without it (DROP INDEX)", &sends_without)
+        .against("the same without them (DROP INDEX)", &sends_without)
         .target(Target::RatioAtLeast(0.9))
         .note(format!(
             "POST /chat/message from {SENDERS} clients into the user's {joined} chats for \
-             {send_seconds} s, with the index then without it, same server and database, \
+             {send_seconds} s, with the indexes then without them, same server and database, \
              per rep"
         )),
     ];
@@ -348,6 +358,9 @@ async fn searches(
     Ok((latencies, rate))
 }
 
+/// A query, its chat if one, and (expected matches, messages in all) for the store.
+type Parsed = (search::Query, Option<i64>, (f64, f64));
+
 /// Latencies (ms) of the same searches run as the route's query itself, from [`CLIENTS`]
 /// tasks on `pool`.
 async fn sql_searches(
@@ -359,13 +372,13 @@ async fn sql_searches(
 ) -> anyhow::Result<Vec<f64>> {
     let issued = Arc::new(AtomicUsize::new(0));
     let stats = store::search::word_stats(pool).await?;
-    let parsed: Arc<Vec<(search::Query, Option<i64>, f64)>> = Arc::new(
+    let parsed: Arc<Vec<Parsed>> = Arc::new(
         queries
             .iter()
             .map(|(q, chat)| {
                 let query = search::parse(q)?;
                 let expected = search::expected_matches(&stats, &query);
-                Ok((query, *chat, expected))
+                Ok((query, *chat, (expected, stats.messages)))
             })
             .collect::<windi_shared::Result<_>>()?,
     );

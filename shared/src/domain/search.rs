@@ -170,6 +170,32 @@ pub fn expected_matches(stats: &WordStats, query: &Query) -> f64 {
     }
 }
 
+/// The ids the first window of a walk spans: enough for four pages' worth of matches if the
+/// caller's chats were all chats and `share` of their messages matched (the messages the
+/// caller is not in cost nothing to pass: each chat is read by its own index), and at least
+/// `least`, at most `most`.
+pub fn first_window(limit: i64, share: f64, least: i64, most: i64) -> i64 {
+    let wanted = if share > 0.0 {
+        4.0 * limit as f64 / share
+    } else {
+        f64::INFINITY
+    };
+    (wanted.min(most as f64) as i64).max(least).min(most)
+}
+
+/// The ids the next window spans, after one of `width` ids found `found` matches and
+/// `missing` are still wanted: as wide again as the matches found so far say is needed, with
+/// half as much to spare (the matches thin out unevenly), at least as wide as the last one
+/// and at most eight times (none found: eight times).
+pub fn next_window(width: i64, found: i64, missing: i64) -> i64 {
+    let most = width.saturating_mul(8);
+    if found <= 0 {
+        return most;
+    }
+    let needed = missing as f64 * width as f64 / found as f64 * 1.5;
+    (needed.min(most as f64) as i64).max(width)
+}
+
 /// `limit` of a search: 1..=[`MAX_HITS`], default [`DEFAULT_HITS`].
 pub fn hits(limit: Option<i64>) -> Result<i64> {
     super::validate::limit(limit, DEFAULT_HITS, MAX_HITS)
@@ -328,6 +354,39 @@ mod tests {
             highlight_html("\u{3}b\u{4}\u{1}bold\u{2}\u{3}/b\u{4}"),
             "&lt;b&gt;<mark>bold</mark>&lt;/b&gt;"
         );
+    }
+
+    #[test]
+    fn a_walk_starts_with_four_pages_of_matches_and_widens_by_what_it_found() {
+        assert_eq!(
+            first_window(20, 0.2, 1_000, 100_000),
+            1_000,
+            "at least the least"
+        );
+        assert_eq!(
+            first_window(20, 0.001, 1_000, 100_000),
+            80_000,
+            "4 * 20 / 0.001"
+        );
+        assert_eq!(
+            first_window(20, 0.0, 1_000, 100_000),
+            100_000,
+            "unknown share: the most"
+        );
+        assert_eq!(first_window(20, 1e-9, 1_000, 100_000), 100_000);
+        assert_eq!(
+            next_window(1_000, 0, 20),
+            8_000,
+            "nothing found: eight times"
+        );
+        assert_eq!(
+            next_window(1_000, 10, 10),
+            1_500,
+            "10 more at 10 a thousand, and half"
+        );
+        assert_eq!(next_window(1_000, 1, 19), 8_000, "at most eight times");
+        assert_eq!(next_window(1_000, 19, 1), 1_000, "never narrower");
+        assert_eq!(next_window(i64::MAX, 0, 1), i64::MAX, "no overflow");
     }
 
     #[test]

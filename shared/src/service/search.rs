@@ -39,7 +39,14 @@ impl Search {
     ) -> Result<Vec<SearchHit>> {
         let stats = self.stats(db).await?;
         let expected = search::expected_matches(&stats, query);
-        Ok(query::messages(db, query, scope, expected, Tuning::default()).await?)
+        Ok(query::messages(
+            db,
+            query,
+            scope,
+            (expected, stats.messages),
+            Tuning::default(),
+        )
+        .await?)
     }
 
     /// The statistics, read again when older than [`STATS_FOR`]. Requests that find them
