@@ -339,6 +339,19 @@ async fn a_declared_size_over_the_limit_or_a_body_other_than_declared_is_refused
     );
     let (status, body) = announce(&app, &alice, "none.bin", "application/zip", 0).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // JSON Schema's integer: a whole number written as 830.0 is one (found by the fuzzer),
+    // 830.5 is not.
+    let whole =
+        |size: f64| json!({"filename": "a.bin", "content_type": "application/zip", "size": size});
+    let (status, body) = app.post("/chat/attachments", &alice, whole(830.0)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app.post("/chat/attachments", &alice, whole(830.5)).await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_body")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains("size"), "{body}");
     let (status, body) = announce(&app, &alice, "x.png", "not a type", 10).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(

@@ -149,7 +149,26 @@ pub struct NewAttachment {
     pub content_type: String,
     /// The exact size in bytes, 1 to 25 MiB.
     #[schema(example = 48213, minimum = 1, maximum = 26_214_400)]
+    #[serde(deserialize_with = "whole_number")]
     pub size: i64,
+}
+
+/// An integer field that also takes a JSON number written with a zero fraction (`830.0`):
+/// JSON Schema's `integer` is any number without a fractional part, and clients that keep
+/// numbers as doubles (JavaScript's `JSON.stringify` does not, some others do) send it so.
+/// Anything else (`830.5`, out of range) is refused as serde refuses a wrong type.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    use serde::de::{Error as _, Unexpected};
+    match serde_json::Number::deserialize(d)? {
+        n if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+        n => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+                Ok(f as i64)
+            }
+            Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), &"an integer")),
+            None => Err(D::Error::custom("expected an integer")),
+        },
+    }
 }
 
 /// The answer to `POST /chat/attachments`: where to PUT the bytes, until `expires_at`.
