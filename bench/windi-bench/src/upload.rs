@@ -121,12 +121,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             "upload",
             format!("1 MiB files, {CLIENTS} clients"),
             "uploads/s",
-            &m.files.iter().map(|r| r.per_sec).collect::<Vec<_>>(),
+            &per_rep(&m.files, |r| r.per_sec),
         )
-        .against(
-            "bare axum PUT to a file",
-            &m.bare.iter().map(|r| r.per_sec).collect::<Vec<_>>(),
-        )
+        .against("bare axum PUT to a file", &per_rep(&m.bare, |r| r.per_sec))
         .target(Target::RatioAtLeast(0.5))
         .note(format!(
             "POST /chat/attachments then PUT of 1 MiB of random bytes as {GENERIC} to the \
@@ -141,43 +138,33 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             "upload",
             format!("1 MiB files, {CLIENTS} clients, throughput"),
             "MiB/s",
-            &m.files.iter().map(|r| r.per_sec).collect::<Vec<_>>(),
+            &per_rep(&m.files, |r| r.per_sec),
         )
-        .against(
-            "bare axum PUT to a file",
-            &m.bare.iter().map(|r| r.per_sec).collect::<Vec<_>>(),
-        ),
+        .against("bare axum PUT to a file", &per_rep(&m.bare, |r| r.per_sec)),
         Figure::new(
             "upload",
             "1 MiB file p50, announce + PUT",
             "ms",
-            &m.files.iter().map(|r| r.p50).collect::<Vec<_>>(),
+            &per_rep(&m.files, |r| r.p50),
         )
-        .against(
-            "bare PUT",
-            &m.bare.iter().map(|r| r.p50).collect::<Vec<_>>(),
-        )
+        .against("bare PUT", &per_rep(&m.bare, |r| r.p50))
         .note(format!(
             "from the announce to the PUT's answer, per client; of it, the announce alone \
              (POST /chat/attachments, 201): p50 {:.1} ms (median over reps)",
-            crate::report::Stats::of(&m.files.iter().map(|r| r.announce_p50).collect::<Vec<_>>())
-                .median
+            crate::report::Stats::of(&per_rep(&m.files, |r| r.announce_p50)).median
         )),
         Figure::new(
             "upload",
             "1 MiB file p99, announce + PUT",
             "ms",
-            &m.files.iter().map(|r| r.p99).collect::<Vec<_>>(),
+            &per_rep(&m.files, |r| r.p99),
         )
-        .against(
-            "bare PUT",
-            &m.bare.iter().map(|r| r.p99).collect::<Vec<_>>(),
-        ),
+        .against("bare PUT", &per_rep(&m.bare, |r| r.p99)),
         Figure::new(
             "upload",
             format!("{}×{} JPEG, {CLIENTS} clients", PHOTO.0, PHOTO.1),
             "images/s",
-            &m.photos.iter().map(|r| r.per_sec).collect::<Vec<_>>(),
+            &per_rep(&m.photos, |r| r.per_sec),
         )
         .against(
             format!("images::inspect in-process, {cores} threads"),
@@ -188,15 +175,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             "upload",
             format!("{}×{} JPEG p50, announce + PUT", PHOTO.0, PHOTO.1),
             "ms",
-            &m.photos.iter().map(|r| r.p50).collect::<Vec<_>>(),
+            &per_rep(&m.photos, |r| r.p50),
         ),
         Figure::new(
             "upload",
             format!("{}×{} JPEG p99, announce + PUT", PHOTO.0, PHOTO.1),
             "ms",
-            &m.photos.iter().map(|r| r.p99).collect::<Vec<_>>(),
+            &per_rep(&m.photos, |r| r.p99),
         ),
     ])
+}
+
+/// One figure of every rep of `runs`.
+fn per_rep(runs: &[Run], figure: impl Fn(&Run) -> f64) -> Vec<f64> {
+    runs.iter().map(figure).collect()
 }
 
 /// Every repetition's samples.
