@@ -331,8 +331,8 @@ async fn searches_are_rate_limited_per_user_by_default() {
 
 /// The two ways of [`store::search::messages`], on data small enough for a test with their
 /// boundaries moved to it: a word expected in more messages than `walk_above` is walked for,
-/// newest first, at most `walk_ids` ids back, and what that leaves short comes from the index
-/// below; a rarer word comes from the index alone. Either way a page is newest first with every
+/// newest first, past at most `walk_rows` of the caller's messages, and what that leaves short
+/// comes from the index below; a rarer word comes from the index alone. Either way a page is newest first with every
 /// match once. Filler messages (by SQL, in a chat Bob is not in) make "common" common and push
 /// Bob's older matches below the walk.
 #[tokio::test]
@@ -371,17 +371,24 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
     sqlx::query("ANALYZE messages").execute(pool).await.unwrap();
     let tuning = store::search::Tuning {
         walk_above: 1_000.0,
-        walk_ids: 2_000,
-        first_window: 500,
+        walk_rows: 2,
+        first_rows: 1,
     };
     let stats = store::search::word_stats(pool).await.unwrap();
     let expected = |q: &str| search::expected_matches(&stats, &search::parse(q).unwrap());
     let common = expected("common");
     assert!(common > tuning.walk_above, "walked: {common}");
     assert!(expected("needle") <= tuning.walk_above, "from the index");
+    // Bob's three messages lie among some 3,000 ids, so a walk past two of his spans about
+    // 2,000 ids: his older matches lie below it.
+    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM messages")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let bobs_walk = search::ids_for(tuning.walk_rows, 3.0 / newest as f64);
     assert!(
-        third - second > tuning.walk_ids,
-        "Bob's older matches lie below one walk"
+        third - second > bobs_walk,
+        "Bob's older matches lie below one walk: {bobs_walk} ids"
     );
 
     let page = |user: i64, q: &'static str, before: i64, limit: i64| {
@@ -411,11 +418,12 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
         page(bob.id, "needle", i64::MAX, 5).await,
         [third, second, first]
     );
-    // Alice is in both chats: the walk fills her page with the newest.
+    // Alice is in both chats, nearly every message is hers: the walk and the index below it
+    // fill her page with the newest.
     let alices = page(alice.id, "common", i64::MAX, 3).await;
     assert_eq!(alices[0], third);
     assert!(alices[1] < third && alices[2] < alices[1], "{alices:?}");
-    assert!(alices[2] > second, "all from the walk: {alices:?}");
+    assert!(alices[2] > second, "the newest fillers: {alices:?}");
 
     // Over HTTP with the production tuning, the same answers.
     let (hits, next) = search(&app, &bob, "q=common").await;

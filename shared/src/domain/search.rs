@@ -170,10 +170,9 @@ pub fn expected_matches(stats: &WordStats, query: &Query) -> f64 {
     }
 }
 
-/// The ids the first window of a walk spans: enough for four pages' worth of matches if the
-/// caller's chats were all chats and `share` of their messages matched (the messages the
-/// caller is not in cost nothing to pass: each chat is read by its own index), and at least
-/// `least`, at most `most`.
+/// The caller's messages the first window of a walk passes: enough for four pages' worth of
+/// matches if `share` of them matched, at least `least`, at most `most`. [`ids_for`] turns
+/// them into ids.
 pub fn first_window(limit: i64, share: f64, least: i64, most: i64) -> i64 {
     let wanted = if share > 0.0 {
         4.0 * limit as f64 / share
@@ -181,6 +180,23 @@ pub fn first_window(limit: i64, share: f64, least: i64, most: i64) -> i64 {
         f64::INFINITY
     };
     (wanted.min(most as f64) as i64).max(least).min(most)
+}
+
+/// The ids a walk spans to pass `rows` of the caller's messages when `density` of all
+/// messages are in the caller's chats (in the one chat searched): `rows / density`, at least
+/// `rows`. The walk reads only the caller's messages, each chat's by its own index, so its cost
+/// is in their rows, not in ids: a user in one chat of eight hundred messages among a million
+/// passes a thousand of theirs in a million ids, a user in every chat in a thousand.
+pub fn ids_for(rows: i64, density: f64) -> i64 {
+    if density.is_nan() || density <= 0.0 {
+        return i64::MAX;
+    }
+    let ids = rows as f64 / density.min(1.0);
+    if ids >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        (ids as i64).max(rows)
+    }
 }
 
 /// The ids the next window spans, after one of `width` ids found `found` matches and
@@ -374,6 +390,12 @@ mod tests {
             "unknown share: the most"
         );
         assert_eq!(first_window(20, 1e-9, 1_000, 100_000), 100_000);
+        assert_eq!(ids_for(1_000, 1.0), 1_000, "every message is theirs");
+        assert_eq!(ids_for(1_000, 0.125), 8_000, "one in eight");
+        assert_eq!(ids_for(1_000, 0.0008), 1_250_000, "one chat in many");
+        assert_eq!(ids_for(1_000, 2.0), 1_000, "never fewer ids than rows");
+        assert_eq!(ids_for(1_000, 0.0), i64::MAX, "none of theirs: everything");
+        assert_eq!(ids_for(i64::MAX, 1e-6), i64::MAX, "no overflow");
         assert_eq!(
             next_window(1_000, 0, 20),
             8_000,

@@ -67,30 +67,31 @@ fn bind_terms<'q, O>(
     q
 }
 
-/// Where [`messages`] changes from the index to the walk, and how far a walk goes.
+/// Where [`messages`] changes from the index to the walk, and how far a walk goes. A walk's
+/// cost is in the caller's messages it passes (rows), whatever ids they lie among.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     /// Above this many matches expected in the whole database, walk the newest messages; at
     /// or below it, ask the index.
     pub walk_above: f64,
-    /// How far one walk goes back: this many message ids of the whole database, at most.
-    pub walk_ids: i64,
-    /// The first window of a walk spans at least this many ids.
-    pub first_window: i64,
+    /// How far one walk goes back: past this many of the caller's messages, at most.
+    pub walk_rows: i64,
+    /// The first window of a walk passes at least this many of the caller's messages.
+    pub first_rows: i64,
 }
 
 impl Default for Tuning {
     /// 5,000 matches: a page of 20 then lies within a few thousand of a user's messages when
     /// their chats are like the rest, while the index's rows would take longer to sort.
-    /// 200,000 ids: a walk reads only the caller's messages among them (~0.5 µs each), 12 ms
-    /// for a user in 200 busy chats (13% of all messages) when nothing matches.
-    /// 16,384 ids: a page of a word in 1% of a user's messages when their chats carry a
-    /// tenth of the traffic, about 2,000 of their messages (1 ms).
+    /// 25,000 rows: a walk reads each at about 0.5 µs, 12 ms when nothing matches.
+    /// 1,024 rows: each window costs about as much again in fixed work (a descent of each
+    /// chat's index, planning, a round trip), so a narrower one saves little and risks
+    /// another; a word in one message of ten fills a page in 200.
     fn default() -> Self {
         Self {
             walk_above: 5_000.0,
-            walk_ids: 200_000,
-            first_window: 16_384,
+            walk_rows: 25_000,
+            first_rows: 1_024,
         }
     }
 }
@@ -134,7 +135,7 @@ pub async fn word_stats(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<WordStats
 /// stored words, fills the page within a few hundred of theirs. A rare word is the opposite:
 /// the index holds its few matches, and a walk would read everything. So above
 /// [`Tuning::walk_above`] the walk goes first, in windows of ids ([`search::next_window`]),
-/// at most [`Tuning::walk_ids`] ids back, and the index answers what it left short below
+/// past at most [`Tuning::walk_rows`] of the caller's messages, and the index answers what it left short below
 /// where it stopped; otherwise the index answers alone. The planner cannot choose between the
 /// two by itself: with `ORDER BY id DESC LIMIT` it walks for any word it expects often and
 /// for every word its sample missed, which made a rare word take seconds.
@@ -160,9 +161,10 @@ pub async fn messages(
     Ok(hits)
 }
 
-/// The walk: windows of ids newest first, each read by [`Walk::Window`], sized by what the
-/// ones before found ([`search::next_window`]); past [`Tuning::walk_ids`], the index answers
-/// the rest below the last window.
+/// The walk: windows of ids newest first, each read by [`Walk::Window`], sized in the caller's
+/// messages by what the ones before found ([`search::next_window`]) and turned into ids by how
+/// densely theirs lie among all ([`search::ids_for`]); past [`Tuning::walk_rows`] of theirs,
+/// the index answers the rest below the last window.
 async fn walk(
     db: &sqlx::PgPool,
     query: &Query,
@@ -170,17 +172,19 @@ async fn walk(
     share: f64,
     tuning: Tuning,
 ) -> sqlx::Result<Vec<i64>> {
-    // The newest id the walk may find, plus one: windows are `floor < id < top`.
-    let mut top: i64 =
-        sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM messages WHERE id < $1")
-            .bind(scope.before)
-            .fetch_one(db)
-            .await?;
+    let reach = reach(db, scope).await?;
+    if reach.mine == 0 {
+        return Ok(Vec::new());
+    }
+    let density = reach.mine as f64 / reach.newest.max(1) as f64;
+    let most = search::ids_for(tuning.walk_rows, density);
+    let mut top = reach.top;
     let mut ids = Vec::new();
     let mut walked = 0;
-    let mut width = search::first_window(scope.limit, share, tuning.first_window, tuning.walk_ids);
+    let first = search::first_window(scope.limit, share, tuning.first_rows, tuning.walk_rows);
+    let mut width = search::ids_for(first, density).min(most);
     loop {
-        let floor = (top - width).max(0);
+        let floor = top.saturating_sub(width).max(0);
         let want = scope.limit - ids.len() as i64;
         let window = Scope {
             before: top,
@@ -194,7 +198,7 @@ async fn walk(
         if got >= want || floor == 0 {
             return Ok(ids);
         }
-        width = search::next_window(width, got, want - got).min(tuning.walk_ids - walked);
+        width = search::next_window(width, got, want - got).min(most - walked);
         if width <= 0 {
             let below = Scope {
                 before: floor + 1,
@@ -208,6 +212,32 @@ async fn walk(
     }
 }
 
+/// Where a walk starts and how densely the caller's messages lie.
+#[derive(Debug, sqlx::FromRow)]
+struct Reach {
+    /// The newest id the walk may find, plus one: windows are `floor < id < top`.
+    top: i64,
+    /// The newest id of all.
+    newest: i64,
+    /// The messages of the chats searched (their last `seq`s: deleted ones too).
+    mine: i64,
+}
+
+async fn reach(db: &sqlx::PgPool, scope: Scope) -> sqlx::Result<Reach> {
+    sqlx::query_as(
+        "SELECT (SELECT coalesce(max(id), 0) + 1 FROM messages WHERE id < $1) AS top,
+                (SELECT coalesce(max(id), 0) FROM messages) AS newest,
+                (SELECT coalesce(sum(ch.last_seq), 0)::bigint
+                 FROM chat_members c JOIN chats ch ON ch.id = c.chat_id
+                 WHERE c.user_id = $2 AND ($3::bigint IS NULL OR c.chat_id = $3)) AS mine",
+    )
+    .bind(scope.before)
+    .bind(scope.user_id)
+    .bind(scope.chat_id)
+    .fetch_one(db)
+    .await
+}
+
 /// Which way [`matching`] goes. Each is planned for its own values (an unnamed statement): a
 /// plan cached for any values walked every one of the caller's chats by its `(chat_id, seq)`
 /// index intersected with the id range, 1 to 2 s a search.
@@ -219,7 +249,9 @@ enum Walk {
     /// planner walked the primary key through everyone's messages of the window instead
     /// (five times the rows for a user whose chats carry an eighth of the traffic).
     /// `ts_match_vq` is `@@` as a plain function, which no index serves, so the planner
-    /// cannot switch to the word index on a guess.
+    /// cannot switch to the word index on a guess. `GROUP BY` tells it each chat comes once:
+    /// from the members' rows it cached each chat's matches (`Memoize`) for a second visit
+    /// that never came, a fifth of the window's time.
     Window { floor: i64 },
     /// Every match in the index, sorted. `m.id + 0` is not the primary key's order, so the
     /// planner cannot choose to walk it instead, on a guess that the word is common.
@@ -237,13 +269,14 @@ async fn matching(
     let tsquery = tsquery_sql(query, 6);
     let sql = match walk {
         Walk::Window { .. } => format!(
-            "SELECT w.id FROM chat_members c
+            "SELECT w.id FROM (SELECT chat_id FROM chat_members
+                               WHERE user_id = $1 AND ($2::bigint IS NULL OR chat_id = $2)
+                               GROUP BY chat_id) c
              CROSS JOIN LATERAL (
                  SELECT m.id FROM messages m
                  WHERE m.chat_id = c.chat_id AND m.id > $5 AND m.id < $3
                    AND m.deleted_at IS NULL AND ts_match_vq(m.search, (SELECT {tsquery}))
                  OFFSET 0) w
-             WHERE c.user_id = $1 AND ($2::bigint IS NULL OR c.chat_id = $2)
              ORDER BY w.id DESC
              LIMIT $4"
         ),
