@@ -306,3 +306,81 @@ async fn the_contract_states_the_name_and_email_rules_that_registration_and_grou
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["name"], "Анна  Мария");
 }
+
+/// JSON Schema's `integer` is any number without a fractional part, so every integer field of
+/// a body takes `7.0` as 7 (clients that keep numbers as doubles send it so), and `7.5` is a
+/// 422 naming the field.
+#[tokio::test]
+async fn every_integer_field_takes_a_whole_number_written_with_a_fraction() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    let double = |id: i64| json!(id as f64 + 0.0);
+    // `json!(2.0)` must stay a float on the wire, or this proves nothing.
+    assert_eq!(double(2).to_string(), "2.0");
+
+    let (status, sent) = app
+        .post(
+            "/chat/message",
+            &alice,
+            json!({"recipient_id": double(bob.id), "text": "hi"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    let chat = sent["chat_id"].as_i64().unwrap();
+    let (status, body) = app
+        .post(
+            "/chat/message",
+            &bob,
+            json!({"chat_id": double(chat), "text": "re", "reply_to": double(sent["id"].as_i64().unwrap())}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["reply_to"], sent["id"], "{body}");
+
+    let (status, group) = app
+        .post(
+            "/chat/group",
+            &alice,
+            json!({"name": "Doubles", "participant_ids": [double(bob.id)]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    let path = format!("/chat/group/{}/members", group["id"]);
+    let (status, body) = app
+        .post(&path, &alice, json!({"user_ids": [double(carol.id)]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["participant_ids"], json!([alice.id, bob.id, carol.id]));
+
+    for (body, field) in [
+        (json!({"recipient_id": 2.5, "text": "x"}), "recipient_id"),
+        (
+            json!({"chat_id": chat as f64 + 0.5, "text": "x"}),
+            "chat_id",
+        ),
+        (
+            json!({"chat_id": chat, "text": "x", "reply_to": 1.5}),
+            "reply_to",
+        ),
+        (
+            json!({"chat_id": chat, "text": "x", "attachments": [1.5]}),
+            "attachments",
+        ),
+    ] {
+        let (status, answer) = app.post("/chat/message", &alice, body).await;
+        assert_error(status, &answer, StatusCode::UNPROCESSABLE_ENTITY, field);
+    }
+    let (status, answer) = app
+        .post(&path, &alice, json!({"user_ids": [carol.id as f64 + 0.5]}))
+        .await;
+    assert_error(
+        status,
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "user_ids",
+    );
+}

@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use windi_shared::domain::model::{Change, ChatSummary, MessageOut};
+use windi_shared::domain::{
+    model::{Change, ChatSummary, MessageOut},
+    whole,
+};
 
 /// Client → server.
 #[derive(Debug, Deserialize)]
@@ -18,26 +21,32 @@ pub enum ClientFrame {
     /// reconciled too: the user's chats not listed arrive as `chat` frames, listed chats they
     /// no longer belong to as `chat_removed`. Send it first after (re)connecting.
     Resume {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole::map")]
         revs: Option<HashMap<String, i64>>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole::map")]
         chats: Option<HashMap<String, i64>>,
     },
     /// A message, through the same send path as `POST /chat/message` (same dedup and seq).
     Send {
+        #[serde(default, deserialize_with = "whole::option")]
         chat_id: Option<i64>,
+        #[serde(default, deserialize_with = "whole::option")]
         recipient_id: Option<i64>,
         #[serde(default)]
         text: String,
         dedup_key: Option<String>,
+        #[serde(default, deserialize_with = "whole::option")]
         reply_to: Option<i64>,
         /// Uploads this message carries (`POST /chat/attachments`); with any, `text` may be
         /// empty or left out.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole::list")]
         attachments: Vec<i64>,
     },
     /// "I am typing in this chat": relayed to the other members, never stored.
-    Typing { chat_id: i64 },
+    Typing {
+        #[serde(deserialize_with = "whole::one")]
+        chat_id: i64,
+    },
 }
 
 /// Server → client.

@@ -8,6 +8,7 @@
 //! - [`attachments`]: the limits on files, safe filenames, and bytes that must match their type
 //! - [`images`]: an uploaded image's dimensions and thumbnail, bounded so a bomb is refused
 //! - [`search`]: what a search box's text asks for, and its highlights as safe HTML
+//! - [`whole`]: integers a client may write as `830.0`, read one way everywhere
 //! - [`error`]: the [`Error`](error::Error) every layer returns, as a status and a stable code
 
 pub mod attachments;
@@ -16,3 +17,4 @@ pub mod images;
 pub mod model;
 pub mod search;
 pub mod validate;
+pub mod whole;

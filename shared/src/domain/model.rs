@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::error::{Error, Result};
+use crate::domain::whole;
 
 /// Longest message text, in Unicode scalar values (the same bound as Telegram's).
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -115,7 +116,9 @@ pub struct Reaction {
 /// message) and `chat_id` (any chat the sender belongs to).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendMessage {
+    #[serde(default, deserialize_with = "whole::option")]
     pub recipient_id: Option<i64>,
+    #[serde(default, deserialize_with = "whole::option")]
     pub chat_id: Option<i64>,
     /// 1–4096 characters, not blank, no NUL; may be empty (or left out) when the message
     /// carries attachments.
@@ -126,10 +129,11 @@ pub struct SendMessage {
     #[schema(min_length = 1, max_length = 128)]
     pub dedup_key: Option<String>,
     /// A message of the same chat this one answers.
+    #[serde(default, deserialize_with = "whole::option")]
     pub reply_to: Option<i64>,
     /// Ids of the sender's uploads (`POST /chat/attachments`) to send with the message, at
     /// most 10, each once; their bytes must have been uploaded.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::list")]
     pub attachments: Vec<i64>,
 }
 
@@ -149,26 +153,8 @@ pub struct NewAttachment {
     pub content_type: String,
     /// The exact size in bytes, 1 to 25 MiB.
     #[schema(example = 48213, minimum = 1, maximum = 26_214_400)]
-    #[serde(deserialize_with = "whole_number")]
+    #[serde(deserialize_with = "whole::one")]
     pub size: i64,
-}
-
-/// An integer field that also takes a JSON number written with a zero fraction (`830.0`):
-/// JSON Schema's `integer` is any number without a fractional part, and clients that keep
-/// numbers as doubles (JavaScript's `JSON.stringify` does not, some others do) send it so.
-/// Anything else (`830.5`, out of range) is refused as serde refuses a wrong type.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
-    use serde::de::{Error as _, Unexpected};
-    match serde_json::Number::deserialize(d)? {
-        n if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-        n => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
-                Ok(f as i64)
-            }
-            Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), &"an integer")),
-            None => Err(D::Error::custom("expected an integer")),
-        },
-    }
 }
 
 /// The answer to `POST /chat/attachments`: where to PUT the bytes, until `expires_at`.
@@ -406,6 +392,7 @@ pub struct CreateGroup {
     pub name: String,
     /// Members besides the creator, who is always included.
     #[schema(example = json!([2, 3]), max_items = 1000)]
+    #[serde(deserialize_with = "whole::list")]
     pub participant_ids: Vec<i64>,
 }
 
@@ -423,6 +410,7 @@ pub struct GroupOut {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddMembers {
     #[schema(example = json!([4]), min_items = 1, max_items = 1000)]
+    #[serde(deserialize_with = "whole::list")]
     pub user_ids: Vec<i64>,
 }
 
