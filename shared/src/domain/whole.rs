@@ -50,6 +50,7 @@ pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HashMap<String, i64
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -96,13 +97,13 @@ mod tests {
             (r#"{"id": 1, "ids": [1, 1.5]}"#, "1.5"),
             (r#"{"id": 1, "revs": {"7": 1.5}}"#, "1.5"),
         ] {
-            let err = read(json).unwrap_err();
+            let err = read(json).expect_err(json);
             assert!(
                 err.contains(wrong) && err.contains("integer"),
                 "{json}: {err}"
             );
         }
-        let err = read(r#"{"id": "7"}"#).unwrap_err();
+        let err = read(r#"{"id": "7"}"#).expect_err("a string");
         assert!(
             err.contains("invalid type"),
             "a string is not a number: {err}"
