@@ -21,7 +21,8 @@
 //! collide with live ones and live inserts afterwards continue cleanly. Nothing is deleted.
 
 use std::{
-    collections::{HashMap, HashSet},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
     fmt::Write as _,
     io::Write as _,
     time::{Duration, Instant},
@@ -403,8 +404,8 @@ async fn copy_members(tx: &mut PgConnection, rng: &mut Rng, chats: &[Chat]) -> R
     .await
 }
 
-/// Streams the messages chat by chat, seq 1..n each, in ~1 MiB chunks; notes in each chat who
-/// sent its messages last (`Chat::last_sent`).
+/// Streams the messages in time order across all chats ([`Timeline`]), in ~1 MiB chunks;
+/// notes in each chat who sent its messages last (`Chat::last_sent`).
 async fn copy_messages(
     tx: &mut PgConnection,
     rng: &mut Rng,
@@ -425,38 +426,32 @@ async fn copy_messages(
     let mut text = String::with_capacity(1024);
     let mut done = 0u64;
     let mut bar = Progress::new(total, progress);
-    // Messages span the last 30 days; each chat's are in seq order in time as well. In
-    // milliseconds, so a chat of the long tail with millions of messages still fits in the span.
-    let now = Utc::now().timestamp_millis();
-    let span = 30 * 24 * 3600 * 1000;
-    for chat in chats {
-        let mut at = now - span + rng.below(3600 * 1000) as i64;
-        let step = (span / chat.messages.max(1)).max(1);
-        for seq in 1..=chat.messages {
-            let i = rng.below(chat.members.len());
-            let sender = chat.members[i];
-            chat.last_sent[i] = seq;
-            realistic_text(rng, &mut text);
-            at += 1 + rng.below(step as usize * 2) as i64 / 2;
-            let when = Utc
-                .timestamp_millis_opt(at.min(now))
-                .single()
-                .unwrap_or_else(Utc::now);
-            // A message created in a chat without other changes: rev = created_rev = seq.
-            let _ = write!(
-                buf,
-                "{}\t{seq}\t{seq}\t{seq}\t{sender}\t{text}\t{}\t\\\\x",
-                chat.id,
-                when.format("%Y-%m-%d %H:%M:%S%.3f+00")
-            );
-            push_hex(&mut buf, &content_hash(chat.id, &text));
-            buf.push('\n');
-            done += 1;
-            if buf.len() >= CHUNK {
-                copy_in.send(buf.as_bytes()).await.map_err(db)?;
-                buf.clear();
-                bar.update(done, started.elapsed());
-            }
+    let counts: Vec<i64> = chats.iter().map(|c| c.messages).collect();
+    let mut timeline = Timeline::new(rng, &counts, Utc::now().timestamp_millis(), SPAN_MS);
+    while let Some((c, seq, at)) = timeline.next(rng) {
+        let chat = &mut chats[c];
+        let i = rng.below(chat.members.len());
+        let sender = chat.members[i];
+        chat.last_sent[i] = seq;
+        realistic_text(rng, &mut text);
+        let when = Utc
+            .timestamp_millis_opt(at)
+            .single()
+            .unwrap_or_else(Utc::now);
+        // A message created in a chat without other changes: rev = created_rev = seq.
+        let _ = write!(
+            buf,
+            "{}\t{seq}\t{seq}\t{seq}\t{sender}\t{text}\t{}\t\\\\x",
+            chat.id,
+            when.format("%Y-%m-%d %H:%M:%S%.3f+00")
+        );
+        push_hex(&mut buf, &content_hash(chat.id, &text));
+        buf.push('\n');
+        done += 1;
+        if buf.len() >= CHUNK {
+            copy_in.send(buf.as_bytes()).await.map_err(db)?;
+            buf.clear();
+            bar.update(done, started.elapsed());
         }
     }
     copy_in.send(buf.as_bytes()).await.map_err(db)?;
@@ -464,6 +459,65 @@ async fn copy_messages(
     bar.update(done, started.elapsed());
     bar.finish();
     Ok(())
+}
+
+/// Messages span the last 30 days, in milliseconds, so a chat of the long tail with millions
+/// of messages still fits in the span.
+const SPAN_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// When each message is sent: every chat's messages spread over the span in seq order, all
+/// chats' merged by time, as real traffic interleaves them. Written in this order, ids follow
+/// time as they do in production, so what reads the newest messages by id (search's walk)
+/// sees what it would there. Chat by chat, the newest ids were the last chats loaded, every
+/// other chat's messages far below: a walk of the newest ids found none of most users'.
+struct Timeline {
+    /// The next message of each chat that has one left, earliest first: (time, chat).
+    next: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Per chat: its messages, how many are out, and the mean gap between them.
+    counts: Vec<i64>,
+    sent: Vec<i64>,
+    step: Vec<i64>,
+    now: i64,
+}
+
+impl Timeline {
+    fn new(rng: &mut Rng, counts: &[i64], now: i64, span: i64) -> Self {
+        let mut next = BinaryHeap::with_capacity(counts.len());
+        let mut step = Vec::with_capacity(counts.len());
+        // Each chat starts within the span's first hour and its gaps average out to the rest
+        // of it, so every chat's messages reach (about) to now, as live chats do.
+        const HOUR: i64 = 3600 * 1000;
+        for (c, &n) in counts.iter().enumerate() {
+            step.push(((span - HOUR) / n.max(1)).max(1));
+            if n > 0 {
+                let start = now - span + rng.below(HOUR as usize) as i64;
+                next.push(Reverse((start + Self::gap(rng, step[c]), c)));
+            }
+        }
+        Self {
+            next,
+            counts: counts.to_vec(),
+            sent: vec![0; counts.len()],
+            step,
+            now,
+        }
+    }
+
+    /// Between 1 and `2 * step` ms, `step` on average.
+    fn gap(rng: &mut Rng, step: i64) -> i64 {
+        1 + rng.below(step as usize * 2) as i64
+    }
+
+    /// The next message of all: (chat index, seq, time in ms, never after `now`).
+    fn next(&mut self, rng: &mut Rng) -> Option<(usize, i64, i64)> {
+        let Reverse((at, c)) = self.next.pop()?;
+        self.sent[c] += 1;
+        if self.sent[c] < self.counts[c] {
+            self.next
+                .push(Reverse((at + Self::gap(rng, self.step[c]), c)));
+        }
+        Some((c, self.sent[c], at.min(self.now)))
+    }
 }
 
 /// The highest message id handed out so far: every message `COPY` adds after it is above it.
@@ -658,6 +712,31 @@ mod tests {
             .collect();
         distribute_messages(&mut rng, &mut chats, 1001);
         assert_eq!(chats.iter().map(|c| c.messages).sum::<i64>(), 1001);
+    }
+
+    /// Every chat's messages come out seq 1..n in order, all of them, merged by time: so ids
+    /// follow time, and the newest tenth of the ids holds messages of most chats.
+    #[test]
+    fn messages_come_out_in_time_order_across_chats_and_in_seq_order_within_each() {
+        let mut rng = Rng::new(5);
+        let counts = [0, 1, 5, 40, 300, 2_000];
+        let mut timeline = Timeline::new(&mut rng, &counts, SPAN_MS, SPAN_MS);
+        let mut out = Vec::new();
+        while let Some(next) = timeline.next(&mut rng) {
+            out.push(next);
+        }
+        assert_eq!(out.len() as i64, counts.iter().sum::<i64>());
+        assert!(out.windows(2).all(|w| w[0].2 <= w[1].2), "time order");
+        assert!(out.iter().all(|&(_, _, at)| (0..=SPAN_MS).contains(&at)));
+        for (c, &n) in counts.iter().enumerate() {
+            let seqs: Vec<i64> = out.iter().filter(|m| m.0 == c).map(|m| m.1).collect();
+            assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "chat {c}");
+        }
+        let newest: HashSet<usize> = out[out.len() * 9 / 10..].iter().map(|m| m.0).collect();
+        assert!(
+            [4, 5].iter().all(|c| newest.contains(c)),
+            "the busy chats interleave to the end: {newest:?}"
+        );
     }
 
     #[test]
