@@ -404,6 +404,7 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
             store::search::messages(pool, &parsed, scope, expected, tuning)
                 .await
                 .unwrap()
+                .hits
                 .iter()
                 .map(|h| h.message.id)
                 .collect::<Vec<_>>()

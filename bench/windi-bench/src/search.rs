@@ -398,7 +398,7 @@ async fn sql_searches(
                     user_id,
                     chat_id: *chat_id,
                     before: i64::MAX,
-                    limit: search::DEFAULT_HITS + 1,
+                    limit: search::DEFAULT_HITS,
                 };
                 let sent = Instant::now();
                 store::search::messages(&pool, query, scope, *expected, Default::default()).await?;

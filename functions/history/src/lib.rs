@@ -171,15 +171,8 @@ async fn search_messages(
         user_id: user.id,
         chat_id: query.chat_id,
         before: query.before.unwrap_or(i64::MAX),
-        // One more than asked: whether a next page exists, without a count.
-        limit: limit + 1,
+        limit,
     };
-    let mut hits = state.search.messages(&state.db, &parsed, scope).await?;
-    let next = if hits.len() as i64 > limit {
-        hits.truncate(limit as usize);
-        hits.last().map(|h| h.message.id)
-    } else {
-        None
-    };
-    Ok(axum::Json(SearchPage { hits, next }))
+    let page = state.search.messages(&state.db, &parsed, scope).await?;
+    Ok(axum::Json(page))
 }

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use crate::{
     domain::{
         error::Result,
-        model::SearchHit,
+        model::SearchPage,
         search::{self, Query, WordStats},
     },
     store::search::{self as query, Scope, Tuning},
@@ -31,12 +31,7 @@ pub struct Search {
 
 impl Search {
     /// A page of matches of `query` in `scope` ([`query::messages`]).
-    pub async fn messages(
-        &self,
-        db: &PgPool,
-        query: &Query,
-        scope: Scope,
-    ) -> Result<Vec<SearchHit>> {
+    pub async fn messages(&self, db: &PgPool, query: &Query, scope: Scope) -> Result<SearchPage> {
         let stats = self.stats(db).await?;
         let expected = search::expected_matches(&stats, query);
         Ok(query::messages(
