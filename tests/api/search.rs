@@ -331,12 +331,12 @@ async fn searches_are_rate_limited_per_user_by_default() {
 
 /// The two ways of [`store::search::messages`], on data small enough for a test with their
 /// boundaries moved to it: a word expected in more messages than `walk_above` is walked for,
-/// newest first, past at most `walk_rows` of the caller's messages, and what that leaves short
-/// comes from the index below; a rarer word comes from the index alone. Either way a page is newest first with every
-/// match once. Filler messages (by SQL, in a chat Bob is not in) make "common" common and push
+/// newest first, past at most `walk_rows` of the caller's messages a page, and a page the walk
+/// left short says where it stopped in `next`; a rarer word comes from the index alone. Either
+/// way the pages followed to the end hold every match once, newest first. Filler messages (by SQL, in a chat Bob is not in) make "common" common and push
 /// Bob's older matches below the walk.
 #[tokio::test]
-async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_match_once() {
+async fn a_walk_stops_where_its_rows_run_out_and_the_pages_after_hold_every_match_once() {
     let app = TestApp::spawn().await;
     let (alice, bob, carol) = (
         app.user("Alice").await,
@@ -391,6 +391,7 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
         "Bob's older matches lie below one walk: {bobs_walk} ids"
     );
 
+    // A page: its ids and `next`.
     let page = |user: i64, q: &'static str, before: i64, limit: i64| {
         let parsed = search::parse(q).unwrap();
         let expected = (search::expected_matches(&stats, &parsed), stats.messages);
@@ -401,34 +402,197 @@ async fn a_page_that_spans_the_walk_and_the_index_is_newest_first_with_every_mat
                 before,
                 limit,
             };
-            store::search::messages(pool, &parsed, scope, expected, tuning)
+            let page = store::search::messages(pool, &parsed, scope, expected, tuning)
                 .await
-                .unwrap()
-                .hits
-                .iter()
-                .map(|h| h.message.id)
-                .collect::<Vec<_>>()
+                .unwrap();
+            let ids: Vec<i64> = page.hits.iter().map(|h| h.message.id).collect();
+            assert!(ids.len() as i64 <= limit);
+            (ids, page.next)
         }
     };
-    // The walk finds the newest, the index the one below it.
-    assert_eq!(page(bob.id, "common", i64::MAX, 5).await, [third, first]);
-    assert_eq!(page(bob.id, "common", i64::MAX, 1).await, [third]);
-    assert_eq!(page(bob.id, "common", third, 5).await, [first]);
-    // A rarer word: the index alone.
+    // The pages from the newest, following `next` to the end or `most` pages: the ids in
+    // order and how many pages it took.
+    let pages = |user: i64, q: &'static str, limit: i64, most: usize| async move {
+        let (mut all, mut before, mut count) = (Vec::new(), i64::MAX, 0);
+        loop {
+            count += 1;
+            let (ids, next) = page(user, q, before, limit).await;
+            if let Some(next) = next {
+                assert!(
+                    next < before,
+                    "{q}: the cursor moves back: {next} from {before}"
+                );
+                assert!(
+                    ids.iter().all(|id| *id >= next),
+                    "{q}: {ids:?} above {next}"
+                );
+            }
+            all.extend(ids);
+            match next {
+                Some(next) if count < most => before = next,
+                _ => return (all, next),
+            }
+        }
+    };
+    // The walk finds the newest and stops past two of Bob's messages, short of the page: the
+    // next pages go on from where it stopped and find the older one.
+    let (first_page, next) = page(bob.id, "common", i64::MAX, 5).await;
+    assert_eq!(first_page, [third], "the walk's rows ran out");
+    let next = next.expect("a cursor where the walk stopped");
+    assert!(next > first, "stopped above the older match: {next}");
+    let (bobs, end) = pages(bob.id, "common", 5, 20).await;
+    assert_eq!(bobs, [third, first], "every match once, newest first");
+    assert_eq!(end, None, "the last page says so");
+    let (bobs, end) = pages(bob.id, "common", 1, 20).await;
+    assert_eq!((bobs, end), (vec![third, first], None));
+    // A rarer word: the index alone, one page.
     assert_eq!(
         page(bob.id, "needle", i64::MAX, 5).await,
-        [third, second, first]
+        (vec![third, second, first], None)
     );
-    // Alice is in both chats, nearly every message is hers: the walk and the index below it
-    // fill her page with the newest.
-    let alices = page(alice.id, "common", i64::MAX, 3).await;
-    assert_eq!(alices[0], third);
-    assert!(alices[1] < third && alices[2] < alices[1], "{alices:?}");
-    assert!(alices[2] > second, "the newest fillers: {alices:?}");
+    // Alice is in both chats, nearly every message is hers: each page walks past at most two
+    // of them, and ten pages hold her newest matches, each once.
+    let (alices, end) = pages(alice.id, "common", 3, 10).await;
+    assert!(end.is_some(), "more to come");
+    assert!(alices.len() >= 10, "{alices:?}");
+    let newest: Vec<i64> = (0..alices.len() as i64).map(|i| third - i).collect();
+    assert_eq!(alices, newest, "the newest fillers, once each");
 
     // Over HTTP with the production tuning, the same answers.
     let (hits, next) = search(&app, &bob, "q=common").await;
     assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), [third, first]);
     assert!(next.is_null());
     assert!(hits[1].2.contains("<mark>common</mark>"), "{}", hits[1].2);
+}
+
+/// The server's highlights ([`search::highlight`]) against Postgres's own (`ts_headline`, what
+/// the server asked before) on random chat text: words of both languages in any case, with
+/// and without diacritics, apostrophes, `<`, `>` and punctuation between them, and random
+/// queries of words, prefixes, phrases and exclusions. Every word the server marks, Postgres
+/// marks; for queries of single words and prefixes without exclusions the two mark the same
+/// words (Postgres also marks excluded words and a phrase's words wherever they stand, which
+/// the server does not); and every message Postgres finds has a mark.
+#[tokio::test]
+async fn highlights_mark_what_ts_headline_marks() {
+    let app = TestApp::spawn().await;
+    const VOCABULARY: [&str; 22] = [
+        "build",
+        "Build",
+        "BUILD",
+        "deploy",
+        "done",
+        "see",
+        "you",
+        "You",
+        "ёлка",
+        "Ёлка",
+        "елка",
+        "ЁЛКИ",
+        "café",
+        "CAFE",
+        "cafe",
+        "привет",
+        "Привет",
+        "it's",
+        "v2",
+        "lunch",
+        "tomorrow",
+        "tom",
+    ];
+    const BETWEEN: [&str; 9] = [" ", ", ", ". ", "\n", "! ", " & ", " <", "> ", " — "];
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    let mut next = |n: usize| -> usize {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let marks = |html: &str, open: &str, close: &str| -> Vec<String> {
+        html.split(open)
+            .skip(1)
+            .filter_map(|s| s.split_once(close).map(|(w, _)| w.to_lowercase()))
+            .collect()
+    };
+    let (mut equal, mut found) = (0, 0);
+    for case in 0..600 {
+        let mut text = String::new();
+        for i in 0..1 + next(12) {
+            if i > 0 {
+                text.push_str(BETWEEN[next(BETWEEN.len())]);
+            }
+            text.push_str(VOCABULARY[next(VOCABULARY.len())]);
+        }
+        let mut q = Vec::new();
+        for _ in 0..1 + next(3) {
+            let word = VOCABULARY[next(VOCABULARY.len())];
+            q.push(match next(6) {
+                0 => format!("\"{word} {}\"", VOCABULARY[next(VOCABULARY.len())]),
+                1 => format!("-{word}"),
+                _ => word.to_owned(),
+            });
+        }
+        let last = VOCABULARY[next(VOCABULARY.len())];
+        q.push(last.chars().take(2 + next(3)).collect());
+        let Ok(query) = search::parse(&q.join(" ")) else {
+            continue;
+        };
+        let mut tsquery = Vec::new();
+        let mut args = Vec::new();
+        for term in &query.terms {
+            let function = match term.kind {
+                search::TermKind::Word => "plainto_tsquery",
+                search::TermKind::Phrase => "phraseto_tsquery",
+                search::TermKind::Prefix => "to_tsquery",
+            };
+            let not = if term.excluded { "!!" } else { "" };
+            tsquery.push(format!(
+                "{not}{function}('windi_search', ${})",
+                args.len() + 2
+            ));
+            args.push(match term.kind {
+                search::TermKind::Prefix => search::prefix_operand(&term.text),
+                _ => term.text.clone(),
+            });
+        }
+        let tsquery = tsquery.join(" && ");
+        let sql = format!(
+            "SELECT ts_headline('windi_search', translate($1, '<>', '  '), {tsquery},
+                                'StartSel=\u{1}, StopSel=\u{2}, HighlightAll=true'),
+                    to_tsvector('windi_search', translate($1, '<>', '  ')) @@ ({tsquery})"
+        );
+        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&text);
+        for arg in &args {
+            statement = statement.bind(arg);
+        }
+        let (theirs, matches): (String, bool) = statement.fetch_one(&app.db.pool).await.unwrap();
+        let ours = search::highlight(&text, &query);
+        let (ours, theirs) = (
+            marks(&ours, "<mark>", "</mark>"),
+            marks(&theirs, "\u{1}", "\u{2}"),
+        );
+        let context =
+            format!("case {case}: {text:?} for {query:?}: ours {ours:?}, ts_headline {theirs:?}");
+        let mut left = theirs.clone();
+        for word in &ours {
+            let at = left.iter().position(|w| w == word);
+            assert!(at.is_some(), "marked where Postgres does not: {context}");
+            left.remove(at.unwrap());
+        }
+        let plain = query
+            .terms
+            .iter()
+            .all(|t| !t.excluded && t.kind != search::TermKind::Phrase && !t.text.contains('\''));
+        if plain {
+            assert_eq!(ours, theirs, "the same marks: {context}");
+            equal += 1;
+        }
+        if matches {
+            assert!(!ours.is_empty(), "a hit without a mark: {context}");
+            found += 1;
+        }
+    }
+    assert!(
+        equal > 100 && found > 30,
+        "the cases reached both checks: {equal}, {found}"
+    );
 }

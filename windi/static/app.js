@@ -83,6 +83,8 @@ const SEARCH_DEBOUNCE_MS = 250;
 const MESSAGE_SEARCH_DEBOUNCE_MS = 300;
 /** Hits per page of message search ("More" asks for the next). */
 const SEARCH_PAGE_SIZE = 20;
+/** How many more pages a search reads by itself when the server stopped one short. */
+const SEARCH_AUTO_PAGES = 4;
 /** The largest history page the server gives: opening a search hit far back pages in these. */
 const MAX_HISTORY_PAGE = 200;
 /** Messages loaded above a search hit opened far back, so it does not sit at the very top. */
@@ -2229,7 +2231,7 @@ const searchScope = () => ($('search-this-chat').checked ? state.openChatId : nu
 
 /** Searches for what the box says (`more`: the next page of the hits shown). Whatever is on its
  * way for an older query is aborted, and an answer that comes anyway is dropped. */
-async function runSearch({ more: wantMore = false } = {}) {
+async function runSearch({ more: wantMore = false, auto = 0 } = {}) {
   clearTimeout(finder.timer);
   const q = $('search-input').value.trim();
   if (!q) {
@@ -2259,6 +2261,11 @@ async function runSearch({ more: wantMore = false } = {}) {
     finder.next = page.next ?? null;
     renderSearch();
     if (!more) $('search-results').scrollTop = 0;
+    // The server bounds each page's work: a page it stopped short of full says where to go on
+    // (`next`). Read on while less than a page is shown, up to SEARCH_AUTO_PAGES requests.
+    if (finder.next !== null && finder.hits.length < SEARCH_PAGE_SIZE && auto < SEARCH_AUTO_PAGES) {
+      runSearch({ more: true, auto: auto + 1 });
+    }
   } catch (error) {
     if (finder.controller !== controller) return; // Overtaken by a newer search, or closed.
     finder.controller = null;
@@ -2301,7 +2308,9 @@ function renderSearch() {
   $('search-results').dataset.scope = shown.chatId === null ? 'all' : String(shown.chatId);
   const where = shown.chatId === null ? '' : ' in this chat';
   const count = `${hits.length}${next === null ? '' : '+'}`;
-  setSearchStatus(hits.length === 0 ? `No messages found${where}.`
+  const none = next === null ? `No messages found${where}.`
+    : `No messages found among the newest${where}; “More results” looks further back.`;
+  setSearchStatus(hits.length === 0 ? none
     : `${count} message${hits.length === 1 ? '' : 's'} found${where}`);
 }
 

@@ -21,16 +21,6 @@ pub struct Scope {
     pub limit: i64,
 }
 
-/// How a highlight is cut: the matches with up to 35 words around them (the whole text when
-/// it is shorter), between the marks of [`search::MARK_START`] and [`search::MARK_END`].
-fn headline_options() -> String {
-    format!(
-        "StartSel={}, StopSel={}, MaxWords=35, MinWords=15, ShortWord=1",
-        search::MARK_START,
-        search::MARK_END
-    )
-}
-
 /// The query's `tsquery`: each term through the search configuration, joined with `&&`,
 /// excluded ones negated. Placeholders from `$first`; [`bind_terms`] binds them in order.
 fn tsquery_sql(query: &Query, first: usize) -> String {
@@ -75,25 +65,26 @@ pub struct Tuning {
     /// Above this many matches expected in the whole database, walk the newest messages; at
     /// or below it, ask the index.
     pub walk_above: f64,
-    /// How far one walk goes back: past this many of the caller's messages, at most.
+    /// How far one page's walk goes back: past this many of the caller's messages, at most.
     pub walk_rows: i64,
     /// The first window of a walk passes at least this many of the caller's messages.
     pub first_rows: i64,
 }
 
 impl Default for Tuning {
-    /// 5,000 matches: a page of 20 then lies within a few thousand of a user's messages when
-    /// their chats are like the rest, while the index's rows would take longer to sort.
-    /// 25,000 rows: a walk reads each at about 1 µs (measured on data in time order, the
-    /// caller's rows scattered over the heap), 25 ms when nothing matches.
-    /// 1,024 rows: each window costs about as much again in fixed work (a descent of each
-    /// chat's index, planning, a round trip), so a narrower one saves little and risks
-    /// another; a word in one message of ten fills a page in 200.
+    /// 5,000 matches of a million: a word in one message of two hundred, whose page of
+    /// twenty lies within 4,000 of a user's messages when their chats are like the rest.
+    /// 4,096 rows: a walk reads each at about 1 µs (measured on data in time order, the
+    /// caller's rows scattered over the heap), so a page costs at most ~4 ms of reading
+    /// whatever the words; at sixteen searches on two cores, every millisecond of one search
+    /// is eight of everyone's wait. 512 rows: each window costs about 1 ms again in fixed work
+    /// (a descent of each chat's index, planning, a round trip), so a narrower one saves
+    /// little and risks another; a word in one message of ten fills a page in 200.
     fn default() -> Self {
         Self {
             walk_above: 5_000.0,
-            walk_rows: 25_000,
-            first_rows: 1_024,
+            walk_rows: 4_096,
+            first_rows: 512,
         }
     }
 }
@@ -136,11 +127,19 @@ pub async fn word_stats(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<WordStats
 /// a page of twenty, while walking the caller's newest messages back, checking each one's
 /// stored words, fills the page within a few hundred of theirs. A rare word is the opposite:
 /// the index holds its few matches, and a walk would read everything. So above
-/// [`Tuning::walk_above`] the walk goes first, in windows of ids ([`search::next_window`]),
-/// past at most [`Tuning::walk_rows`] of the caller's messages, and the index answers what it
-/// left short below where it stopped; otherwise the index answers alone. The planner cannot
-/// choose between the two by itself: with `ORDER BY id DESC LIMIT` it walks for any word it
-/// expects often and for every word its sample missed, which made a rare word take seconds.
+/// [`Tuning::walk_above`] the walk goes, in windows of ids ([`search::next_window`]), past at
+/// most [`Tuning::walk_rows`] of the caller's messages; otherwise the index answers alone. The
+/// planner cannot choose between the two by itself: with `ORDER BY id DESC LIMIT` it walks
+/// for any word it expects often and for every word its sample missed, which made a rare word
+/// take seconds.
+///
+/// A walk that passes its rows before the page is full stops there: the page holds what it
+/// found (maybe nothing) and `next` is where it stopped, so the client's next request goes on
+/// from there (Matrix's `next_batch`, Slack's cursors). Every page costs a bounded amount
+/// whatever the words: a phrase of two common words that stand together rarely (`"see you"`)
+/// or a pair that seldom meet, which the statistics cannot foresee, used to fall back to the
+/// index below the walk, reading and checking every message holding the rarest word — a
+/// tenth of a second, and at sixteen clients on two cores, everyone's wait.
 pub async fn messages(
     db: &sqlx::PgPool,
     query: &Query,
@@ -148,47 +147,44 @@ pub async fn messages(
     (expected, total): (f64, f64),
     tuning: Tuning,
 ) -> sqlx::Result<SearchPage> {
-    // One more than asked: whether a next page exists, without a count. Only the page is
-    // shown: a highlight parses the whole text again (~80 µs a message).
+    // One more than asked: whether a next page exists, without a count.
     let find = Scope {
         limit: scope.limit + 1,
         ..scope
     };
-    let mut ids = if expected > tuning.walk_above {
+    let (mut ids, stopped) = if expected > tuning.walk_above {
         walk(db, query, find, expected / total.max(1.0), tuning).await?
     } else {
-        matching(db, query, find, Walk::Index).await?
+        (matching(db, query, find, Walk::Index).await?, None)
     };
     let more = ids.len() as i64 > scope.limit;
     ids.truncate(scope.limit.max(0) as usize);
+    let next = if more { ids.last().copied() } else { stopped };
     if ids.is_empty() {
         return Ok(SearchPage {
             hits: Vec::new(),
-            next: None,
+            next,
         });
     }
-    let mut hits = shown(db, query, &ids).await?;
-    for hit in &mut hits {
-        hit.highlight = search::highlight_html(&hit.highlight);
-    }
-    let next = if more { ids.last().copied() } else { None };
+    let hits = shown(db, query, &ids).await?;
     Ok(SearchPage { hits, next })
 }
 
 /// The walk: windows of ids newest first, each read by [`Walk::Window`], sized in the caller's
 /// messages by what the ones before found ([`search::next_window`]) and turned into ids by how
-/// densely theirs lie among all ([`search::ids_for`]); past [`Tuning::walk_rows`] of theirs,
-/// the index answers the rest below the last window.
+/// densely theirs lie among all ([`search::ids_for`]). With the matches, where it stopped short
+/// of the page (the `before` to go on from) when it passed [`Tuning::walk_rows`] of the
+/// caller's messages first; `None` when it filled the page or reached the oldest message.
 async fn walk(
     db: &sqlx::PgPool,
     query: &Query,
     scope: Scope,
     share: f64,
     tuning: Tuning,
-) -> sqlx::Result<Vec<i64>> {
+) -> sqlx::Result<(Vec<i64>, Option<i64>)> {
     let reach = reach(db, scope).await?;
     if reach.mine == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let density = reach.mine as f64 / reach.newest.max(1) as f64;
     let most = search::ids_for(tuning.walk_rows, density);
@@ -210,17 +206,11 @@ async fn walk(
         ids.extend(found);
         walked += top - floor;
         if got >= want || floor == 0 {
-            return Ok(ids);
+            return Ok((ids, None));
         }
         width = search::next_window(width, got, want - got).min(most - walked);
         if width <= 0 {
-            let below = Scope {
-                before: floor + 1,
-                limit: want - got,
-                ..scope
-            };
-            ids.extend(matching(db, query, below, Walk::Index).await?);
-            return Ok(ids);
+            return Ok((ids, Some(floor + 1)));
         }
         top = floor + 1;
     }
@@ -330,23 +320,21 @@ async fn matching(
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
-/// The messages `ids`, newest first, each with its highlight marked (not yet HTML). One plan
-/// serves every search of the same shape (a prepared statement): it looks rows up by id.
+/// The messages `ids`, newest first, each highlighted for `query` ([`search::highlight`]).
+/// One plan serves every search (a prepared statement): it looks rows up by id.
 async fn shown(db: &sqlx::PgPool, query: &Query, ids: &[i64]) -> sqlx::Result<Vec<SearchHit>> {
     let sql = format!(
-        "SELECT {columns}, ts_headline('windi_search'::regconfig,
-                    translate(m.text, $2, $3), {tsquery}, $4) AS highlight
-         FROM messages m
+        "SELECT {columns}, '' AS highlight FROM messages m
          WHERE m.id = ANY($1)
          ORDER BY m.id DESC",
         columns = super::messages::message_columns!(),
-        tsquery = tsquery_sql(query, 5),
     );
-    let (from, to) = search::headline_translation();
-    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let mut hits: Vec<SearchHit> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(ids)
-        .bind(from)
-        .bind(to)
-        .bind(headline_options());
-    bind_terms(q, query).fetch_all(db).await
+        .fetch_all(db)
+        .await?;
+    for hit in &mut hits {
+        hit.highlight = search::highlight(&hit.message.text, query);
+    }
+    Ok(hits)
 }
