@@ -130,6 +130,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut sql_p50 = Vec::new();
     let mut sql_p99 = Vec::new();
     let mut per_query: Vec<Vec<f64>> = vec![Vec::new(); queries.len()];
+    let mut per_query_pages: Vec<Vec<(usize, bool)>> = vec![Vec::new(); queries.len()];
     let mut sends_with = Vec::new();
     let mut sends_without = Vec::new();
     let base = windi.api_url.clone();
@@ -147,7 +148,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             )
             .await?;
         }
-        let (latencies, rate) = searches(
+        let Searched {
+            latencies,
+            pages,
+            rate,
+        } = searches(
             ctx,
             &base,
             &searcher.token,
@@ -160,6 +165,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         let mut all: Vec<f64> = latencies.iter().map(|(_, ms)| *ms).collect();
         for (q, ms) in &latencies {
             per_query[*q].push(*ms);
+        }
+        for (q, hits, short) in pages {
+            per_query_pages[q].push((hits, short));
         }
         let (p50, p99) = probe::p50_p99(std::mem::take(&mut all));
         http_p50.push(p50);
@@ -238,9 +246,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         let samples = std::mem::take(&mut per_query[i]);
         let (p50, p99) = probe::p50_p99(samples);
         let what = if chat.is_some() { " (one chat)" } else { "" };
+        // A page's work is bounded: one the walk stopped short of full (with a `next`) makes
+        // the client ask again, so how often that happens belongs with the latency.
+        let answers = std::mem::take(&mut per_query_pages[i]);
+        let short = answers.iter().filter(|(_, short)| *short).count();
+        let fewest = answers.iter().map(|(hits, _)| *hits).min().unwrap_or(0);
         figures.push(
-            Figure::new("search", format!("search p99, `{q}`{what}"), "ms", &[p99])
-                .note(format!("p50 {p50:.1} ms; all reps together")),
+            Figure::new("search", format!("search p99, `{q}`{what}"), "ms", &[p99]).note(format!(
+                "p50 {p50:.1} ms; all reps together; first pages short of {} with a next: \
+                     {short} of {}, the fewest hits {fewest}",
+                search::DEFAULT_HITS,
+                answers.len()
+            )),
         );
     }
     Ok(figures)
@@ -296,7 +313,7 @@ async fn searches(
     member_of: &[i64],
     count: usize,
     budget: Duration,
-) -> anyhow::Result<(Vec<(usize, f64)>, f64)> {
+) -> anyhow::Result<Searched> {
     let issued = Arc::new(AtomicUsize::new(0));
     let member_of: Arc<Vec<i64>> = Arc::new(member_of.to_vec());
     let queries: Arc<Vec<(&'static str, Option<i64>)>> = Arc::new(queries.to_vec());
@@ -306,7 +323,7 @@ async fn searches(
         let (http, issued, token) = (ctx.http.clone(), issued.clone(), token.to_owned());
         let (base, member_of, queries) = (base.to_owned(), member_of.clone(), queries.clone());
         tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
+            let (mut out, mut pages) = (Vec::new(), Vec::new());
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= count || started.elapsed() >= budget {
@@ -335,7 +352,10 @@ async fn searches(
                     String::from_utf8_lossy(&body)
                 );
                 let page: Value = serde_json::from_slice(&body)?;
-                for hit in page["hits"].as_array().context("no hits list")? {
+                let hits = page["hits"].as_array().context("no hits list")?;
+                let short = hits.len() < search::DEFAULT_HITS as usize && !page["next"].is_null();
+                pages.push((q, hits.len(), short));
+                for hit in hits {
                     let chat_id = hit["chat_id"].as_i64().context("a hit without chat_id")?;
                     ensure!(
                         member_of.contains(&chat_id),
@@ -343,19 +363,34 @@ async fn searches(
                     );
                 }
             }
-            anyhow::Ok(out)
+            anyhow::Ok((out, pages))
         }));
     }
     let mut latencies = Vec::with_capacity(count);
+    let mut pages = Vec::with_capacity(count);
     for task in tasks {
-        latencies.extend(task.await.context("a client task panicked")??);
+        let (out, shown) = task.await.context("a client task panicked")??;
+        latencies.extend(out);
+        pages.extend(shown);
     }
     ensure!(
         !latencies.is_empty(),
         "no search finished within {budget:?}"
     );
     let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-    Ok((latencies, rate))
+    Ok(Searched {
+        latencies,
+        pages,
+        rate,
+    })
+}
+
+/// What [`searches`] measured: latencies (query index, ms), each answer's page (query index,
+/// hits, whether it stopped short of a full page with a `next`), and searches per second.
+struct Searched {
+    latencies: Vec<(usize, f64)>,
+    pages: Vec<(usize, usize, bool)>,
+    rate: f64,
 }
 
 /// A query, its chat if one, and (expected matches, messages in all) for the store.
