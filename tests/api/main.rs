@@ -18,6 +18,7 @@ mod history;
 mod lambda;
 mod limits;
 mod membership;
+mod mentions;
 mod messages;
 mod ops;
 mod original;

@@ -633,12 +633,14 @@ impl Session {
                 dedup_key,
                 reply_to,
                 attachments,
+                mentions,
             } => {
                 let out = Outgoing {
                     text: &text,
                     dedup_key: dedup_key.as_deref(),
                     reply_to,
                     attachments: &attachments,
+                    mentions: &mentions,
                 };
                 self.send(recipient_id, chat_id, out).await
             }

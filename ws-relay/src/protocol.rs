@@ -41,6 +41,9 @@ pub enum ClientFrame {
         /// empty or left out.
         #[serde(default, deserialize_with = "whole::list")]
         attachments: Vec<i64>,
+        /// Members of the chat the message mentions, as in `POST /chat/message`.
+        #[serde(default, deserialize_with = "whole::list")]
+        mentions: Vec<i64>,
     },
     /// "I am typing in this chat": relayed to the other members, never stored.
     Typing {

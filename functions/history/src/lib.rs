@@ -49,10 +49,25 @@ async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> Result<axum::Json<Vec<MessageOut>>> {
     let range = seq_range(&query)?;
+    let mentioning = match query.mentions.as_deref() {
+        None => None,
+        Some("me") if query.offset.is_some_and(|o| o != 0) => {
+            return Err(Error::invalid(
+                "offset",
+                "cannot be combined with mentions (page by before_seq or after_seq)",
+            ));
+        }
+        Some("me") => Some(user.id),
+        Some(_) => return Err(Error::invalid("mentions", "must be `me`")),
+    };
     chats::for_member(&state.db, chat_id, user.id)
         .await?
         .ok_or(Error::NotFound("chat"))?;
-    Ok(axum::Json(messages::page(&state.db, chat_id, range).await?))
+    let page = match mentioning {
+        None => messages::page(&state.db, chat_id, range).await?,
+        Some(user_id) => messages::mentioning(&state.db, chat_id, user_id, range).await?,
+    };
+    Ok(axum::Json(page))
 }
 
 /// Turns the query into a range, refusing combinations that have no clear meaning.

@@ -82,6 +82,7 @@ async fn send(
         dedup_key,
         reply_to: body.reply_to,
         attachments: &body.attachments,
+        mentions: &body.mentions,
     };
     let sent = send_message(&state, user.id, target, out).await?;
     let status = if sent.created {

@@ -1,4 +1,5 @@
-//! Read markers: `PATCH /chat/message/{id}/read`.
+//! A member's own state of a chat: read markers (`PATCH /chat/message/{id}/read`) and
+//! notification settings (`PATCH /chat/{chat_id}/settings`).
 //!
 //! A marker is per member and per chat, and only moves forward; marking message N read marks
 //! everything up to N. A message's `read` flag is true once every other member has read it.
@@ -7,18 +8,20 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    domain::model::MessageOut,
+    domain::model::{ChatSettings, ChatSettingsPatch, MessageOut, MutedUntil},
     events::Event,
     http::{
         error::ErrorBody,
-        extract::{AuthUser, Path},
+        extract::{AuthUser, Json, Path},
     },
     service::write,
     store::{members, messages},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(mark_read))
+    OpenApiRouter::new()
+        .routes(routes!(mark_read))
+        .routes(routes!(update_settings))
 }
 
 /// Mark a message (and everything before it in its chat) as read by the caller.
@@ -60,4 +63,39 @@ async fn mark_read(
     };
     write::commit(&state, tx, vec![moved]).await?;
     Ok(axum::Json(message))
+}
+
+/// Mute a chat, or choose which of its messages notify the caller. A field left out stays as it
+/// is; `"muted_until": null` unmutes. The settings are the caller's own: other members see
+/// nothing of them.
+#[utoipa::path(
+    patch, path = "/chat/{chat_id}/settings", tag = "chat",
+    security(("oauth2" = [])),
+    params(("chat_id" = i64, Path, description = "Chat id")),
+    request_body = ChatSettingsPatch,
+    responses(
+        (status = 200, description = "The caller's settings of the chat, after the change", body = ChatSettings),
+        (status = 404, description = "No such chat of the caller's", body = ErrorBody),
+        (status = 422, description = "`muted_until` is not a future RFC 3339 time, \"forever\" or null; `notify` is not `all`, `mentions` or `none`", body = ErrorBody),
+    )
+)]
+async fn update_settings(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(chat_id): Path<i64>,
+    Json(patch): Json<ChatSettingsPatch>,
+) -> Result<axum::Json<ChatSettings>> {
+    if let Some(Some(MutedUntil::Until(at))) = patch.muted_until
+        && at <= chrono::Utc::now()
+    {
+        return Err(Error::invalid(
+            "muted_until",
+            "must be in the future (null unmutes)",
+        ));
+    }
+    let settings =
+        members::update_settings(&state.db, chat_id, user.id, patch.muted_until, patch.notify)
+            .await?
+            .ok_or(Error::NotFound("chat"))?;
+    Ok(axum::Json(settings))
 }

@@ -40,6 +40,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest reaction, in bytes of UTF-8: room for any emoji sequence (flags, skin tones, ZWJ
 /// families), not for a sentence.
 pub(crate) const MAX_EMOJI_BYTES: usize = 32;
+/// Members one message may mention.
+pub const MAX_MENTIONS: usize = 50;
 /// Distinct reactions one message can carry; the next new one is refused with 409.
 pub(crate) const MAX_REACTIONS: usize = 20;
 /// Reactors listed per reaction in [`Reaction::user_ids`]; `count` stays exact beyond it.
@@ -76,6 +78,10 @@ pub struct MessageOut {
     #[sqlx(json)]
     #[serde(default)]
     pub attachments: Vec<AttachmentOut>,
+    /// The members this message mentions (`@`), in the order the sender listed them, each
+    /// once; empty once the message is deleted. The text keeps its own form of the names.
+    #[serde(default)]
+    pub mentions: Vec<i64>,
 }
 
 /// A file sent with a message. The bytes are fetched through `GET /chat/attachments/{id}`
@@ -135,6 +141,10 @@ pub struct SendMessage {
     /// most 10, each once; their bytes must have been uploaded.
     #[serde(default, deserialize_with = "whole::list")]
     pub attachments: Vec<i64>,
+    /// Members of the chat this message mentions (`@`), at most 50; anyone else is a 422.
+    /// A repeated id counts once.
+    #[serde(default, deserialize_with = "whole::list")]
+    pub mentions: Vec<i64>,
 }
 
 /// `POST /chat/attachments`: what the client is about to upload.
@@ -437,8 +447,111 @@ pub struct ChatSummary {
     pub last_read_seq: i64,
     /// Messages after the caller's marker that others sent and nobody deleted.
     pub unread_count: i64,
+    /// Of those, the ones that mention the caller.
+    #[serde(default)]
+    pub unread_mentions: i64,
     pub last_message: Option<MessageOut>,
     pub created_at: DateTime<Utc>,
+    /// The caller's notification settings for this chat.
+    #[serde(default)]
+    pub settings: ChatSettings,
+}
+
+/// A member's notification settings for one chat (`PATCH /chat/{chat_id}/settings`). What the
+/// notifications respect; every client of the member shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChatSettings {
+    /// Muted until this time (RFC 3339), `"forever"`, or null (not muted; a time past reads
+    /// as null).
+    #[schema(value_type = Option<String>, example = "forever")]
+    pub muted_until: Option<MutedUntil>,
+    pub notify: Notify,
+}
+
+/// How long a chat is muted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MutedUntil {
+    Forever,
+    Until(DateTime<Utc>),
+}
+
+impl Serialize for MutedUntil {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Forever => s.serialize_str("forever"),
+            Self::Until(at) => at.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MutedUntil {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "forever" {
+            return Ok(Self::Forever);
+        }
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| Self::Until(at.with_timezone(&Utc)))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "muted_until: {text:?} is neither an RFC 3339 time nor \"forever\""
+                ))
+            })
+    }
+}
+
+/// Which messages of a chat notify the member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Notify {
+    /// Every message.
+    #[default]
+    All,
+    /// Only messages that mention them.
+    Mentions,
+    /// None.
+    None,
+}
+
+impl Notify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Mentions => "mentions",
+            Self::None => "none",
+        }
+    }
+
+    /// From the column (`chat_members.notify`, checked there to be one of the three).
+    pub fn from_column(text: &str) -> Self {
+        match text {
+            "mentions" => Self::Mentions,
+            "none" => Self::None,
+            _ => Self::All,
+        }
+    }
+}
+
+/// `PATCH /chat/{chat_id}/settings`: what to change; a field left out stays as it is, a null
+/// `muted_until` unmutes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSettingsPatch {
+    /// An RFC 3339 time (in the future), `"forever"`, or null to unmute.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "2026-12-31T09:00:00Z")]
+    pub muted_until: Option<Option<MutedUntil>>,
+    #[serde(default)]
+    pub notify: Option<Notify>,
+}
+
+/// A field that is present (maybe null) is `Some`; an absent one stays `None` by `default`.
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A chat member as clients show them.
@@ -465,6 +578,10 @@ pub struct HistoryQuery {
     /// Only messages with a greater seq; the page starts just after it (catching up).
     #[param(minimum = 0)]
     pub after_seq: Option<i64>,
+    /// `me`: only the messages that mention the caller (deleted ones mention no one), paged by
+    /// the same cursors. Not with `offset`.
+    #[param(example = "me")]
+    pub mentions: Option<String>,
 }
 
 /// Query of `GET /chat/search`.

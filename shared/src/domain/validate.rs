@@ -5,8 +5,8 @@ use crate::domain::{
     error::{Error, Result},
     model::{
         DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_PAGE, MAX_DEDUP_KEY_CHARS, MAX_EMAIL_CHARS,
-        MAX_EMOJI_BYTES, MAX_NAME_CHARS, MAX_PAGE, MAX_PASSWORD_BYTES, MAX_TEXT_CHARS,
-        MIN_PASSWORD_CHARS_FLOOR,
+        MAX_EMOJI_BYTES, MAX_MENTIONS, MAX_NAME_CHARS, MAX_PAGE, MAX_PASSWORD_BYTES,
+        MAX_TEXT_CHARS, MIN_PASSWORD_CHARS_FLOOR,
     },
 };
 
@@ -154,6 +154,28 @@ pub fn dedup_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The members a message mentions: each a user id, each once (a repeat is dropped, the
+/// order of first mention kept), at most [`MAX_MENTIONS`]. Whether they are members is the
+/// send's to check, under the chat's lock.
+pub fn mentions(ids: &[i64]) -> Result<Vec<i64>> {
+    let mut out: Vec<i64> = Vec::with_capacity(ids.len().min(MAX_MENTIONS));
+    for &id in ids {
+        if id < 1 {
+            return Err(Error::invalid("mentions", format!("{id} is not a user id")));
+        }
+        if !out.contains(&id) {
+            out.push(id);
+        }
+        if out.len() > MAX_MENTIONS {
+            return Err(Error::invalid(
+                "mentions",
+                format!("names more than {MAX_MENTIONS} members"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// A page size `limit`: 1..=`max`, `default` when the client names none.
 pub fn limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
     let limit = limit.unwrap_or(default);
@@ -203,8 +225,29 @@ fn no_nul(field: &str, value: &str) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mentions_are_user_ids_each_once_and_at_most_fifty() {
+        assert_eq!(mentions(&[3, 1, 3, 2, 1]).unwrap(), [3, 1, 2]);
+        assert!(mentions(&[]).unwrap().is_empty());
+        let err = mentions(&[1, 0]).unwrap_err().to_string();
+        assert!(err.contains("mentions: 0 is not a user id"), "{err}");
+        let fifty: Vec<i64> = (1..=50).collect();
+        assert_eq!(mentions(&fifty).unwrap(), fifty);
+        let repeated: Vec<i64> = fifty.iter().chain(&fifty).copied().collect();
+        assert_eq!(
+            mentions(&repeated).unwrap(),
+            fifty,
+            "repeats are not counted"
+        );
+        let err = mentions(&(1..=51).collect::<Vec<_>>())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 50"), "{err}");
+    }
 
     #[test]
     fn names_refuse_bidi_overrides_and_zero_width_spaces_but_keep_joiners() {

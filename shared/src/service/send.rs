@@ -48,6 +48,8 @@ pub struct Outgoing<'a> {
     /// The sender's uploads this message carries (`POST /chat/attachments`); with any, the
     /// text may be empty.
     pub attachments: &'a [i64],
+    /// Members of the chat the message mentions.
+    pub mentions: &'a [i64],
 }
 
 pub async fn send_message(
@@ -61,7 +63,9 @@ pub async fn send_message(
         dedup_key,
         reply_to,
         attachments: file_ids,
+        mentions,
     } = out;
+    let mentions = validate::mentions(mentions)?;
     // Only a message of files may have no words.
     if !text.is_empty() || file_ids.is_empty() {
         validate::message_text(text)?;
@@ -102,7 +106,7 @@ pub async fn send_message(
             (id, created.then_some(recipient))
         }
     };
-    let hash = content_hash(chat_id, text, reply_to, file_ids);
+    let hash = content_hash(chat_id, text, reply_to, file_ids, &mentions);
 
     if let Some(key) = dedup_key
         && let Some(existing) = messages::by_dedup_key(&mut *tx, sender, key).await?
@@ -115,6 +119,17 @@ pub async fn send_message(
     let Some(position) = messages::take_seq(&mut *tx, chat_id, sender).await? else {
         return Err(Error::NotFound("chat"));
     };
+    // Under the chat's lock, so no one mentioned leaves before the message commits.
+    if !mentions.is_empty() {
+        let strangers = members::not_among(&mut *tx, chat_id, &mentions).await?;
+        if !strangers.is_empty() {
+            tx.rollback().await?;
+            return Err(Error::invalid(
+                "mentions",
+                format!("{strangers:?} are not members of the chat"),
+            ));
+        }
+    }
     let carried: Vec<_> = attachments::lock_for_send(&mut tx, sender, file_ids)
         .await?
         .iter()
@@ -128,6 +143,7 @@ pub async fn send_message(
         content_hash: &hash,
         reply_to,
         attachments: &carried,
+        mentions: &mentions,
     };
     let Some(Inserted { message, marker }) = messages::insert(&mut *tx, &new, position).await?
     else {
@@ -242,7 +258,13 @@ fn replay(
 /// sha256(chat_id ‖ text [‖ reply_to] [‖ attachments]): equal only for the same text in the
 /// same chat, as a reply to the same message, with the same files. A message with neither
 /// hashes as before replies existed, so keys stored then still replay.
-fn content_hash(chat_id: i64, text: &str, reply_to: Option<i64>, files: &[i64]) -> Vec<u8> {
+fn content_hash(
+    chat_id: i64,
+    text: &str,
+    reply_to: Option<i64>,
+    files: &[i64],
+    mentions: &[i64],
+) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(chat_id.to_be_bytes());
     hasher.update(text.as_bytes());
@@ -253,6 +275,13 @@ fn content_hash(chat_id: i64, text: &str, reply_to: Option<i64>, files: &[i64]) 
     if !files.is_empty() {
         hasher.update(b"\0attachments");
         for id in files {
+            hasher.update(id.to_be_bytes());
+        }
+    }
+    // Only when there are some: the hashes of messages without stay as they were stored.
+    if !mentions.is_empty() {
+        hasher.update(b"\0mentions");
+        for id in mentions {
             hasher.update(id.to_be_bytes());
         }
     }

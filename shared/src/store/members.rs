@@ -4,7 +4,44 @@
 //! caller holds the chat's lock from [`super::chats::lock`]) and a row in `chat_changes`. The
 //! members a chat is created with are its initial state and take none.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
+
+use crate::domain::model::{ChatSettings, MutedUntil, Notify};
+
+/// A member's settings of a chat as stored: `muted_until` is NULL, a time, or `infinity`
+/// (forever), which chrono cannot hold, hence the flag; a time past reads as not muted.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SettingsRow {
+    pub muted_forever: bool,
+    pub muted_until: Option<DateTime<Utc>>,
+    pub notify: String,
+}
+
+/// The columns of [`SettingsRow`] from the member row `me`.
+macro_rules! settings_columns {
+    () => {
+        "coalesce(me.muted_until = 'infinity', false) AS muted_forever,
+         CASE WHEN me.muted_until <> 'infinity' AND me.muted_until > now()
+              THEN me.muted_until END AS muted_until,
+         me.notify"
+    };
+}
+pub(crate) use settings_columns;
+
+impl From<SettingsRow> for ChatSettings {
+    fn from(r: SettingsRow) -> Self {
+        let muted_until = if r.muted_forever {
+            Some(MutedUntil::Forever)
+        } else {
+            r.muted_until.map(MutedUntil::Until)
+        };
+        Self {
+            muted_until,
+            notify: Notify::from_column(&r.notify),
+        }
+    }
+}
 
 /// A member just added.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -64,6 +101,23 @@ pub async fn ids(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Vec<i64>
         .bind(chat_id)
         .fetch_all(db)
         .await
+}
+
+/// Those of `user_ids` who are not members of `chat_id`, in the order given.
+pub async fn not_among(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_ids: &[i64],
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT u FROM unnest($2::bigint[]) WITH ORDINALITY AS w(u, n)
+         WHERE NOT EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = u)
+         ORDER BY n",
+    )
+    .bind(chat_id)
+    .bind(user_ids)
+    .fetch_all(db)
+    .await
 }
 
 pub async fn role(
@@ -242,4 +296,36 @@ pub async fn advance_read(
     .bind(seq)
     .fetch_optional(db)
     .await
+}
+
+/// Changes `user_id`'s settings of `chat_id`: `muted_until` when given (`None` inside to
+/// unmute), `notify` when given. Answers the settings after, or `None` when they are not a
+/// member.
+pub async fn update_settings(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_id: i64,
+    muted_until: Option<Option<MutedUntil>>,
+    notify: Option<Notify>,
+) -> sqlx::Result<Option<ChatSettings>> {
+    let until = muted_until.flatten().map(|m| match m {
+        MutedUntil::Forever => "infinity".to_owned(),
+        MutedUntil::Until(at) => at.to_rfc3339(),
+    });
+    let row: Option<SettingsRow> = sqlx::query_as(concat!(
+        "UPDATE chat_members me
+         SET muted_until = CASE WHEN $3 THEN $4::text::timestamptz ELSE me.muted_until END,
+             notify = coalesce($5, me.notify)
+         WHERE chat_id = $1 AND user_id = $2
+         RETURNING ",
+        settings_columns!()
+    ))
+    .bind(chat_id)
+    .bind(user_id)
+    .bind(muted_until.is_some())
+    .bind(until)
+    .bind(notify.map(Notify::as_str))
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(ChatSettings::from))
 }

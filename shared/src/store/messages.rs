@@ -11,6 +11,7 @@ macro_rules! message_columns {
     () => {
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
          m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions, m.attachments,
+         m.mentions,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
                        AND r.last_read_seq < m.seq) AS read"
@@ -29,6 +30,8 @@ pub(crate) struct NewMessage<'a> {
     pub reply_to: Option<i64>,
     /// The files it carries (locked for this send by the caller).
     pub attachments: &'a [AttachmentOut],
+    /// The members it mentions (checked by the caller, under the chat's lock).
+    pub mentions: &'a [i64],
 }
 
 /// A stored message and whether the sender's read marker moved to it.
@@ -79,8 +82,8 @@ pub(crate) async fn insert(
         "WITH m AS (
              INSERT INTO messages
                  (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to,
-                  attachments)
-             SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6, $9
+                  attachments, mentions)
+             SELECT $1, $7, $8, $8, $2, $3, $4, $5, $6, $9, $10
              WHERE EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)
                AND NOT EXISTS (
                    SELECT 1 FROM chats c JOIN blocks b
@@ -94,6 +97,10 @@ pub(crate) async fn insert(
          ch AS (
              INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
              SELECT chat_id, rev, 'message', id, sender_id FROM m),
+         mn AS (
+             INSERT INTO message_mentions (user_id, chat_id, seq, message_id)
+             SELECT u, m.chat_id, m.seq, m.id FROM m, unnest(m.mentions) u
+             WHERE u <> m.sender_id),
          mk AS (
              UPDATE chat_members me
              SET last_read_seq = m.seq, read_rev = m.rev, read_xid = pg_current_xact_id()
@@ -113,6 +120,7 @@ pub(crate) async fn insert(
     .bind(seq)
     .bind(rev)
     .bind(sqlx::types::Json(new.attachments))
+    .bind(new.mentions)
     .fetch_optional(db)
     .await
 }
@@ -234,7 +242,7 @@ pub async fn edit(
 }
 
 /// Turns a message into its tombstone, as change `rev`: the text is erased (not hidden) and
-/// its reactions and attachments go with it (the caller takes the files out of reach). The id, seq and reply link stay, so threads and order hold.
+/// its reactions, attachments and mentions go with it (the caller takes the files out of reach). The id, seq and reply link stay, so threads and order hold.
 pub async fn tombstone(
     db: impl PgExecutor<'_>,
     message_id: i64,
@@ -243,9 +251,10 @@ pub async fn tombstone(
 ) -> sqlx::Result<MessageOut> {
     sqlx::query_as(concat!(
         "WITH gone AS (DELETE FROM message_reactions WHERE message_id = $1),
+         unmentioned AS (DELETE FROM message_mentions WHERE message_id = $1),
          m AS (
              UPDATE messages SET text = '', deleted_at = now(), reactions = '[]', attachments = '[]',
-                 rev = $2
+                 mentions = '{}', rev = $2
              WHERE id = $1
              RETURNING *),
          ch AS (
@@ -411,6 +420,41 @@ pub async fn page(
         .bind(after)
         .bind(before)
         .bind(range.limit)
+        .fetch_all(db)
+        .await
+}
+
+/// The messages of `chat_id` that mention `user_id`, a page of them in `range` (its `offset`
+/// unused) as [`page`] pages: through their rows in `message_mentions`, one index range.
+pub async fn mentioning(
+    db: impl PgExecutor<'_>,
+    chat_id: i64,
+    user_id: i64,
+    range: SeqRange,
+) -> sqlx::Result<Vec<MessageOut>> {
+    let query = if range.from_newest {
+        concat!(
+            "SELECT * FROM (SELECT ",
+            message_columns!(),
+            " FROM message_mentions mm JOIN messages m ON m.id = mm.message_id
+              WHERE mm.user_id = $5 AND mm.chat_id = $1 AND mm.seq > $2 AND mm.seq < $3
+              ORDER BY mm.seq DESC LIMIT $4) AS p ORDER BY seq"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM message_mentions mm JOIN messages m ON m.id = mm.message_id
+              WHERE mm.user_id = $5 AND mm.chat_id = $1 AND mm.seq > $2 AND mm.seq < $3
+              ORDER BY mm.seq LIMIT $4"
+        )
+    };
+    sqlx::query_as(query)
+        .bind(chat_id)
+        .bind(range.after)
+        .bind(range.before)
+        .bind(range.limit)
+        .bind(user_id)
         .fetch_all(db)
         .await
 }
