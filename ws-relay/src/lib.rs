@@ -24,6 +24,7 @@
 pub mod connection;
 pub mod delivery;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 
 use std::{
