@@ -204,6 +204,16 @@ const WALKTHROUGH: &[Step] = &[
     step("auth-sessions.json", Function::Auth, 200),
     step("auth-sessions-delete.json", Function::Auth, 404),
     step("users-search.json", Function::Auth, 200),
+    // Alice and Bob share chats; no relay holds either of them here.
+    step("users-presence.json", Function::Auth, 200).body(&[
+        ("/presence/0/user_id", "1"),
+        ("/presence/0/status", "\"offline\""),
+        ("/presence/1/user_id", "2"),
+    ]),
+    step("users-privacy.json", Function::Auth, 200)
+        .body(&[("/presence", "\"contacts\""), ("/read_receipts", "true")]),
+    step("users-privacy-patch.json", Function::Auth, 200)
+        .body(&[("/presence", "\"nobody\""), ("/read_receipts", "false")]),
     step("users-block.json", Function::Auth, 204),
     step("users-blocked.json", Function::Auth, 200),
     step("users-unblock.json", Function::Auth, 204),

@@ -1,6 +1,7 @@
 //! Accounts and sessions: `POST /auth/register`, `/auth/login`, `/auth/refresh`, `/auth/logout`,
 //! `/auth/logout-all`, `/auth/password`; `GET`/`PATCH`/`DELETE /auth/me`; `GET /auth/sessions`,
-//! `DELETE /auth/sessions/{id}`; and finding and blocking people ([`people`]: `/users/...`).
+//! `DELETE /auth/sessions/{id}`; finding and blocking people ([`people`]: `/users/...`); and
+//! presence and privacy ([`presence`]: `/users/presence`, `/users/me/privacy`).
 //!
 //! Login answers unknown emails and wrong passwords identically, in the same time (a dummy
 //! hash is verified when the email is unknown), so the route cannot be used to find accounts.
@@ -14,6 +15,7 @@
 //! lost event within a poll interval).
 
 pub mod people;
+pub mod presence;
 
 use axum::{
     extract::State,
@@ -58,6 +60,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_sessions))
         .routes(routes!(end_session))
         .merge(people::routes())
+        .merge(presence::routes())
 }
 
 /// Longest user agent kept for the session list.

@@ -20,7 +20,7 @@ use windi_shared::{
         error::ErrorBody,
         extract::{AuthUser, Path, Query},
     },
-    store::{self, changes, chats, messages},
+    store::{self, changes, chats, messages, presence},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -111,9 +111,23 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<Vec<ChatSummary>>> {
     let (limit, offset) = validate::page(query.limit, query.offset)?;
-    Ok(axum::Json(
-        chats::list_for_user(&state.db, user.id, limit, offset).await?,
-    ))
+    let mut list = chats::list_for_user(&state.db, user.id, limit, offset).await?;
+    // Private chats show the other member's presence: one more query, for the page's peers.
+    let peer = |chat: &ChatSummary| {
+        (chat.kind == "private")
+            .then(|| chat.member_ids.iter().copied().find(|&m| m != user.id))
+            .flatten()
+    };
+    let peers: Vec<i64> = list.iter().filter_map(peer).collect();
+    if !peers.is_empty() {
+        let shown = presence::shown_to(&state.db, user.id, &peers).await?;
+        for chat in &mut list {
+            if let Some(other) = peer(chat) {
+                chat.presence = shown.iter().find(|p| p.user_id == other).copied();
+            }
+        }
+    }
+    Ok(axum::Json(list))
 }
 
 /// Every change of a chat after `after_rev`, ascending by rev: how a client without the relay

@@ -455,6 +455,10 @@ pub struct ChatSummary {
     /// The caller's notification settings for this chat.
     #[serde(default)]
     pub settings: ChatSettings,
+    /// In `/chat/list`, for a private chat: the other member's presence, when both let
+    /// contacts see it; null otherwise (and in the relay's `chat` frames).
+    #[serde(default)]
+    pub presence: Option<crate::domain::presence::Presence>,
 }
 
 /// A member's notification settings for one chat (`PATCH /chat/{chat_id}/settings`). What the

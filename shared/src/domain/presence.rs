@@ -71,6 +71,48 @@ impl Visibility {
     }
 }
 
+/// Query of `GET /users/presence`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PresenceQuery {
+    /// User ids, comma-separated: `ids=1,2,3` (at most 200).
+    #[param(example = "2,3")]
+    pub ids: String,
+}
+
+/// The answer of `GET /users/presence`: the users asked about whom the caller may see, in the
+/// order asked; people they share no chat with, and anyone hiding theirs, are left out.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceList {
+    pub presence: Vec<Presence>,
+}
+
+/// A user's privacy settings (`GET`/`PATCH /users/me/privacy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct Privacy {
+    /// Who sees their presence: `contacts` (everyone they share a chat with, the default) or
+    /// `nobody` (then they see no one's, and no one their last seen time).
+    #[sqlx(try_from = "String")]
+    pub presence: Visibility,
+    /// Whether they send read receipts (default true); off, they see no one's either.
+    /// Delivered receipts are sent regardless.
+    pub read_receipts: bool,
+}
+
+/// `PATCH /users/me/privacy`: a field left out stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyPatch {
+    pub presence: Option<Visibility>,
+    pub read_receipts: Option<bool>,
+}
+
+impl From<String> for Visibility {
+    fn from(text: String) -> Self {
+        Self::from_column(&text)
+    }
+}
+
 /// What is stored of a user's presence, read at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {

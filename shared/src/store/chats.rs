@@ -251,6 +251,7 @@ impl From<ListRow> for ChatSummary {
             last_message: r.last_message.map(|m| m.0),
             created_at: r.created_at,
             settings: r.settings.into(),
+            presence: None,
         }
     }
 }

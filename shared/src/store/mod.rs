@@ -12,6 +12,7 @@ pub mod chats;
 mod error;
 pub mod members;
 pub mod messages;
+pub mod presence;
 pub mod search;
 pub mod sessions;
 pub mod users;

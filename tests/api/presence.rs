@@ -1,0 +1,213 @@
+//! Presence over HTTP (`GET /users/presence`, `/chat/list`'s `presence`, `/users/me/privacy`),
+//! with relays played through their store functions on the real database: a relay's beat, its
+//! users' connections opening and closing, a relay that stops beating, and its reaping.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use windi_shared::store::presence as relays;
+use windi_tests::{TestApp, TestUser};
+
+/// `viewer`'s answer for `ids`: (user_id, status, last_seen) in order.
+async fn presence(app: &TestApp, viewer: &TestUser, ids: &[i64]) -> Vec<(i64, String, Value)> {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let (status, body) = app
+        .get(&format!("/users/presence?ids={}", ids.join(",")), viewer)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["user_id"].as_i64().unwrap(),
+                p["status"].as_str().unwrap().to_owned(),
+                p["last_seen"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn at(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn presence_follows_connections_on_live_relays_and_a_dead_relay_leaves_no_one_online() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    app.send_to_user(&alice, &bob, "hi").await;
+    let db = &app.db.pool;
+
+    // Never connected: offline, never seen. Carol shares no chat with Alice: left out.
+    assert_eq!(
+        presence(&app, &alice, &[bob.id, carol.id, 999_999]).await,
+        [(bob.id, "offline".to_owned(), Value::Null)]
+    );
+
+    assert!(relays::beat(db, "relay-1").await.unwrap(), "a new relay");
+    relays::connected(db, "relay-1", &[bob.id]).await.unwrap();
+    let shown = presence(&app, &alice, &[bob.id]).await;
+    assert_eq!(shown[0].1, "online");
+    assert!((chrono::Utc::now() - at(&shown[0].2)).num_seconds().abs() < 5);
+    // Away only while online.
+    relays::set_away(db, bob.id, true).await.unwrap();
+    assert_eq!(presence(&app, &alice, &[bob.id]).await[0].1, "away");
+    relays::set_away(db, bob.id, false).await.unwrap();
+
+    // The last connection closes: offline, last seen then.
+    relays::disconnected(db, "relay-1", &[bob.id])
+        .await
+        .unwrap();
+    let shown = presence(&app, &alice, &[bob.id]).await;
+    assert_eq!(shown[0].1, "offline");
+    assert!((chrono::Utc::now() - at(&shown[0].2)).num_seconds().abs() < 5);
+
+    // A relay that stops beating: past the expiry its users read offline, with no one
+    // cleaning up, last seen at its last beat.
+    assert!(relays::beat(db, "relay-2").await.unwrap());
+    relays::connected(db, "relay-2", &[bob.id, alice.id])
+        .await
+        .unwrap();
+    assert_eq!(presence(&app, &alice, &[bob.id]).await[0].1, "online");
+    // (Bob's last disconnect an hour back, so the relay's beat is the latest sign of him.)
+    sqlx::query("UPDATE users SET last_seen_at = now() - interval '1 hour' WHERE id = $1;")
+        .bind(bob.id)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE relays SET heartbeat_at = now() - interval '16 seconds' WHERE id = $1")
+        .bind("relay-2")
+        .execute(db)
+        .await
+        .unwrap();
+    let shown = presence(&app, &alice, &[bob.id]).await;
+    assert_eq!(shown[0].1, "offline", "the bound: {shown:?}");
+    let beat = at(&shown[0].2);
+    let ago = (chrono::Utc::now() - beat).num_seconds();
+    assert!(
+        (15..25).contains(&ago),
+        "last seen at the dead relay's last beat: {shown:?}"
+    );
+    // Still online on another relay: online.
+    relays::connected(db, "relay-1", &[bob.id]).await.unwrap();
+    assert!(!relays::beat(db, "relay-1").await.unwrap(), "a known relay");
+    assert_eq!(presence(&app, &alice, &[bob.id]).await[0].1, "online");
+    relays::disconnected(db, "relay-1", &[bob.id])
+        .await
+        .unwrap();
+
+    // Reaped once, whoever asks; its users told; a beat after that is a new relay's.
+    let reaped = relays::reap(db).await.unwrap();
+    assert_eq!(reaped, {
+        let mut both = vec![alice.id, bob.id];
+        both.sort_unstable();
+        both
+    });
+    assert!(relays::reap(db).await.unwrap().is_empty(), "once");
+    let shown = presence(&app, &alice, &[bob.id]).await;
+    assert_eq!(shown[0].1, "offline");
+    assert!(
+        at(&shown[0].2) >= beat,
+        "never earlier than the beat: {shown:?}"
+    );
+    assert!(
+        relays::beat(db, "relay-2").await.unwrap(),
+        "back from the dead: it must write its users again"
+    );
+}
+
+#[tokio::test]
+async fn nobody_hides_presence_both_ways_and_the_chat_list_shows_a_private_peers() {
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    let private = app.send_to_user(&alice, &bob, "hi").await["chat_id"]
+        .as_i64()
+        .unwrap();
+    let group = app.group(&alice, &[&bob, &carol]).await;
+    let db = &app.db.pool;
+    relays::beat(db, "relay-1").await.unwrap();
+    relays::connected(db, "relay-1", &[bob.id]).await.unwrap();
+
+    let entry = |list: &Value, id: i64| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let (_, list) = app.get("/chat/list", &alice).await;
+    let peer = &entry(&list, private)["presence"];
+    assert_eq!(
+        (peer["user_id"].as_i64(), peer["status"].as_str()),
+        (Some(bob.id), Some("online"))
+    );
+    assert!(
+        entry(&list, group)["presence"].is_null(),
+        "groups have none"
+    );
+
+    let (status, privacy) = app.get("/users/me/privacy", &bob).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        privacy,
+        json!({"presence": "contacts", "read_receipts": true})
+    );
+    let (status, privacy) = app
+        .patch("/users/me/privacy", &bob, json!({"presence": "nobody"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{privacy}");
+    assert_eq!(
+        privacy,
+        json!({"presence": "nobody", "read_receipts": true})
+    );
+    assert!(
+        presence(&app, &alice, &[bob.id]).await.is_empty(),
+        "hidden from contacts"
+    );
+    assert!(presence(&app, &carol, &[bob.id]).await.is_empty());
+    assert!(
+        presence(&app, &bob, &[alice.id, carol.id]).await.is_empty(),
+        "and sees no one's"
+    );
+    let (_, list) = app.get("/chat/list", &alice).await;
+    assert!(entry(&list, private)["presence"].is_null());
+    // Carol still sees Alice, who hides nothing.
+    assert_eq!(presence(&app, &carol, &[alice.id]).await[0].1, "offline");
+
+    for (body, field) in [
+        (json!({"presence": "friends"}), "presence"),
+        (json!({"read_receipts": "no"}), "read_receipts"),
+        (json!({"visible": false}), "visible"),
+    ] {
+        let (status, answer) = app.patch("/users/me/privacy", &bob, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(field),
+            "{answer}"
+        );
+    }
+    let many: Vec<String> = (1..=201).map(|i| i.to_string()).collect();
+    for (query, words) in [
+        ("ids=", "at least one"),
+        ("ids=1,abc", "\"abc\" is not a user id"),
+        (&*format!("ids={}", many.join(",")), "more than 200"),
+        ("", "ids"),
+    ] {
+        let (status, body) = app.get(&format!("/users/presence?{query}"), &alice).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(words),
+            "{query}: {body}"
+        );
+    }
+}
