@@ -293,3 +293,55 @@ async fn chat_settings_are_each_members_own_and_a_patch_changes_only_what_it_nam
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Over the relay: a `send` frame's `mentions` are checked as over HTTP (an error frame naming
+/// the stranger, nothing stored), and the message every member's socket gets carries them.
+#[tokio::test]
+async fn mentions_travel_through_the_relay_send_frame_and_its_message_frames() {
+    use std::time::Duration;
+    use windi_tests::{relay_settings, ws::WsClient};
+    const WAIT: Duration = Duration::from_secs(10);
+
+    let app = TestApp::spawn().await;
+    let relay = app.relay(relay_settings()).await;
+    let (alice, bob, carol, dave) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+        app.user("Dave").await,
+    );
+    let chat = app.group(&alice, &[&bob, &carol]).await;
+    let mut alice_ws = WsClient::connect(relay.addr, &alice.token).await;
+    let mut bob_ws = WsClient::connect(relay.addr, &bob.token).await;
+
+    alice_ws
+        .send(json!({"type": "send", "chat_id": chat, "text": "@Dave?",
+                     "mentions": [dave.id], "dedup_key": "w-stranger"}))
+        .await;
+    let error = alice_ws.expect("error", WAIT).await;
+    assert_eq!(error["dedup_key"], "w-stranger", "{error}");
+    let detail = error["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("mentions") && detail.contains(&dave.id.to_string()),
+        "{detail}"
+    );
+
+    alice_ws
+        .send(
+            json!({"type": "send", "chat_id": chat, "text": "@Bob @Carol",
+                     "mentions": [bob.id, carol.id], "dedup_key": "w-1"}),
+        )
+        .await;
+    let ack = alice_ws.expect("ack", WAIT).await;
+    assert_eq!(
+        ack["message"]["mentions"],
+        json!([bob.id, carol.id]),
+        "{ack}"
+    );
+    assert_eq!(ack["message"]["seq"], 1, "the refused send took no seq");
+    let got = bob_ws.messages(1, WAIT).await;
+    assert_eq!(got[0]["message"]["mentions"], json!([bob.id, carol.id]));
+    let bobs = entry(&app, &bob, chat).await;
+    assert_eq!(bobs["unread_mentions"], 1);
+    relay.stop().await;
+}
