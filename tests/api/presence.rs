@@ -2,6 +2,7 @@
 //! with relays played through their store functions on the real database: a relay's beat, its
 //! users' connections opening and closing, a relay that stops beating, and its reaping.
 
+use futures::FutureExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use windi_shared::store::presence as relays;
@@ -210,4 +211,102 @@ async fn nobody_hides_presence_both_ways_and_the_chat_list_shows_a_private_peers
             "{query}: {body}"
         );
     }
+}
+
+/// The relays themselves, over real sockets: a user is online from their first socket on any
+/// relay until their last closes; a relay that stops says goodbye at once; a relay that
+/// crashes (no goodbye, no more beats) leaves its users online no longer than the expiry.
+#[tokio::test]
+async fn sockets_on_any_relay_make_a_user_online_and_a_crashed_relay_leaves_no_one_online() {
+    use std::time::{Duration, Instant};
+    use windi_shared::domain::presence::EXPIRY;
+    use windi_tests::{eventually, relay_settings, ws::WsClient};
+
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+    );
+    app.group(&alice, &[&bob, &carol]).await;
+    let (one, two) = (
+        app.relay(relay_settings()).await,
+        app.relay(relay_settings()).await,
+    );
+    let status = |user: i64| {
+        let (app, alice) = (&app, &alice);
+        async move {
+            presence(app, alice, &[user])
+                .await
+                .first()
+                .map(|p| p.1.clone())
+                .unwrap()
+        }
+    };
+    const SOON: Duration = Duration::from_secs(5);
+
+    let bob_phone = WsClient::connect(one.addr, &bob.token).await;
+    eventually(SOON, "Bob online", || async {
+        status(bob.id).await == "online"
+    })
+    .await;
+    let bob_laptop = WsClient::connect(two.addr, &bob.token).await;
+    let carols = WsClient::connect(one.addr, &carol.token).await;
+    eventually(SOON, "Carol online", || async {
+        status(carol.id).await == "online"
+    })
+    .await;
+    // Bob's phone goes; his laptop on the other relay keeps him online once relay one has
+    // written that he left it.
+    drop(bob_phone);
+    let rows_of = |relay: String| {
+        let db = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT user_id FROM presence_connections WHERE relay_id = $1 ORDER BY user_id",
+            )
+            .bind(relay)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(SOON, "relay one wrote Bob's leaving", || {
+        rows_of(one.relay_id().to_owned()).then(|rows| async move { rows == [carol.id] })
+    })
+    .await;
+    assert_eq!(rows_of(two.relay_id().to_owned()).await, [bob.id]);
+    assert_eq!(status(bob.id).await, "online", "still on relay two");
+
+    // A relay that stops says goodbye: Carol is offline at once, not after the expiry.
+    let stopped = Instant::now();
+    one.stop().await;
+    drop(carols);
+    eventually(SOON, "Carol offline after a stop", || async {
+        status(carol.id).await == "offline"
+    })
+    .await;
+    assert!(stopped.elapsed() < EXPIRY, "{:?}", stopped.elapsed());
+
+    // A relay that crashes: its rows stay and its last beat is fresh, so Bob reads online
+    // until the beat is older than the expiry, and offline after, with no one cleaning up.
+    let crashed = Instant::now();
+    two.crash();
+    drop(bob_laptop);
+    assert_eq!(status(bob.id).await, "online", "no goodbye from a crash");
+    eventually(
+        EXPIRY + Duration::from_secs(8),
+        "Bob offline within the expiry after the crash",
+        || async { status(bob.id).await == "offline" },
+    )
+    .await;
+    let after = crashed.elapsed();
+    assert!(
+        after <= EXPIRY + Duration::from_secs(6),
+        "the bound is the expiry after the last beat (≤ 5 s before the crash): {after:?}"
+    );
+    assert!(
+        after >= Duration::from_secs(5),
+        "offline by the expiry, not a goodbye: {after:?}"
+    );
 }

@@ -349,6 +349,8 @@ struct Tables {
     users: HashMap<i64, Route>,
     /// Connection slots taken per user (see [`Hub::reserve`]).
     slots: HashMap<i64, usize>,
+    /// The users connected here, for presence ([`crate::keeper`] writes their changes).
+    presence: crate::presence::Local,
 }
 
 /// One of a user's connection slots on this relay, held from the upgrade to the end of the
@@ -528,6 +530,7 @@ impl Hub {
                     chats: HashSet::new(),
                 },
             );
+            tables.presence.connect(user_id);
             let mut created = Vec::new();
             let mut waits = Vec::new();
             self.route_in(
@@ -714,7 +717,25 @@ impl Hub {
             remove_from(&mut tables.chats, chat_id, conn);
         }
         remove_from(&mut tables.users, entry.user_id, conn);
+        tables.presence.disconnect(entry.user_id);
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The users whose being connected here changed since the last call ([`Local::take_changes`]).
+    ///
+    /// [`Local::take_changes`]: crate::presence::Local::take_changes
+    pub fn presence_changes(&self) -> Vec<(i64, bool)> {
+        self.tables().presence.take_changes()
+    }
+
+    /// Changes from [`Hub::presence_changes`] that could not be written: asked again next time.
+    pub fn presence_unwritten(&self, changes: &[(i64, bool)]) {
+        self.tables().presence.unflush(changes);
+    }
+
+    /// Every user connected here now.
+    pub fn presence_users(&self) -> Vec<i64> {
+        self.tables().presence.users().collect()
     }
 
     /// Hands one event from the bus to the connections it concerns. A chat's event is fanned

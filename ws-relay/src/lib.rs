@@ -24,6 +24,7 @@
 pub mod connection;
 pub mod delivery;
 pub mod hub;
+pub mod keeper;
 pub mod presence;
 pub mod protocol;
 
@@ -320,6 +321,8 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     hub: Arc<Hub>,
     server: tokio::task::JoinHandle<()>,
+    keeper: Arc<keeper::Keeper>,
+    keeping: tokio::task::JoinHandle<()>,
 }
 
 impl RelayHandle {
@@ -327,7 +330,22 @@ impl RelayHandle {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        self.keeping.abort();
+        self.keeper.goodbye().await;
         self.hub.stop();
+    }
+
+    /// Ends the relay as a crash would, for tests: no close frames, no goodbye, no more
+    /// heartbeats; its connections drop and its presence rows stay until they expire.
+    pub fn crash(self) {
+        self.keeping.abort();
+        self.server.abort();
+        self.hub.stop();
+    }
+
+    /// This relay's name in `relays` (presence).
+    pub fn relay_id(&self) -> &str {
+        &self.keeper.relay_id
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -368,6 +386,8 @@ pub async fn start(
         .await
         .map_err(|e| format!("cannot read the relay's feed from Postgres: {e}"))?;
     export_metrics(&hub);
+    let keeper = Arc::new(keeper::Keeper::new(hub.clone(), state.db.clone()));
+    let keeping = tokio::spawn(keeper.clone().run());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let relay = Relay {
         hub: hub.clone(),
@@ -393,6 +413,8 @@ pub async fn start(
         shutdown: shutdown_tx,
         hub,
         server,
+        keeper,
+        keeping,
     })
 }
 

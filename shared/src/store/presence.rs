@@ -242,3 +242,20 @@ pub async fn privacy_of(db: impl PgExecutor<'_>, user_id: i64) -> sqlx::Result<O
         .fetch_optional(db)
         .await
 }
+
+/// The relay `relay_id` stops: its users' rows go (last seen now) and so does the relay. Its
+/// users who are connected elsewhere stay online there.
+pub async fn leave(db: impl PgExecutor<'_>, relay_id: &str) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM presence_connections WHERE relay_id = $1 RETURNING user_id),
+         seen AS (
+             UPDATE users SET last_seen_at = now() WHERE id IN (SELECT user_id FROM gone)
+             RETURNING id),
+         relay AS (DELETE FROM relays WHERE id = $1)
+         SELECT id FROM seen ORDER BY id",
+    )
+    .bind(relay_id)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,120 @@
+//! The relay's side of presence, I/O: once a second it writes which users' first connection
+//! opened or last one closed here since the last write ([`crate::presence::Local`]), with the
+//! relay's heartbeat every [`HEARTBEAT`]; every beat it also reaps relays that stopped beating
+//! (any relay may; each dead one is reaped once). On stop it says goodbye: its rows go at once
+//! rather than [`EXPIRY`] later.
+//!
+//! The heartbeat is the whole of the guarantee: a relay that dies without a goodbye (killed,
+//! frozen, cut off from Postgres) stops beating, and its users read offline once its last beat
+//! is older than [`EXPIRY`], whoever reaps it and whenever.
+//!
+//! [`EXPIRY`]: windi_shared::domain::presence::EXPIRY
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use tokio::time::Instant;
+use windi_shared::{domain::presence::HEARTBEAT, store::presence as store};
+
+use crate::hub::Hub;
+
+/// How often the changes of connected users are written: the longest a connection or a
+/// disconnection waits before others can see it.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// One relay's presence writer.
+#[derive(Debug)]
+pub struct Keeper {
+    /// This relay's name in `relays`: host, process and a random part, so a restarted relay is
+    /// a new one and a stalled one that comes back learns it was reaped.
+    pub relay_id: String,
+    hub: Arc<Hub>,
+    db: PgPool,
+}
+
+impl Keeper {
+    pub fn new(hub: Arc<Hub>, db: PgPool) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
+        let random: u64 = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        };
+        Self {
+            relay_id: format!("{host}-{}-{random:016x}", std::process::id()),
+            hub,
+            db,
+        }
+    }
+
+    /// Writes until the task is aborted.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            tick.tick().await;
+            let beat_due = last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT);
+            match self.write(beat_due).await {
+                Ok(()) if beat_due => {
+                    last_beat = Some(Instant::now());
+                    if let Err(e) = store::reap(&self.db).await {
+                        tracing::warn!(error = %e, "cannot reap dead relays");
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot write presence; trying again"),
+            }
+        }
+    }
+
+    /// One write: the changes since the last, after a beat (always: a change's row needs its
+    /// relay's row, which a reap may have taken). Nothing to write and no beat due: nothing.
+    async fn write(&self, beat_due: bool) -> sqlx::Result<()> {
+        let changes = self.hub.presence_changes();
+        if changes.is_empty() && !beat_due {
+            return Ok(());
+        }
+        let written = async {
+            let mut tx = self.db.begin().await?;
+            let new = store::beat(&mut *tx, &self.relay_id).await?;
+            if new {
+                // First beat, or reaped while stalled: every user here, not only the changes.
+                let everyone = self.hub.presence_users();
+                store::connected(&mut *tx, &self.relay_id, &everyone).await?;
+            }
+            let side = |connected: bool| -> Vec<i64> {
+                changes
+                    .iter()
+                    .filter(|&&(_, c)| c == connected)
+                    .map(|&(u, _)| u)
+                    .collect()
+            };
+            let (up, down) = (side(true), side(false));
+            if !up.is_empty() {
+                store::connected(&mut *tx, &self.relay_id, &up).await?;
+            }
+            if !down.is_empty() {
+                store::disconnected(&mut *tx, &self.relay_id, &down).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if written.is_err() {
+            self.hub.presence_unwritten(&changes);
+        }
+        written
+    }
+
+    /// The relay stops: its rows go now, its users last seen now.
+    pub async fn goodbye(&self) {
+        if let Err(e) = store::leave(&self.db, &self.relay_id).await {
+            tracing::warn!(error = %e, "cannot remove this relay's presence; it expires");
+        }
+    }
+}
