@@ -134,6 +134,16 @@ pub enum Event {
     /// relay's poller finds an ended session whose event was lost.
     #[serde(rename = "sessions.ended")]
     SessionsEnded { user_id: i64, session_ids: Vec<i64> },
+    /// On `<prefix>.presence`, outside the stream: a user's presence changed (their first
+    /// connection on any relay opened, their last closed, a relay holding them died). Every
+    /// relay hears every change and tells its connections in `chat_ids` (the user's chats), so
+    /// a change costs the user's contacts on each relay, never a group's members squared.
+    /// Ephemeral: a lost one leaves a stale dot until the next change or `/users/presence`.
+    #[serde(rename = "presence")]
+    Presence {
+        presence: crate::domain::presence::Presence,
+        chat_ids: Vec<i64>,
+    },
 }
 
 /// Where an event goes: a chat's subject or a user's.
@@ -143,6 +153,8 @@ pub enum Topic {
     User(i64),
     /// Ephemeral chat events (typing): core NATS only, not captured by the stream.
     Typing(i64),
+    /// Every presence change, one subject for all (ephemeral, like typing).
+    Presence,
 }
 
 impl Topic {
@@ -151,6 +163,7 @@ impl Topic {
             Self::Chat(id) => format!("{prefix}.chat.{id}"),
             Self::User(id) => format!("{prefix}.user.{id}"),
             Self::Typing(id) => format!("{prefix}.typing.{id}"),
+            Self::Presence => format!("{prefix}.presence"),
         }
     }
 }
@@ -170,6 +183,7 @@ impl Event {
             Self::Typing { chat_id, .. } | Self::UserUpdated { chat_id, .. } => {
                 Topic::Typing(*chat_id)
             }
+            Self::Presence { .. } => Topic::Presence,
         }
     }
 
@@ -226,6 +240,12 @@ impl Event {
                 "ended.{user_id}.{}.{}",
                 session_ids.first().copied().unwrap_or(0),
                 session_ids.len()
+            ),
+            Self::Presence { presence, .. } => format!(
+                "presence.{}.{:?}.{}",
+                presence.user_id,
+                presence.status,
+                presence.last_seen.map_or(0, |t| t.timestamp_millis())
             ),
         }
     }

@@ -310,3 +310,145 @@ async fn sockets_on_any_relay_make_a_user_online_and_a_crashed_relay_leaves_no_o
         "offline by the expiry, not a goodbye: {after:?}"
     );
 }
+
+/// `presence` frames over real sockets: the people one shares a chat with, batched (at most a
+/// frame per 2 s, each user once in their latest state, only changes), never strangers,
+/// none for who hides their own; and a relay that crashes with a user on it: the others' relay
+/// reaps it and tells them, within the expiry.
+#[tokio::test]
+async fn presence_frames_are_batched_changes_of_contacts_and_a_crashed_relays_users_go_offline() {
+    use std::time::{Duration, Instant};
+    use windi_shared::domain::presence::{EXPIRY, FRAME_EVERY, HEARTBEAT};
+    use windi_tests::{
+        relay_settings,
+        ws::{Received, WsClient},
+    };
+
+    let app = TestApp::spawn().await;
+    let (alice, bob, carol, dave, eve) = (
+        app.user("Alice").await,
+        app.user("Bob").await,
+        app.user("Carol").await,
+        app.user("Dave").await,
+        app.user("Eve").await,
+    );
+    app.group(&alice, &[&bob, &carol, &eve]).await;
+    let (status, _) = app
+        .patch("/users/me/privacy", &eve, json!({"presence": "nobody"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (one, two) = (
+        app.relay(relay_settings()).await,
+        app.relay(relay_settings()).await,
+    );
+    let mut alices = WsClient::connect(one.addr, &alice.token).await;
+    let mut eves = WsClient::connect(one.addr, &eve.token).await;
+
+    // Every presence frame Alice gets for `wait`, with when it came.
+    async fn frames(ws: &mut WsClient, wait: Duration) -> Vec<(Instant, Value)> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            match ws
+                .next(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Received::Frame(f) if f["type"] == "presence" => out.push((Instant::now(), f)),
+                Received::Frame(_) => {}
+                Received::Silent => return out,
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    }
+    // The latest state of each user in these frames.
+    fn latest(frames: &[(Instant, Value)]) -> std::collections::BTreeMap<i64, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (_, frame) in frames {
+            for p in frame["presence"].as_array().unwrap() {
+                out.insert(
+                    p["user_id"].as_i64().unwrap(),
+                    p["status"].as_str().unwrap().to_owned(),
+                );
+            }
+        }
+        out
+    }
+
+    // Bob (relay two), Dave (a stranger) connect; Carol comes and goes five times, ending
+    // connected: Alice hears of Bob and Carol online, never of Dave, in frames 2 s apart.
+    // Alice's frames are read as they come, by a task of their own, so each is timed on
+    // arrival.
+    let reading = tokio::spawn(async move {
+        let seen = frames(&mut alices, Duration::from_secs(8)).await;
+        (alices, seen)
+    });
+    let bobs = WsClient::connect(two.addr, &bob.token).await;
+    let _daves = WsClient::connect(one.addr, &dave.token).await;
+    for _ in 0..5 {
+        drop(WsClient::connect(one.addr, &carol.token).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _carols = WsClient::connect(one.addr, &carol.token).await;
+    let (mut alices, seen) = reading.await.unwrap();
+    assert!(!seen.is_empty(), "no presence frame");
+    let now = latest(&seen);
+    assert_eq!(
+        now.get(&bob.id).map(String::as_str),
+        Some("online"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        now.get(&carol.id).map(String::as_str),
+        Some("online"),
+        "{seen:?}"
+    );
+    assert!(!now.contains_key(&dave.id), "a stranger: {seen:?}");
+    assert!(!now.contains_key(&eve.id), "who hides: {seen:?}");
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= FRAME_EVERY - Duration::from_millis(100),
+            "frames {gap:?} apart"
+        );
+    }
+    for (_, frame) in &seen {
+        let ids: Vec<i64> = frame["presence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["user_id"].as_i64().unwrap())
+            .collect();
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(ids, unique, "each user once a frame: {frame}");
+    }
+    // Nothing changes: nothing more comes (and the socket is still open: `frames` panics on
+    // a close).
+    assert!(frames(&mut alices, Duration::from_secs(3)).await.is_empty());
+    // Eve hides hers, so she sees no one's.
+    assert!(
+        frames(&mut eves, Duration::from_millis(200))
+            .await
+            .is_empty()
+    );
+
+    // Relay two crashes with Bob on it: relay one reaps it once its beat is older than the
+    // expiry, and tells Alice.
+    let crashed = Instant::now();
+    two.crash();
+    drop(bobs);
+    let deadline = EXPIRY + HEARTBEAT + FRAME_EVERY + Duration::from_secs(3);
+    let mut offline = None;
+    while crashed.elapsed() < deadline && offline.is_none() {
+        let got = frames(&mut alices, Duration::from_secs(1)).await;
+        if latest(&got).get(&bob.id).map(String::as_str) == Some("offline") {
+            offline = Some(crashed.elapsed());
+        }
+    }
+    let after = offline.expect("Bob's crash never reached Alice as offline");
+    assert!(
+        after >= Duration::from_secs(5),
+        "by the expiry, not a goodbye: {after:?}"
+    );
+    one.stop().await;
+}

@@ -25,20 +25,24 @@ use tokio::{
 use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
-    domain::model::{Change, Target},
+    domain::{
+        model::{Change, Target},
+        presence::{FRAME_EVERY, Visibility},
+    },
     events::Event,
     http::error::ErrorBody,
     service::{
         auth::TokenSubject,
         send::{Outgoing, send_message},
     },
-    store::{blocks, chats, members, messages, users},
+    store::{blocks, chats, members, messages, presence, users},
 };
 
 use crate::{
     RelaySettings,
     delivery::{Action, Delivery, Kind},
     hub::{ConnId, Hub, Item, Signals, Slot, Stats},
+    presence::Batcher,
     protocol::{ClientFrame, ServerFrame},
 };
 
@@ -100,6 +104,9 @@ struct Session {
     typing_sent: HashMap<i64, Instant>,
     /// While true, [`Session::write`] only buffers; the batch ends with one flush.
     batching: bool,
+    /// The presence changes of people this user shares chats with, sent in batches; `None`
+    /// when the user hides their own presence (they see no one's).
+    presence: Option<Batcher>,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -162,6 +169,7 @@ pub async fn run(
         started,
         typing_sent: HashMap::new(),
         batching: false,
+        presence: None,
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
@@ -220,6 +228,9 @@ pub async fn run(
             },
             () = signals.wake.notified() => Box::pin(session.on_signals(&signals)).await,
             () = sleep_until(deadline), if deadline.is_some() => Box::pin(session.on_tick()).await,
+            () = sleep_until(session.presence_due()), if session.presence_due().is_some() => {
+                Box::pin(session.send_presence()).await
+            }
             _ = ping.tick() => {
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(heard) > settings.idle_timeout {
@@ -295,6 +306,27 @@ async fn read_frames(
 }
 
 impl Session {
+    /// When the next `presence` frame may go, if one is waiting.
+    fn presence_due(&self) -> Option<Instant> {
+        self.presence
+            .as_ref()
+            .and_then(Batcher::next_at)
+            .map(Instant::from_std)
+    }
+
+    /// The presence changes gathered since the last frame, in one frame.
+    async fn send_presence(&mut self) -> Result<(), Closed> {
+        let Some(frame) = self
+            .presence
+            .as_mut()
+            .and_then(|b| b.due(std::time::Instant::now()))
+        else {
+            return Ok(());
+        };
+        self.frame(&ServerFrame::Presence { presence: &frame })
+            .await
+    }
+
     /// Subscribes to the user's chats, then takes each chat's current rev as the starting
     /// point: anything committed later is published after the subscription exists. A user in
     /// 2,000 chats costs two queries and one batch of subscriptions here, and no queue slots.
@@ -322,6 +354,16 @@ impl Session {
             self.hub.join(self.conn, &late).await;
         }
         self.delivery = Delivery::new(self.settings.delivery, &now, self.now());
+        // Who hides their own presence sees no one's (read once: a change applies from the
+        // next connection).
+        let sees = match presence::privacy_of(&self.state.db, self.user_id).await {
+            Ok(privacy) => privacy.is_none_or(|p| p.presence == Visibility::Contacts),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the user's privacy; no presence frames");
+                false
+            }
+        };
+        self.presence = sees.then(|| Batcher::new(FRAME_EVERY));
         self.frame(&ServerFrame::Ready {
             user_id: self.user_id,
         })
@@ -423,6 +465,12 @@ impl Session {
                 }
                 None => Ok(()),
             },
+            Event::Presence { presence, .. } => {
+                if let Some(batcher) = &mut self.presence {
+                    batcher.offer(*presence);
+                }
+                Ok(())
+            }
             // The user joined or left a chat: which one the chat list says.
             Event::ChatAdded { .. } | Event::ChatRemoved { .. } => {
                 let actions = self.delivery.membership_changed();

@@ -805,7 +805,45 @@ impl Hub {
                 };
                 signals.iter().for_each(|s| s.reconcile());
             }
+            Topic::Presence => {
+                let Event::Presence { presence, chat_ids } = &*event else {
+                    return;
+                };
+                // Each connection sharing a chat with the user once, whatever the number of
+                // chats shared: the cost is the user's contacts here, not their chats' sizes.
+                let targets: Vec<mpsc::Sender<Item>> = {
+                    let tables = self.tables();
+                    let mut seen = HashSet::new();
+                    chat_ids
+                        .iter()
+                        .filter_map(|chat_id| tables.chats.get(chat_id))
+                        .flat_map(|route| route.conns.iter())
+                        .filter(|conn| seen.insert(**conn))
+                        .filter_map(|conn| tables.conns.get(conn))
+                        .filter(|entry| entry.user_id != presence.user_id)
+                        .map(|entry| entry.tx.clone())
+                        .collect()
+                };
+                let live = Arc::new(Live::new(event));
+                // Ephemeral: a full queue drops it rather than ending the connection (the next
+                // change, or `/users/presence`, brings the dot up to date).
+                for tx in targets {
+                    let _ = tx.try_send(live.clone());
+                }
+            }
         }
+    }
+
+    /// Takes every presence change from one subscription to the presence subject.
+    pub async fn feed_presence(self: &Arc<Self>) -> Result<(), String> {
+        let stream = self.bus.subscribe(Topic::Presence).await?;
+        self.bus.flush().await?;
+        let task = self.forward(stream);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
     }
 
     /// Tells the connections of these sessions to close (the poller's path): only the

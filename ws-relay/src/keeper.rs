@@ -14,7 +14,11 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::time::Instant;
-use windi_shared::{domain::presence::HEARTBEAT, store::presence as store};
+use windi_shared::{
+    domain::presence::HEARTBEAT,
+    events::{Bus, Event},
+    store::presence as store,
+};
 
 use crate::hub::Hub;
 
@@ -30,10 +34,12 @@ pub struct Keeper {
     pub relay_id: String,
     hub: Arc<Hub>,
     db: PgPool,
+    /// Where changes are announced to every relay (the presence subject).
+    bus: Bus,
 }
 
 impl Keeper {
-    pub fn new(hub: Arc<Hub>, db: PgPool) -> Self {
+    pub fn new(hub: Arc<Hub>, db: PgPool, bus: Bus) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
         let random: u64 = {
             use std::hash::{BuildHasher, Hasher};
@@ -49,6 +55,7 @@ impl Keeper {
             relay_id: format!("{host}-{}-{random:016x}", std::process::id()),
             hub,
             db,
+            bus,
         }
     }
 
@@ -60,25 +67,33 @@ impl Keeper {
         loop {
             tick.tick().await;
             let beat_due = last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT);
-            match self.write(beat_due).await {
-                Ok(()) if beat_due => {
-                    last_beat = Some(Instant::now());
-                    if let Err(e) = store::reap(&self.db).await {
-                        tracing::warn!(error = %e, "cannot reap dead relays");
-                    }
+            let mut changed = match self.write(beat_due).await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write presence; trying again");
+                    continue;
                 }
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot write presence; trying again"),
+            };
+            if beat_due {
+                last_beat = Some(Instant::now());
+                match store::reap(&self.db).await {
+                    Ok(reaped) => changed.extend(reaped),
+                    Err(e) => tracing::warn!(error = %e, "cannot reap dead relays"),
+                }
+            }
+            if let Err(e) = self.announce(changed).await {
+                tracing::warn!(error = %e, "cannot announce presence changes");
             }
         }
     }
 
     /// One write: the changes since the last, after a beat (always: a change's row needs its
     /// relay's row, which a reap may have taken). Nothing to write and no beat due: nothing.
-    async fn write(&self, beat_due: bool) -> sqlx::Result<()> {
+    /// Answers the users whose rows changed.
+    async fn write(&self, beat_due: bool) -> sqlx::Result<Vec<i64>> {
         let changes = self.hub.presence_changes();
         if changes.is_empty() && !beat_due {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let written = async {
             let mut tx = self.db.begin().await?;
@@ -108,7 +123,27 @@ impl Keeper {
         if written.is_err() {
             self.hub.presence_unwritten(&changes);
         }
-        written
+        written.map(|()| changes.iter().map(|&(user_id, _)| user_id).collect())
+    }
+
+    /// Tells every relay what these users' presence is now, with their chats: each relay
+    /// passes it to its connections in those chats. Users who hide theirs are not announced.
+    async fn announce(&self, mut users: Vec<i64>) -> sqlx::Result<()> {
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return Ok(());
+        }
+        let shown = store::of_users(&self.db, &users).await?;
+        let mut chats = store::chats_of(&self.db, &users).await?;
+        for presence in shown {
+            if let Some(chat_ids) = chats.remove(&presence.user_id) {
+                self.bus
+                    .publish_ephemeral(Event::Presence { presence, chat_ids })
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// The relay stops: its rows go now, its users last seen now.

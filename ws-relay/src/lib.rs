@@ -386,7 +386,12 @@ pub async fn start(
         .await
         .map_err(|e| format!("cannot read the relay's feed from Postgres: {e}"))?;
     export_metrics(&hub);
-    let keeper = Arc::new(keeper::Keeper::new(hub.clone(), state.db.clone()));
+    hub.feed_presence().await?;
+    let keeper = Arc::new(keeper::Keeper::new(
+        hub.clone(),
+        state.db.clone(),
+        state.events.clone(),
+    ));
     let keeping = tokio::spawn(keeper.clone().run());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let relay = Relay {

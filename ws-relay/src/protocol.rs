@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use windi_shared::domain::{
     model::{Change, ChatSummary, MessageOut},
+    presence::Presence,
     whole,
 };
 
@@ -59,6 +60,9 @@ pub enum ServerFrame<'a> {
     /// The connection is set up: from here on, every change of the user's chats arrives.
     /// Sent once, first.
     Ready { user_id: i64 },
+    /// People you share a chat with whose presence changed since the last such frame, each in
+    /// their state now; at most one frame every 2 s (`domain::presence::FRAME_EVERY`).
+    Presence { presence: &'a [Presence] },
     /// A new message, delivered once per device, in rev (and so seq) order, with no gap.
     Message {
         chat_id: i64,

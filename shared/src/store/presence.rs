@@ -259,3 +259,18 @@ pub async fn leave(db: impl PgExecutor<'_>, relay_id: &str) -> sqlx::Result<Vec<
     .fetch_all(db)
     .await
 }
+
+/// The chats of each of `user_ids` (those in none are left out).
+pub async fn chats_of(
+    db: impl PgExecutor<'_>,
+    user_ids: &[i64],
+) -> sqlx::Result<std::collections::HashMap<i64, Vec<i64>>> {
+    let rows: Vec<(i64, Vec<i64>)> = sqlx::query_as(
+        "SELECT user_id, array_agg(chat_id ORDER BY chat_id) FROM chat_members
+         WHERE user_id = ANY($1) GROUP BY user_id",
+    )
+    .bind(user_ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
