@@ -114,13 +114,6 @@ impl Batcher {
         }
     }
 
-    /// What the connection already knows of a user (from `/chat/list` or an earlier frame):
-    /// offering the same again is no change.
-    pub fn knows(&mut self, presence: Presence) {
-        self.pending.remove(&presence.user_id);
-        self.told.insert(presence.user_id, presence);
-    }
-
     /// A user's presence now. Only a change from what the connection was told goes out.
     pub fn offer(&mut self, presence: Presence) {
         if self.told.get(&presence.user_id) == Some(&presence) {
@@ -160,12 +153,6 @@ impl Batcher {
         }
         self.last_frame = Some(now);
         Some(frame)
-    }
-
-    /// Forgets a user (they left every chat the connection shares with them).
-    pub fn forget(&mut self, user_id: i64) {
-        self.pending.remove(&user_id);
-        self.told.remove(&user_id);
     }
 }
 

@@ -40,13 +40,20 @@ struct Row {
 }
 
 impl Row {
-    fn stored(&self) -> Stored {
-        Stored {
+    /// What a viewer whose own setting is `viewer` is shown of this row.
+    fn shown(&self, viewer: Visibility, now: chrono::DateTime<chrono::Utc>) -> Option<Presence> {
+        let stored = Stored {
             user_id: self.user_id,
             connected: self.connected,
             away: self.away,
             last_seen: self.last_seen,
-        }
+        };
+        shown(
+            stored,
+            Visibility::from_column(&self.visibility),
+            viewer,
+            now,
+        )
     }
 }
 
@@ -87,15 +94,10 @@ pub async fn shown_to(
         .await?;
     let now = chrono::Utc::now();
     Ok(rows
-        .into_iter()
+        .iter()
         .filter_map(|v| {
             let viewer = Visibility::from_column(v.viewer_visibility.as_deref().unwrap_or(""));
-            shown(
-                v.row.stored(),
-                Visibility::from_column(&v.row.visibility),
-                viewer,
-                now,
-            )
+            v.row.shown(viewer, now)
         })
         .collect())
 }
@@ -116,14 +118,7 @@ pub async fn of_users(db: impl PgExecutor<'_>, user_ids: &[i64]) -> sqlx::Result
     let now = chrono::Utc::now();
     Ok(rows
         .iter()
-        .filter_map(|r| {
-            shown(
-                r.stored(),
-                Visibility::from_column(&r.visibility),
-                Visibility::Contacts,
-                now,
-            )
-        })
+        .filter_map(|r| r.shown(Visibility::Contacts, now))
         .collect())
 }
 
