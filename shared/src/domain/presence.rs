@@ -152,27 +152,21 @@ pub fn shown(
 /// dropped), at least one, at most [`MAX_IDS`]. A 422 naming `ids` otherwise.
 pub fn ids(raw: &str) -> crate::domain::error::Result<Vec<i64>> {
     use crate::domain::error::Error;
-    let mut out: Vec<i64> = Vec::new();
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let id: i64 = part
-            .parse()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| Error::invalid("ids", format!("{part:?} is not a user id")))?;
-        if !out.contains(&id) {
-            out.push(id);
-        }
-        if out.len() > MAX_IDS {
-            return Err(Error::invalid(
-                "ids",
-                format!("names more than {MAX_IDS} users"),
-            ));
-        }
-    }
-    if out.is_empty() {
+    let parsed = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            part.parse()
+                .ok()
+                .filter(|id: &i64| *id > 0)
+                .ok_or_else(|| Error::invalid("ids", format!("{part:?} is not a user id")))
+        });
+    let ids = crate::domain::validate::user_ids("ids", parsed, MAX_IDS)?;
+    if ids.is_empty() {
         return Err(Error::invalid("ids", "must name at least one user id"));
     }
-    Ok(out)
+    Ok(ids)
 }
 
 #[cfg(test)]

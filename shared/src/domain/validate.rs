@@ -154,26 +154,38 @@ pub fn dedup_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The members a message mentions: each a user id, each once (a repeat is dropped, the
-/// order of first mention kept), at most [`MAX_MENTIONS`]. Whether they are members is the
-/// send's to check, under the chat's lock.
-pub fn mentions(ids: &[i64]) -> Result<Vec<i64>> {
-    let mut out: Vec<i64> = Vec::with_capacity(ids.len().min(MAX_MENTIONS));
-    for &id in ids {
+/// User ids a client lists in `field`: each at least 1, each once (a repeat is dropped, the
+/// order of first mention kept), at most `max`; a 422 naming `field` otherwise. Read one by
+/// one (a list read from text passes its parse errors through), so a long list is refused at
+/// its `max + 1`th distinct id, not held whole.
+pub fn user_ids(
+    field: &str,
+    ids: impl IntoIterator<Item = Result<i64>>,
+    max: usize,
+) -> Result<Vec<i64>> {
+    let mut out: Vec<i64> = Vec::new();
+    for id in ids {
+        let id = id?;
         if id < 1 {
-            return Err(Error::invalid("mentions", format!("{id} is not a user id")));
+            return Err(Error::invalid(field, format!("{id} is not a user id")));
         }
         if !out.contains(&id) {
             out.push(id);
         }
-        if out.len() > MAX_MENTIONS {
+        if out.len() > max {
             return Err(Error::invalid(
-                "mentions",
-                format!("names more than {MAX_MENTIONS} members"),
+                field,
+                format!("names more than {max} users"),
             ));
         }
     }
     Ok(out)
+}
+
+/// The members a message mentions ([`user_ids`], at most [`MAX_MENTIONS`]). Whether they are
+/// members is the send's to check, under the chat's lock.
+pub fn mentions(ids: &[i64]) -> Result<Vec<i64>> {
+    user_ids("mentions", ids.iter().copied().map(Ok), MAX_MENTIONS)
 }
 
 /// A page size `limit`: 1..=`max`, `default` when the client names none.
