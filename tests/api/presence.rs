@@ -337,7 +337,8 @@ async fn presence_frames_are_batched_changes_of_contacts_and_a_crashed_relays_us
         .patch("/users/me/privacy", &eve, json!({"presence": "nobody"}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (one, two) = (
+    let (one, two, three) = (
+        app.relay(relay_settings()).await,
         app.relay(relay_settings()).await,
         app.relay(relay_settings()).await,
     );
@@ -385,10 +386,10 @@ async fn presence_frames_are_batched_changes_of_contacts_and_a_crashed_relays_us
     let bobs = WsClient::connect(two.addr, &bob.token).await;
     let _daves = WsClient::connect(one.addr, &dave.token).await;
     for _ in 0..5 {
-        drop(WsClient::connect(one.addr, &carol.token).await);
+        drop(WsClient::connect(three.addr, &carol.token).await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let _carols = WsClient::connect(one.addr, &carol.token).await;
+    let carols = WsClient::connect(three.addr, &carol.token).await;
     let (mut alices, seen) = reading.await.unwrap();
     assert!(!seen.is_empty(), "no presence frame");
     let now = latest(&seen);
@@ -430,6 +431,22 @@ async fn presence_frames_are_batched_changes_of_contacts_and_a_crashed_relays_us
         frames(&mut eves, Duration::from_millis(200))
             .await
             .is_empty()
+    );
+
+    // Relay three stops with Carol on it: its goodbye reaches Alice on relay one at once,
+    // not after the expiry.
+    let stopped = Instant::now();
+    three.stop().await;
+    drop(carols);
+    let mut gone = false;
+    while !gone && stopped.elapsed() < EXPIRY / 2 {
+        let got = frames(&mut alices, Duration::from_secs(1)).await;
+        gone = latest(&got).get(&carol.id).map(String::as_str) == Some("offline");
+    }
+    assert!(
+        gone,
+        "Carol's relay stopped; Alice was not told within {:?}",
+        EXPIRY / 2
     );
 
     // Relay two crashes with Bob on it: relay one reaps it once its beat is older than the

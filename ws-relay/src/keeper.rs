@@ -146,10 +146,16 @@ impl Keeper {
         Ok(())
     }
 
-    /// The relay stops: its rows go now, its users last seen now.
+    /// The relay stops: its rows go now, its users last seen now, and every relay tells
+    /// their contacts (as a reap would, only sooner).
     pub async fn goodbye(&self) {
-        if let Err(e) = store::leave(&self.db, &self.relay_id).await {
-            tracing::warn!(error = %e, "cannot remove this relay's presence; it expires");
+        match store::leave(&self.db, &self.relay_id).await {
+            Ok(left) => {
+                if let Err(e) = self.announce(left).await {
+                    tracing::warn!(error = %e, "cannot announce this relay's users leaving");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot remove this relay's presence; it expires"),
         }
     }
 }
