@@ -288,7 +288,8 @@ fn pgbench_script(data: &Data, load: Load) -> String {
     // `messages::message_columns!` for a message aliased `m`.
     let columns =
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
-         m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions,
+         m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions, m.attachments,
+         m.mentions,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
                        AND r.last_read_seq < m.seq) AS read";
@@ -303,8 +304,10 @@ UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1
          RETURNING last_seq, rev \gset
 WITH m AS (
              INSERT INTO messages
-                 (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to)
-             SELECT :chat, :last_seq, :rev, :rev, :sender, '{TEXT}', CAST(:key AS text), {hash}, CAST(NULL AS bigint)
+                 (chat_id, seq, rev, created_rev, sender_id, text, dedup_key, content_hash, reply_to,
+                  attachments, mentions)
+             SELECT :chat, :last_seq, :rev, :rev, :sender, '{TEXT}', CAST(:key AS text), {hash}, CAST(NULL AS bigint),
+                    '[]'::jsonb, '{{}}'::bigint[]
              WHERE EXISTS (SELECT 1 FROM chat_members WHERE chat_id = :chat AND user_id = :sender)
                AND NOT EXISTS (
                    SELECT 1 FROM chats c JOIN blocks b
@@ -318,6 +321,10 @@ WITH m AS (
          ch AS (
              INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
              SELECT chat_id, rev, 'message', id, sender_id FROM m),
+         mn AS (
+             INSERT INTO message_mentions (user_id, chat_id, seq, message_id)
+             SELECT u, m.chat_id, m.seq, m.id FROM m, unnest(m.mentions) u
+             WHERE u <> m.sender_id),
          mk AS (
              UPDATE chat_members me
              SET last_read_seq = m.seq, read_rev = m.rev, read_xid = pg_current_xact_id() FROM m
