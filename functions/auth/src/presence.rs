@@ -6,7 +6,10 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    domain::presence::{self, PresenceList, PresenceQuery, Privacy, PrivacyPatch},
+    domain::{
+        presence::{PresenceList, PresenceQuery, Privacy, PrivacyPatch},
+        validate,
+    },
     http::{
         error::ErrorBody,
         extract::{AuthUser, Json, Query},
@@ -39,7 +42,7 @@ async fn presence_of(
     user: AuthUser,
     Query(query): Query<PresenceQuery>,
 ) -> Result<axum::Json<PresenceList>> {
-    let ids = presence::ids(&query.ids)?;
+    let ids = validate::presence_ids(&query.ids)?;
     let presence = store::presence::shown_to(&state.db, user.id, &ids).await?;
     Ok(axum::Json(PresenceList { presence }))
 }

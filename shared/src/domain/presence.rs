@@ -148,27 +148,6 @@ pub fn shown(
     })
 }
 
-/// The user ids of `GET /users/presence?ids=1,2`: comma-separated, each once (repeats
-/// dropped), at least one, at most [`MAX_IDS`]. A 422 naming `ids` otherwise.
-pub fn ids(raw: &str) -> crate::domain::error::Result<Vec<i64>> {
-    use crate::domain::error::Error;
-    let parsed = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|part| {
-            part.parse()
-                .ok()
-                .filter(|id: &i64| *id > 0)
-                .ok_or_else(|| Error::invalid("ids", format!("{part:?} is not a user id")))
-        });
-    let ids = crate::domain::validate::user_ids("ids", parsed, MAX_IDS)?;
-    if ids.is_empty() {
-        return Err(Error::invalid("ids", "must name at least one user id"));
-    }
-    Ok(ids)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -201,28 +180,5 @@ mod tests {
         assert_eq!(offline.1.unwrap().timestamp(), 1_000);
         assert_eq!(show(stored(true, false), n, c), None, "hidden by its owner");
         assert_eq!(show(stored(true, false), c, n), None, "hiding sees no one");
-    }
-
-    #[test]
-    fn ids_are_user_ids_each_once_and_bounded() {
-        assert_eq!(ids("3, 1,3,,2").unwrap(), [3, 1, 2]);
-        for (raw, words) in [
-            ("", "at least one"),
-            (",", "at least one"),
-            ("1,x", "\"x\" is not a user id"),
-            ("0", "\"0\" is not a user id"),
-            ("-4", "is not a user id"),
-        ] {
-            let err = ids(raw).unwrap_err().to_string();
-            assert!(err.contains("ids") && err.contains(words), "{raw:?}: {err}");
-        }
-        let many: Vec<String> = (1..=MAX_IDS as i64 + 1).map(|i| i.to_string()).collect();
-        assert!(
-            ids(&many.join(","))
-                .unwrap_err()
-                .to_string()
-                .contains("more than 200")
-        );
-        assert_eq!(ids(&many[..MAX_IDS].join(",")).unwrap().len(), MAX_IDS);
     }
 }

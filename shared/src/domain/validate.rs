@@ -8,6 +8,7 @@ use crate::domain::{
         MAX_EMOJI_BYTES, MAX_MENTIONS, MAX_NAME_CHARS, MAX_PAGE, MAX_PASSWORD_BYTES,
         MAX_TEXT_CHARS, MIN_PASSWORD_CHARS_FLOOR,
     },
+    presence,
 };
 
 /// Message text: kept exactly as sent (whitespace is content), but not blank, not over
@@ -188,6 +189,26 @@ pub fn mentions(ids: &[i64]) -> Result<Vec<i64>> {
     user_ids("mentions", ids.iter().copied().map(Ok), MAX_MENTIONS)
 }
 
+/// The user ids of `GET /users/presence?ids=1,2`: comma-separated, each once (repeats
+/// dropped), at least one, at most [`presence::MAX_IDS`]. A 422 naming `ids` otherwise.
+pub fn presence_ids(raw: &str) -> Result<Vec<i64>> {
+    let parsed = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            part.parse()
+                .ok()
+                .filter(|id: &i64| *id > 0)
+                .ok_or_else(|| Error::invalid("ids", format!("{part:?} is not a user id")))
+        });
+    let ids = user_ids("ids", parsed, presence::MAX_IDS)?;
+    if ids.is_empty() {
+        return Err(Error::invalid("ids", "must name at least one user id"));
+    }
+    Ok(ids)
+}
+
 /// A page size `limit`: 1..=`max`, `default` when the client names none.
 pub fn limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
     let limit = limit.unwrap_or(default);
@@ -240,6 +261,36 @@ fn no_nul(field: &str, value: &str) -> Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_ids_are_user_ids_each_once_and_bounded() {
+        assert_eq!(presence_ids("3, 1,3,,2").unwrap(), [3, 1, 2]);
+        for (raw, words) in [
+            ("", "at least one"),
+            (",", "at least one"),
+            ("1,x", "\"x\" is not a user id"),
+            ("0", "\"0\" is not a user id"),
+            ("-4", "is not a user id"),
+        ] {
+            let err = presence_ids(raw).unwrap_err().to_string();
+            assert!(err.contains("ids") && err.contains(words), "{raw:?}: {err}");
+        }
+        let many: Vec<String> = (1..=presence::MAX_IDS as i64 + 1)
+            .map(|i| i.to_string())
+            .collect();
+        assert!(
+            presence_ids(&many.join(","))
+                .unwrap_err()
+                .to_string()
+                .contains("more than 200")
+        );
+        assert_eq!(
+            presence_ids(&many[..presence::MAX_IDS].join(","))
+                .unwrap()
+                .len(),
+            presence::MAX_IDS
+        );
+    }
 
     #[test]
     fn mentions_are_user_ids_each_once_and_at_most_fifty() {
