@@ -72,6 +72,22 @@ pub enum Event {
         user_id: i64,
         last_read_seq: i64,
         rev: i64,
+        /// The reader does not share read receipts: only their own devices are told.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hidden: bool,
+    },
+    /// On `<prefix>.chat.<chat_id>`: messages up to `delivered_seq` reached at least one of
+    /// `user_id`'s devices (recorded by a relay, in a batch). `senders` are those who sent the
+    /// messages it newly covers, the only ones a relay tells (empty when not known: a relay's
+    /// poller found the move without its event, and tells every member it serves).
+    #[serde(rename = "message.delivered")]
+    MessageDelivered {
+        chat_id: i64,
+        user_id: i64,
+        delivered_seq: i64,
+        rev: i64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        senders: Vec<i64>,
     },
     /// On `<prefix>.chat.<chat_id>`.
     #[serde(rename = "member.joined")]
@@ -174,6 +190,7 @@ impl Event {
             Self::MessageCreated { chat_id, .. }
             | Self::MessageUpdated { chat_id, .. }
             | Self::MessageRead { chat_id, .. }
+            | Self::MessageDelivered { chat_id, .. }
             | Self::MemberJoined { chat_id, .. }
             | Self::MemberLeft { chat_id, .. }
             | Self::MemberPromoted { chat_id, .. } => Topic::Chat(*chat_id),
@@ -216,6 +233,12 @@ impl Event {
                 last_read_seq,
                 ..
             } => format!("read.{chat_id}.{user_id}.{last_read_seq}"),
+            Self::MessageDelivered {
+                chat_id,
+                user_id,
+                delivered_seq,
+                ..
+            } => format!("delivered.{chat_id}.{user_id}.{delivered_seq}"),
             Self::ChatAdded {
                 user_id,
                 chat_id,

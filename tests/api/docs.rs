@@ -27,6 +27,7 @@ async fn openapi_documents_every_route_with_an_oauth2_password_flow() {
         ("/chat/history/{chat_id}", "get"),
         ("/chat/list", "get"),
         ("/chat/message/{id}/read", "patch"),
+        ("/chat/message/{id}/receipts", "get"),
         ("/chat/{chat_id}/settings", "patch"),
         ("/users/presence", "get"),
         ("/users/me/privacy", "get"),

@@ -191,6 +191,7 @@ async fn jetstream_drops_a_republished_event_by_its_msg_id() {
         user_id: 2,
         last_read_seq: 3,
         rev: 4,
+        hidden: false,
     };
     publisher.publish(vec![event.clone()]).await;
     publisher.publish(vec![event]).await;

@@ -179,6 +179,7 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-search.json", Function::History, 200)
         .body(&[("/hits/0/message/id", "3"), ("/next", "null")]),
     step("chat-message-read.json", Function::Read, 200),
+    step("chat-message-receipts.json", Function::Read, 200),
     step("chat-settings.json", Function::Read, 200)
         .body(&[("/muted_until", "\"forever\""), ("/notify", "\"mentions\"")]),
     // A photo: announced, PUT to the presigned link (both sides keep files in a real S3

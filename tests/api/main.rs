@@ -28,6 +28,7 @@ mod people;
 mod presence;
 mod races;
 mod read_marks;
+mod receipts;
 mod revisions;
 mod search;
 mod sessions;

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite;
 use windi_shared::{
     AppState,
     domain::{
-        model::{Change, Target},
+        model::{Change, MessageOut, Target},
         presence::{FRAME_EVERY, Visibility},
     },
     events::Event,
@@ -107,6 +107,8 @@ struct Session {
     /// The presence changes of people this user shares chats with, sent in batches; `None`
     /// when the user hides their own presence (they see no one's).
     presence: Option<Batcher>,
+    /// Whether the user shares read receipts: who does not sees no one else's `read` frames.
+    receipts: bool,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -170,6 +172,7 @@ pub async fn run(
         typing_sent: HashMap::new(),
         batching: false,
         presence: None,
+        receipts: true,
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
@@ -356,14 +359,18 @@ impl Session {
         self.delivery = Delivery::new(self.settings.delivery, &now, self.now());
         // Who hides their own presence sees no one's (read once: a change applies from the
         // next connection).
-        let sees = match presence::privacy_of(&self.state.db, self.user_id).await {
-            Ok(privacy) => privacy.is_none_or(|p| p.presence == Visibility::Contacts),
+        // The same for read receipts.
+        let (sees, receipts) = match presence::privacy_of(&self.state.db, self.user_id).await {
+            Ok(privacy) => privacy.map_or((true, true), |p| {
+                (p.presence == Visibility::Contacts, p.read_receipts)
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the user's privacy; no presence frames");
-                false
+                (false, false)
             }
         };
         self.presence = sees.then(|| Batcher::new(FRAME_EVERY));
+        self.receipts = receipts;
         self.frame(&ServerFrame::Ready {
             user_id: self.user_id,
         })
@@ -406,6 +413,12 @@ impl Session {
         }
     }
 
+    /// Whether `reader`'s read marker is shown to this user: their own always (every device
+    /// keeps the unread count); another's only if both share read receipts.
+    fn sees_read(&self, reader: i64, hidden: bool) -> bool {
+        reader == self.user_id || (self.receipts && !hidden)
+    }
+
     /// A live event from the hub: a change goes to the machine; news that is not a change
     /// (read markers, typing, names) is sent as it comes, with how far the chat is delivered.
     async fn on_live(&mut self, item: Item) -> Result<(), Closed> {
@@ -423,9 +436,10 @@ impl Session {
                 chat_id,
                 user_id,
                 last_read_seq,
+                hidden,
                 ..
             } => match self.delivery.position(*chat_id) {
-                Some(rev) => {
+                Some(rev) if self.sees_read(*user_id, *hidden) => {
                     self.frame(&ServerFrame::Read {
                         chat_id: *chat_id,
                         user_id: *user_id,
@@ -434,7 +448,24 @@ impl Session {
                     })
                     .await
                 }
-                None => Ok(()),
+                _ => Ok(()),
+            },
+            Event::MessageDelivered {
+                chat_id,
+                user_id,
+                delivered_seq,
+                ..
+            } => match self.delivery.position(*chat_id) {
+                Some(rev) if *user_id != self.user_id => {
+                    self.frame(&ServerFrame::Delivered {
+                        chat_id: *chat_id,
+                        user_id: *user_id,
+                        delivered_seq: *delivered_seq,
+                        rev,
+                    })
+                    .await
+                }
+                _ => Ok(()),
             },
             Event::Typing { chat_id, user_id } if *user_id != self.user_id => {
                 match self.delivery.position(*chat_id) {
@@ -541,12 +572,18 @@ impl Session {
                     if let Some(frame) = item.frame() {
                         self.write(Message::Text(frame.clone())).await?;
                         Stats::add(&self.hub.stats.delivered, 1);
+                        if let Event::MessageCreated { message, .. } = &*item.event {
+                            self.handed(message);
+                        }
                     }
                 }
                 Action::Send(Payload::Stored(change)) => {
                     if let Some(frame) = ServerFrame::of_change(&change) {
                         self.frame(&frame).await?;
                         Stats::add(&self.hub.stats.backfilled, 1);
+                        if let ServerFrame::Message { message, .. } = &frame {
+                            self.handed(message);
+                        }
                     }
                 }
                 Action::Removed { chat_id, rev } => {
@@ -742,9 +779,18 @@ impl Session {
         self.news_since(&listed).await
     }
 
+    /// A message was written to this device: its delivered receipt is noted (the keeper
+    /// writes it within a second). The sender's own messages need none.
+    fn handed(&self, message: &MessageOut) {
+        if message.sender_id != self.user_id {
+            self.hub
+                .note_delivered(message.chat_id, self.user_id, message.seq);
+        }
+    }
+
     /// Read markers and names are not changes, so a replay does not carry them: after it, the
     /// markers of the listed chats that moved at or after the client's rev are sent as `read`
-    /// frames, and the names of their members changed since as `user_updated`.
+    /// and `delivered` frames, and the names of their members changed since as `user_updated`.
     async fn news_since(&mut self, listed: &BTreeMap<i64, i64>) -> Result<(), Closed> {
         let chats: Vec<(i64, i64)> = listed
             .iter()
@@ -785,11 +831,27 @@ impl Session {
             }
         }
         for m in markers {
-            if let Some(rev) = self.delivery.position(m.chat_id) {
+            let Some(rev) = self.delivery.position(m.chat_id) else {
+                continue;
+            };
+            if let Some(last_read_seq) = m.last_read_seq
+                && self.sees_read(m.user_id, m.hidden)
+            {
                 self.frame(&ServerFrame::Read {
                     chat_id: m.chat_id,
                     user_id: m.user_id,
-                    last_read_seq: m.last_read_seq,
+                    last_read_seq,
+                    rev,
+                })
+                .await?;
+            }
+            if let Some(delivered_seq) = m.delivered_seq
+                && m.user_id != self.user_id
+            {
+                self.frame(&ServerFrame::Delivered {
+                    chat_id: m.chat_id,
+                    user_id: m.user_id,
+                    delivered_seq,
                     rev,
                 })
                 .await?;

@@ -66,6 +66,7 @@ use windi_shared::{
     store::{
         changes::{self, Committed, Horizon, MemberCommitted},
         members::{self, MarkerCommitted},
+        receipts::{self, DeliveredCommitted},
         sessions::{self, EndedCommitted},
     },
 };
@@ -253,6 +254,10 @@ pub struct Stats {
     pub catch_up_coalesced: AtomicU64,
     /// Read markers the poller found moved with no event seen ([`Hub::markers_moved`]).
     pub markers_recovered: AtomicU64,
+    /// Delivered markers the poller found moved with no event seen ([`Hub::delivered_moved`]).
+    pub delivered_recovered: AtomicU64,
+    /// Delivered notes dropped because too many were pending ([`crate::receipts::MAX_PENDING`]).
+    pub receipts_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -274,6 +279,8 @@ pub struct StatsSnapshot {
     pub catch_up_queries: u64,
     pub catch_up_coalesced: u64,
     pub markers_recovered: u64,
+    pub delivered_recovered: u64,
+    pub receipts_dropped: u64,
 }
 
 impl Stats {
@@ -301,6 +308,8 @@ impl Stats {
             catch_up_queries: get(&self.catch_up_queries),
             catch_up_coalesced: get(&self.catch_up_coalesced),
             markers_recovered: get(&self.markers_recovered),
+            delivered_recovered: get(&self.delivered_recovered),
+            receipts_dropped: get(&self.receipts_dropped),
         }
     }
 }
@@ -330,6 +339,8 @@ struct Route {
     /// The highest read marker of each member this hub has seen (chat routes only), so the
     /// poller passes on only the markers whose event did not come.
     markers: HashMap<i64, i64>,
+    /// The same for delivered markers.
+    delivered: HashMap<i64, i64>,
 }
 
 #[derive(Debug)]
@@ -410,6 +421,8 @@ pub struct Hub {
     users_fed: std::sync::atomic::AtomicBool,
     /// Catch-up reads under way, by (chat, after rev); see [`Hub::catch_up`].
     flights: Mutex<HashMap<(i64, i64), Flight>>,
+    /// Messages handed to devices since the keeper last wrote them (delivered receipts).
+    receipts: Mutex<crate::receipts::Pending>,
 }
 
 /// What [`Hub::catch_up`] answers: one page, shared by every caller of one read (an error too).
@@ -439,6 +452,7 @@ impl Hub {
             tasks: Mutex::default(),
             users_fed: std::sync::atomic::AtomicBool::new(false),
             flights: Mutex::default(),
+            receipts: Mutex::default(),
         })
     }
 
@@ -615,6 +629,7 @@ impl Hub {
                 ready,
                 generation,
                 markers: HashMap::new(),
+                delivered: HashMap::new(),
             },
         );
         created.push(NewRoute {
@@ -745,7 +760,12 @@ impl Hub {
             Topic::Chat(chat_id) | Topic::Typing(chat_id) => {
                 let targets = {
                     let mut tables = self.tables();
-                    let Tables { chats, conns, .. } = &mut *tables;
+                    let Tables {
+                        chats,
+                        conns,
+                        users,
+                        ..
+                    } = &mut *tables;
                     let Some(route) = chats.get_mut(&chat_id) else {
                         return;
                     };
@@ -764,6 +784,33 @@ impl Hub {
                             return;
                         }
                         *seen = *last_read_seq;
+                    }
+                    if let Event::MessageDelivered {
+                        user_id,
+                        delivered_seq,
+                        senders,
+                        ..
+                    } = &*event
+                    {
+                        let seen = route.delivered.entry(*user_id).or_default();
+                        if *delivered_seq <= *seen {
+                            return;
+                        }
+                        *seen = *delivered_seq;
+                        if !senders.is_empty() {
+                            // Only the senders' devices: O(their devices), not O(members).
+                            let targets: Vec<_> = senders
+                                .iter()
+                                .filter_map(|s| users.get(s))
+                                .flat_map(|r| r.conns.iter())
+                                .filter(|c| route.conns.contains(c))
+                                .filter_map(|c| conns.get(c))
+                                .map(|e| (e.tx.clone(), e.signals.clone()))
+                                .collect();
+                            drop(tables);
+                            deliver(targets, &Arc::new(Live::new(event)));
+                            return;
+                        }
                     }
                     queues(conns, route.conns.iter())
                 };
@@ -907,6 +954,12 @@ impl Hub {
         )
         .await?;
         self.read_feed(
+            DeliveredCommitted::start(from),
+            |after| receipts::delivered_committed(db, after, upto, FEED_PAGE),
+            |rows| self.delivered_moved(rows),
+        )
+        .await?;
+        self.read_feed(
             EndedCommitted::start(from),
             |after| sessions::ended_committed(db, after, upto, FEED_PAGE),
             |rows| self.end_sessions(rows),
@@ -957,6 +1010,7 @@ impl Hub {
                         user_id: row.user_id,
                         last_read_seq: row.last_read_seq,
                         rev: route.seen,
+                        hidden: row.hidden,
                     });
                 }
             }
@@ -966,6 +1020,64 @@ impl Hub {
             Stats::add(&self.stats.markers_recovered, 1);
             self.dispatch(Arc::new(event));
         }
+    }
+
+    /// Passes on the delivered markers of routed chats that moved further than their events
+    /// said, to every connection of the chat (who sent what is not known here; the rare path).
+    fn delivered_moved(&self, rows: &[DeliveredCommitted]) {
+        let mut missed = Vec::new();
+        {
+            let mut tables = self.tables();
+            for row in rows {
+                let Some(route) = tables.chats.get_mut(&row.chat_id) else {
+                    continue;
+                };
+                let seen = route
+                    .delivered
+                    .get(&row.user_id)
+                    .copied()
+                    .unwrap_or_default();
+                if row.delivered_seq > seen {
+                    missed.push(Event::MessageDelivered {
+                        chat_id: row.chat_id,
+                        user_id: row.user_id,
+                        delivered_seq: row.delivered_seq,
+                        rev: route.seen,
+                        senders: Vec::new(),
+                    });
+                }
+            }
+        }
+        for event in missed {
+            Stats::add(&self.stats.delivered_recovered, 1);
+            self.dispatch(Arc::new(event));
+        }
+    }
+
+    /// Message `seq` of `chat_id` was handed to a device of `user_id` (see [`crate::receipts`]).
+    pub fn note_delivered(&self, chat_id: i64, user_id: i64, seq: i64) {
+        let mut pending = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = pending.dropped;
+        pending.note(chat_id, user_id, seq);
+        if pending.dropped > dropped {
+            Stats::add(&self.stats.receipts_dropped, 1);
+        }
+    }
+
+    /// Every delivered note since the last call, for the keeper to write.
+    pub fn take_delivered(&self) -> Vec<(i64, i64, i64)> {
+        self.receipts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Notes from [`Hub::take_delivered`] that could not be written: written with the next.
+    pub fn delivered_unwritten(&self, moves: &[(i64, i64, i64)]) {
+        self.receipts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put_back(moves);
     }
 
     /// Counts a poller query, and its failure.

@@ -1,8 +1,13 @@
-//! The relay's side of presence, I/O: once a second it writes which users' first connection
-//! opened or last one closed here since the last write ([`crate::presence::Local`]), with the
-//! relay's heartbeat every [`HEARTBEAT`]; every beat it also reaps relays that stopped beating
-//! (any relay may; each dead one is reaped once). On stop it says goodbye: its rows go at once
-//! rather than [`EXPIRY`] later.
+//! The relay's writes to Postgres, I/O, once a second: which users' first connection opened or
+//! last one closed here since the last write ([`crate::presence::Local`]), with the relay's
+//! heartbeat every [`HEARTBEAT`], and the delivered receipts of what its connections were
+//! handed ([`crate::receipts`]), each moved marker then published (`message.delivered`). Every
+//! beat it also reaps relays that stopped beating (any relay may; each dead one is reaped
+//! once). On stop it writes the last receipts and says goodbye: its rows go at once rather than
+//! [`EXPIRY`] later.
+//!
+//! A relay that dies loses at most the last second's delivered notes: a delivered marker covers
+//! every message up to it, so the member's next delivery (or their reading) covers them.
 //!
 //! The heartbeat is the whole of the guarantee: a relay that dies without a goodbye (killed,
 //! frozen, cut off from Postgres) stops beating, and its users read offline once its last beat
@@ -17,7 +22,7 @@ use tokio::time::Instant;
 use windi_shared::{
     domain::presence::HEARTBEAT,
     events::{Bus, Event},
-    store::presence as store,
+    store::{presence as store, receipts},
 };
 
 use crate::hub::Hub;
@@ -83,6 +88,37 @@ impl Keeper {
             }
             if let Err(e) = self.announce(changed).await {
                 tracing::warn!(error = %e, "cannot announce presence changes");
+            }
+            self.write_receipts().await;
+        }
+    }
+
+    /// Writes the delivered notes since the last write in one statement and publishes each
+    /// marker that moved; a failed write keeps them for the next.
+    pub async fn write_receipts(&self) {
+        let moves = self.hub.take_delivered();
+        if moves.is_empty() {
+            return;
+        }
+        match receipts::record_delivered(&self.db, &moves).await {
+            Ok(moved) => {
+                let events = moved
+                    .into_iter()
+                    .map(|m| Event::MessageDelivered {
+                        chat_id: m.chat_id,
+                        user_id: m.user_id,
+                        delivered_seq: m.delivered_seq,
+                        rev: m.rev,
+                        senders: m.senders,
+                    })
+                    .collect::<Vec<_>>();
+                if !events.is_empty() {
+                    self.bus.publish(events).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write delivered receipts; trying again");
+                self.hub.delivered_unwritten(&moves);
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod hub;
 pub mod keeper;
 pub mod presence;
 pub mod protocol;
+pub mod receipts;
 
 use std::{
     net::SocketAddr,
@@ -331,6 +332,7 @@ impl RelayHandle {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.keeping.abort();
+        self.keeper.write_receipts().await;
         self.keeper.goodbye().await;
         self.hub.stop();
     }
@@ -446,7 +448,7 @@ fn export_metrics(hub: &Arc<Hub>) {
         windi_shared::http::metrics::add_collector(|| {
             let Ok(mut hubs) = HUBS.lock() else { return };
             hubs.retain(|h| h.strong_count() > 0);
-            let mut total = [0u64; 16];
+            let mut total = [0u64; 18];
             for hub in hubs.iter().filter_map(std::sync::Weak::upgrade) {
                 let s = hub.snapshot();
                 let values = [
@@ -466,6 +468,8 @@ fn export_metrics(hub: &Arc<Hub>) {
                     s.catch_up_queries,
                     s.catch_up_coalesced,
                     s.markers_recovered,
+                    s.delivered_recovered,
+                    s.receipts_dropped,
                 ];
                 for (t, v) in total.iter_mut().zip(values) {
                     *t += v;
@@ -488,6 +492,8 @@ fn export_metrics(hub: &Arc<Hub>) {
                 catch_up_queries,
                 catch_up_coalesced,
                 markers_recovered,
+                delivered_recovered,
+                receipts_dropped,
             ] = total;
             metrics::gauge!("windi_relay_connections").set(connections as f64);
             metrics::counter!("windi_relay_deliveries_total").absolute(delivered);
@@ -505,6 +511,9 @@ fn export_metrics(hub: &Arc<Hub>) {
             metrics::counter!("windi_relay_catch_up_queries_total").absolute(catch_up_queries);
             metrics::counter!("windi_relay_catch_up_coalesced_total").absolute(catch_up_coalesced);
             metrics::counter!("windi_relay_markers_recovered_total").absolute(markers_recovered);
+            metrics::counter!("windi_relay_delivered_recovered_total")
+                .absolute(delivered_recovered);
+            metrics::counter!("windi_relay_receipts_dropped_total").absolute(receipts_dropped);
         });
     });
 }

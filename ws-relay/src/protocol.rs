@@ -78,11 +78,20 @@ pub enum ServerFrame<'a> {
         change: &'a str,
         message: &'a MessageOut,
     },
-    /// A member's read marker moved.
+    /// A member's read marker moved: they read every message up to `last_read_seq`. Sent to
+    /// the chat's members (not another's if either of the two turned read receipts off).
     Read {
         chat_id: i64,
         user_id: i64,
         last_read_seq: i64,
+        rev: i64,
+    },
+    /// Every message up to `delivered_seq` reached one of this member's devices. Sent to the
+    /// devices of those whose messages it newly covers (after a lost event, to every member).
+    Delivered {
+        chat_id: i64,
+        user_id: i64,
+        delivered_seq: i64,
         rev: i64,
     },
     /// You joined (or created) a chat; its changes after `rev` follow.

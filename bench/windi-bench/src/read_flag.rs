@@ -5,7 +5,7 @@
 //! page, whether any other member's marker is below its seq. With only the primary key
 //! `(chat_id, user_id)` that probe reads every member whose marker is not below it: all 1,000
 //! of a group where everyone has read, for each of the page's 200 messages. The index
-//! `chat_members_read_idx (chat_id, last_read_seq)` (migration 20261229000001) reads the
+//! `chat_members_read_idx (chat_id, shown_read_seq)` (migrations 20261229000001, 20270107000001) reads the
 //! lowest markers first and stops at the first one below the seq, or finds none at once.
 //!
 //! The data, written with SQL keeping the send path's invariants (`windi check` clean), then

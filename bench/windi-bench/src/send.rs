@@ -292,7 +292,7 @@ fn pgbench_script(data: &Data, load: Load) -> String {
          m.mentions,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
-                       AND r.last_read_seq < m.seq) AS read";
+                       AND r.shown_read_seq < m.seq) AS read";
     let hash = format!("'\\x{}'::bytea", "ab".repeat(32));
     format!(
         r#"{pick}\set n :n + 1
@@ -329,8 +329,12 @@ WITH m AS (
              UPDATE chat_members me
              SET last_read_seq = m.seq, read_rev = m.rev, read_xid = pg_current_xact_id() FROM m
              WHERE me.chat_id = m.chat_id AND me.user_id = m.sender_id AND me.last_read_seq < m.seq
-             RETURNING me.last_read_seq)
-         SELECT {columns}, (SELECT last_read_seq FROM mk) AS marker FROM m;
+             RETURNING me.chat_id, me.user_id, me.last_read_seq, me.receipts),
+         rm AS (
+             INSERT INTO receipt_marks (chat_id, user_id, kind, seq)
+             SELECT chat_id, user_id, 'read', last_read_seq FROM mk)
+         SELECT {columns}, (SELECT last_read_seq FROM mk) AS marker,
+                coalesce((SELECT NOT receipts FROM mk), false) AS marker_hidden FROM m;
 COMMIT;
 "#
     )

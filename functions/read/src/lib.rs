@@ -1,5 +1,6 @@
-//! A member's own state of a chat: read markers (`PATCH /chat/message/{id}/read`) and
-//! notification settings (`PATCH /chat/{chat_id}/settings`).
+//! A member's own state of a chat: read markers (`PATCH /chat/message/{id}/read`), what the
+//! others received and read of a message (`GET /chat/message/{id}/receipts`) and notification
+//! settings (`PATCH /chat/{chat_id}/settings`).
 //!
 //! A marker is per member and per chat, and only moves forward; marking message N read marks
 //! everything up to N. A message's `read` flag is true once every other member has read it.
@@ -8,19 +9,20 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use windi_shared::{
     AppState, Error, Result,
-    domain::model::{ChatSettings, ChatSettingsPatch, MessageOut, MutedUntil},
+    domain::model::{ChatSettings, ChatSettingsPatch, MessageOut, MutedUntil, Receipts},
     events::Event,
     http::{
         error::ErrorBody,
         extract::{AuthUser, Json, Path},
     },
     service::write,
-    store::{members, messages},
+    store::{members, messages, receipts},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(mark_read))
+        .routes(routes!(message_receipts))
         .routes(routes!(update_settings))
 }
 
@@ -43,7 +45,7 @@ async fn mark_read(
         .await?
         .ok_or(Error::NotFound("message"))?;
     let mut tx = state.db.begin().await?;
-    let Some((last_read_seq, rev)) =
+    let Some(moved) =
         members::advance_read(&mut *tx, message.chat_id, user.id, message.seq).await?
     else {
         // Already read that far: nothing changed, nothing to tell.
@@ -58,11 +60,39 @@ async fn mark_read(
     let moved = Event::MessageRead {
         chat_id: message.chat_id,
         user_id: user.id,
-        last_read_seq,
-        rev,
+        last_read_seq: moved.last_read_seq,
+        rev: moved.rev,
+        hidden: moved.hidden,
     };
     write::commit(&state, tx, vec![moved]).await?;
     Ok(axum::Json(message))
+}
+
+/// Who of the chat's other members the message reached (`delivered`: one of their devices was
+/// handed it by a relay, or they read it) and who read it (`read`), each with when, oldest
+/// first. The sender is left out, and so is anyone who joined after it was sent. Members who
+/// turned read receipts off are not in `read`; a caller who turned them off sees `read` empty.
+#[utoipa::path(
+    get, path = "/chat/message/{id}/receipts", tag = "chat",
+    security(("oauth2" = [])),
+    params(("id" = i64, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "The message's receipts", body = Receipts),
+        (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
+    )
+)]
+async fn message_receipts(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Receipts>> {
+    // The same rule as reading the message: a member of its chat now, blocked chats as history.
+    messages::for_member(&state.db, id, user.id)
+        .await?
+        .ok_or(Error::NotFound("message"))?;
+    Ok(axum::Json(
+        receipts::of_message(&state.db, id, user.id).await?,
+    ))
 }
 
 /// Mute a chat, or choose which of its messages notify the caller. A field left out stays as it

@@ -653,3 +653,20 @@ pub struct Readiness {
     pub database: String,
     pub broker: String,
 }
+
+/// One member's receipt of a message: who, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Receipt {
+    pub user_id: i64,
+    /// When the message reached one of their devices (`delivered`) or they read it (`read`).
+    pub at: DateTime<Utc>,
+}
+
+/// `GET /chat/message/{id}/receipts`: the other members who were in the chat when the message
+/// was sent, by what reached them. Reading implies delivery: a reader is in both lists. Members
+/// who hide their reads are left out of `read`, and a caller who hides theirs sees `read` empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Receipts {
+    pub delivered: Vec<Receipt>,
+    pub read: Vec<Receipt>,
+}

@@ -145,7 +145,11 @@ pub async fn send_message(
         attachments: &carried,
         mentions: &mentions,
     };
-    let Some(Inserted { message, marker }) = messages::insert(&mut *tx, &new, position).await?
+    let Some(Inserted {
+        message,
+        marker,
+        marker_hidden,
+    }) = messages::insert(&mut *tx, &new, position).await?
     else {
         // Not a member (or no longer: removed while this send waited for the chat), a private
         // chat closed by a block, a reply to a message of another chat, or a concurrent send
@@ -185,6 +189,7 @@ pub async fn send_message(
             user_id: sender,
             last_read_seq,
             rev,
+            hidden: marker_hidden,
         });
     }
     write::commit(state, tx, events).await?;

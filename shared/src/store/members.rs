@@ -74,9 +74,10 @@ pub async fn add(
              FROM unnest($2::bigint[]) AS u
              WHERE NOT EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = u)),
          ins AS (
-             INSERT INTO chat_members (chat_id, user_id, role, last_read_seq, joined_rev)
-             SELECT $1, fresh.u, $3, c.last_seq, c.rev + CASE WHEN $4 THEN fresh.n ELSE 0 END
-             FROM fresh, c
+             INSERT INTO chat_members (chat_id, user_id, role, last_read_seq, joined_rev, receipts)
+             SELECT $1, fresh.u, $3, c.last_seq, c.rev + CASE WHEN $4 THEN fresh.n ELSE 0 END,
+                    u.read_receipts
+             FROM fresh JOIN users u ON u.id = fresh.u, c
              RETURNING user_id, last_read_seq, joined_rev),
          log AS (
              INSERT INTO chat_changes (chat_id, rev, kind, user_id)
@@ -174,12 +175,16 @@ pub async fn left_revs(
     .await
 }
 
-/// A member's read marker, as the relay sends it.
+/// A member's markers, as the relay sends them: read (`None` unless it moved since the rev
+/// asked about) and delivered (likewise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Marker {
     pub chat_id: i64,
     pub user_id: i64,
-    pub last_read_seq: i64,
+    pub last_read_seq: Option<i64>,
+    pub delivered_seq: Option<i64>,
+    /// The member hides their reads: only their own devices are sent the read marker.
+    pub hidden: bool,
 }
 
 /// The markers of these chats that moved at or after the given rev of each (`chats`: pairs of
@@ -190,9 +195,16 @@ pub async fn markers_since(
 ) -> sqlx::Result<Vec<Marker>> {
     let (ids, revs): (Vec<i64>, Vec<i64>) = chats.iter().copied().unzip();
     sqlx::query_as(
-        "SELECT m.chat_id, m.user_id, m.last_read_seq
+        "SELECT m.chat_id, m.user_id,
+                CASE WHEN m.read_rev >= r.rev AND m.read_rev > 0 THEN m.last_read_seq END
+                    AS last_read_seq,
+                CASE WHEN m.delivered_rev >= r.rev AND m.delivered_rev > 0 THEN m.delivered_seq END
+                    AS delivered_seq,
+                NOT m.receipts AS hidden
          FROM unnest($1::bigint[], $2::bigint[]) AS r (chat_id, rev)
-         JOIN chat_members m ON m.chat_id = r.chat_id AND m.read_rev >= r.rev AND m.read_rev > 0
+         JOIN chat_members m ON m.chat_id = r.chat_id
+              AND ((m.read_rev >= r.rev AND m.read_rev > 0)
+                   OR (m.delivered_rev >= r.rev AND m.delivered_rev > 0))
          ORDER BY m.chat_id, m.user_id",
     )
     .bind(ids)
@@ -208,6 +220,7 @@ pub struct MarkerCommitted {
     pub chat_id: i64,
     pub user_id: i64,
     pub last_read_seq: i64,
+    pub hidden: bool,
 }
 
 impl MarkerCommitted {
@@ -218,6 +231,7 @@ impl MarkerCommitted {
             chat_id: i64::MIN,
             user_id: i64::MIN,
             last_read_seq: 0,
+            hidden: false,
         }
     }
 }
@@ -231,7 +245,8 @@ pub async fn markers_committed(
     limit: i64,
 ) -> sqlx::Result<Vec<MarkerCommitted>> {
     sqlx::query_as(
-        "SELECT read_xid::text::bigint AS xid, chat_id, user_id, last_read_seq
+        "SELECT read_xid::text::bigint AS xid, chat_id, user_id, last_read_seq,
+                NOT receipts AS hidden
          FROM chat_members
          WHERE read_xid >= $1::text::xid8 AND read_xid < $4::text::xid8
            AND (read_xid, chat_id, user_id) > ($1::text::xid8, $2, $3)
@@ -275,21 +290,36 @@ pub(crate) async fn promote_eldest(
     .await
 }
 
-/// Moves the marker forward to `seq`; answers the new value (with the chat's rev, which read
-/// frames carry) only if it moved. Markers never move back: the WHERE clause makes an older seq
-/// a no-op, atomically. A marker is the member's own state, not a change of the chat: no rev.
+/// A read marker that moved: where to, the chat's rev then (read frames carry it), and
+/// whether the reader hides their reads (then only their own devices are told).
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct ReadMoved {
+    pub last_read_seq: i64,
+    pub rev: i64,
+    pub hidden: bool,
+}
+
+/// Moves the marker forward to `seq`, with its receipt mark (its time, for
+/// `GET /chat/message/{id}/receipts`); answers the move only if it moved. Markers never move
+/// back: the WHERE clause makes an older seq a no-op, atomically. A marker is the member's own
+/// state, not a change of the chat: no rev.
 pub async fn advance_read(
     db: impl PgExecutor<'_>,
     chat_id: i64,
     user_id: i64,
     seq: i64,
-) -> sqlx::Result<Option<(i64, i64)>> {
+) -> sqlx::Result<Option<ReadMoved>> {
     sqlx::query_as(
-        "UPDATE chat_members
-         SET last_read_seq = $3, read_rev = (SELECT rev FROM chats WHERE id = $1),
-             read_xid = pg_current_xact_id()
-         WHERE chat_id = $1 AND user_id = $2 AND last_read_seq < $3
-         RETURNING last_read_seq, read_rev",
+        "WITH mv AS (
+             UPDATE chat_members
+             SET last_read_seq = $3, read_rev = (SELECT rev FROM chats WHERE id = $1),
+                 read_xid = pg_current_xact_id()
+             WHERE chat_id = $1 AND user_id = $2 AND last_read_seq < $3
+             RETURNING last_read_seq, read_rev, receipts),
+         mk AS (
+             INSERT INTO receipt_marks (chat_id, user_id, kind, seq)
+             SELECT $1, $2, 'read', last_read_seq FROM mv)
+         SELECT last_read_seq, read_rev AS rev, NOT receipts AS hidden FROM mv",
     )
     .bind(chat_id)
     .bind(user_id)

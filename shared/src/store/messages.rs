@@ -6,7 +6,8 @@ use sqlx::PgExecutor;
 use crate::domain::model::{AttachmentOut, MessageOut};
 
 /// The columns of [`MessageOut`] for a message aliased `m`. `read` is computed: true when no
-/// member other than the sender has a marker below this message's seq.
+/// member other than the sender has a shown marker below this message's seq (a member who
+/// hides their reads shows 0: see migration 20270107000001).
 macro_rules! message_columns {
     () => {
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
@@ -14,7 +15,7 @@ macro_rules! message_columns {
          m.mentions,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
-                       AND r.last_read_seq < m.seq) AS read"
+                       AND r.shown_read_seq < m.seq) AS read"
     };
 }
 pub(crate) use message_columns;
@@ -41,6 +42,8 @@ pub(crate) struct Inserted {
     pub message: MessageOut,
     /// The sender's new marker, if it moved (it does unless they had read further already).
     pub marker: Option<i64>,
+    /// The sender hides their reads: the marker's event tells their own devices only.
+    pub marker_hidden: bool,
 }
 
 /// The chat's next seq and rev for a new message. The row lock this UPDATE takes is held to
@@ -106,10 +109,14 @@ pub(crate) async fn insert(
              SET last_read_seq = m.seq, read_rev = m.rev, read_xid = pg_current_xact_id()
              FROM m
              WHERE me.chat_id = m.chat_id AND me.user_id = m.sender_id AND me.last_read_seq < m.seq
-             RETURNING me.last_read_seq)
+             RETURNING me.chat_id, me.user_id, me.last_read_seq, me.receipts),
+         rm AS (
+             INSERT INTO receipt_marks (chat_id, user_id, kind, seq)
+             SELECT chat_id, user_id, 'read', last_read_seq FROM mk)
          SELECT ",
         message_columns!(),
-        ", (SELECT last_read_seq FROM mk) AS marker FROM m"
+        ", (SELECT last_read_seq FROM mk) AS marker,
+           coalesce((SELECT NOT receipts FROM mk), false) AS marker_hidden FROM m"
     ))
     .bind(new.chat_id)
     .bind(new.sender_id)

@@ -13,6 +13,7 @@ mod error;
 pub mod members;
 pub mod messages;
 pub mod presence;
+pub mod receipts;
 pub mod search;
 pub mod sessions;
 pub mod users;

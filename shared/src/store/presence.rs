@@ -217,11 +217,16 @@ pub async fn privacy(
     patch: &PrivacyPatch,
 ) -> sqlx::Result<Option<Privacy>> {
     sqlx::query_as(
-        "UPDATE users
-         SET presence_visibility = coalesce($2, presence_visibility),
-             read_receipts = coalesce($3, read_receipts)
-         WHERE id = $1
-         RETURNING presence_visibility AS presence, read_receipts",
+        "WITH u AS (
+             UPDATE users
+             SET presence_visibility = coalesce($2, presence_visibility),
+                 read_receipts = coalesce($3, read_receipts)
+             WHERE id = $1
+             RETURNING id, presence_visibility, read_receipts),
+         m AS (
+             UPDATE chat_members me SET receipts = u.read_receipts FROM u
+             WHERE me.user_id = u.id AND me.receipts <> u.read_receipts)
+         SELECT presence_visibility AS presence, read_receipts FROM u",
     )
     .bind(user_id)
     .bind(patch.presence.map(Visibility::as_str))
