@@ -163,6 +163,10 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-message-reaction-remove.json", Function::Message, 200)
         .body(&[("/reactions", "[]")])
         .publishes(Publishes::Updated("reaction_removed")),
+    // Either member of a private chat may pin; the pin is a change like an edit.
+    step("chat-message-pin.json", Function::Message, 200)
+        .body(&[("/pinned_at", r#""<time>""#)])
+        .publishes(Publishes::Updated("pinned")),
     step("chat-message-delete.json", Function::Message, 200)
         .body(&[("/id", "2"), ("/deleted", "true"), ("/text", r#""""#)])
         .publishes(Publishes::Updated("deleted")),
@@ -173,11 +177,16 @@ const WALKTHROUGH: &[Step] = &[
     step("chat-history-rest-v1.json", Function::History, 200),
     step("chat-list.json", Function::History, 200),
     step("chat-list-stage.json", Function::History, 200),
-    // Each message once, in its latest state, at the rev of its last change: 7 changes, 6 rows.
-    step("chat-changes.json", Function::History, 200).body(&[("/rev", "7"), ("/more", "false")]),
+    // Each message once, in its latest state, at the rev of its last change: 8 changes (the pin
+    // among them), 6 rows.
+    step("chat-changes.json", Function::History, 200).body(&[("/rev", "8"), ("/more", "false")]),
     // "еще" finds the reply's edited text, "ещё": ё folds to е; message 2 was deleted.
     step("chat-search.json", Function::History, 200)
         .body(&[("/hits/0/message/id", "3"), ("/next", "null")]),
+    step("chat-pins.json", Function::History, 200).body(&[("/0/id", "1")]),
+    step("chat-message-unpin.json", Function::Message, 200)
+        .body(&[("/pinned_at", "null")])
+        .publishes(Publishes::Updated("unpinned")),
     step("chat-message-read.json", Function::Read, 200),
     step("chat-message-receipts.json", Function::Read, 200),
     step("chat-settings.json", Function::Read, 200)
@@ -476,7 +485,8 @@ fn normalise(value: &mut Value) {
             for (key, field) in map.iter_mut() {
                 match (key.as_str(), &*field) {
                     (
-                        "timestamp" | "created_at" | "edited_at" | "last_used_at" | "expires_at",
+                        "timestamp" | "created_at" | "edited_at" | "last_used_at" | "expires_at"
+                        | "pinned_at",
                         Value::String(time),
                     ) => {
                         assert!(

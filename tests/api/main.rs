@@ -25,6 +25,7 @@ mod original;
 mod outages;
 mod owned_fields;
 mod people;
+mod pins;
 mod presence;
 mod races;
 mod read_marks;

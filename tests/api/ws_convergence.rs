@@ -82,6 +82,12 @@ enum Op {
         msg: &'static str,
         emoji: &'static str,
     },
+    /// `by` pins (`on`) or unpins a message.
+    Pin {
+        by: Who,
+        msg: &'static str,
+        on: bool,
+    },
     /// `by` (the owner) adds `who` to a group.
     Add {
         by: Who,
@@ -111,7 +117,7 @@ enum Op {
     },
 }
 
-use Op::{Add, Delete, Edit, Group, React, Read, Remove, Rename, Reply, Send, Unreact};
+use Op::{Add, Delete, Edit, Group, Pin, React, Read, Remove, Rename, Reply, Send, Unreact};
 
 /// One kind of change, spread over the parts of a run.
 #[derive(Debug)]
@@ -157,6 +163,10 @@ const fn react(by: Who, msg: &'static str, emoji: &'static str) -> Op {
 
 const fn unreact(by: Who, msg: &'static str, emoji: &'static str) -> Op {
     Unreact { by, msg, emoji }
+}
+
+const fn pin(by: Who, msg: &'static str, on: bool) -> Op {
+    Pin { by, msg, on }
 }
 
 const fn add(by: Who, chat: &'static str, who: Who) -> Op {
@@ -234,6 +244,21 @@ const REACTION_ADDED: Row = Row {
         react(Carol, "g4", "👍"),
     ],
     before_resume: &[react(Alice, "g3", "🎉")],
+    gap: None,
+};
+
+const PINS: Row = Row {
+    kind: "pin and unpin",
+    before_snapshot: &[pin(Alice, "g1", true)],
+    // The group's owner pins; either member of a private chat may.
+    online: &[pin(Alice, "g2", true), pin(Bob, "p1", true)],
+    offline: &[
+        pin(Alice, "g1", false),
+        pin(Alice, "p2", true),
+        // A deletion unpins.
+        delete(Alice, "g2"),
+    ],
+    before_resume: &[pin(Alice, "g3", true), pin(Alice, "p1", false)],
     gap: None,
 };
 
@@ -423,6 +448,11 @@ async fn a_deletion_converges_across_a_reconnect() {
 #[tokio::test]
 async fn a_reaction_added_converges_across_a_reconnect() {
     converges(&REACTION_ADDED).await;
+}
+
+#[tokio::test]
+async fn pins_converge_across_a_reconnect() {
+    converges(&PINS).await;
 }
 
 #[tokio::test]
@@ -714,6 +744,14 @@ impl<'a> Scene<'a> {
                     enc(emoji)
                 );
                 app.delete(&path, self.user(by)).await
+            }
+            Pin { by, msg, on } => {
+                let path = format!("/chat/message/{}/pin", self.message(msg));
+                if on {
+                    app.put(&path, self.user(by)).await
+                } else {
+                    app.delete(&path, self.user(by)).await
+                }
             }
             Add { by, chat, who } => {
                 let path = format!("/chat/group/{}/members", self.chat(chat));

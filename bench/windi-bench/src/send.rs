@@ -289,7 +289,7 @@ fn pgbench_script(data: &Data, load: Load) -> String {
     let columns =
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
          m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions, m.attachments,
-         m.mentions,
+         m.mentions, m.pinned_at,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
                        AND r.shown_read_seq < m.seq) AS read";

@@ -1,5 +1,6 @@
 //! Reading chats: `GET /chat/history/{chat_id}`, `GET /chat/list`, catching up with
-//! `GET /chat/changes/{chat_id}`, and finding messages with `GET /chat/search`.
+//! `GET /chat/changes/{chat_id}`, finding messages with `GET /chat/search`, and a chat's pinned
+//! messages with `GET /chat/{chat_id}/pins`.
 //!
 //! History is ordered by seq, never by time. Two ways to page: the seed's `limit`/`offset` from
 //! the oldest message, and seq cursors (`before_seq` to scroll back, `after_seq` to catch up),
@@ -29,6 +30,28 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list))
         .routes(routes!(changes))
         .routes(routes!(search_messages))
+        .routes(routes!(pins))
+}
+
+/// The chat's pinned messages, newest pin first (at most 50, the most a chat may have).
+#[utoipa::path(
+    get, path = "/chat/{chat_id}/pins", tag = "chat",
+    security(("oauth2" = [])),
+    params(("chat_id" = i64, Path, description = "Chat id")),
+    responses(
+        (status = 200, description = "Pinned messages, newest pin first", body = [MessageOut]),
+        (status = 404, description = "No such chat among the caller's", body = ErrorBody),
+    )
+)]
+async fn pins(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(chat_id): Path<i64>,
+) -> Result<axum::Json<Vec<MessageOut>>> {
+    chats::for_member(&state.db, chat_id, user.id)
+        .await?
+        .ok_or(Error::NotFound("chat"))?;
+    Ok(axum::Json(messages::pinned(&state.db, chat_id).await?))
 }
 
 /// A page of a chat's messages, ascending by seq.

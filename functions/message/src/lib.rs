@@ -1,5 +1,6 @@
 //! Sending and changing messages: `POST /chat/message`, `PATCH` and `DELETE
-//! /chat/message/{id}`, and `PUT`/`DELETE /chat/message/{id}/reactions/{emoji}`; and the files
+//! /chat/message/{id}`, `PUT`/`DELETE /chat/message/{id}/reactions/{emoji}` and
+//! `PUT`/`DELETE /chat/message/{id}/pin`; and the files
 //! they carry (`/chat/attachments`, see [`attachments`]).
 //!
 //! The work is in [`windi_shared::service::send`] (shared with the relay's `send` frame) and
@@ -34,6 +35,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(send))
         .routes(routes!(edit, delete))
         .routes(routes!(react, unreact))
+        .routes(routes!(pin, unpin))
         .merge(attachments::routes())
 }
 
@@ -190,4 +192,47 @@ async fn unreact(
     Ok(axum::Json(
         revise::unreact(&state, user.id, id, &emoji).await?,
     ))
+}
+
+/// Pin a message in its chat (idempotent): in a group the owner may, in a private chat either
+/// member; at most 50 pins per chat. Every member's devices learn it as a `message_updated`
+/// change (`pinned`) whose message carries `pinned_at`.
+#[utoipa::path(
+    put, path = "/chat/message/{id}/pin", tag = "chat",
+    security(("oauth2" = [])),
+    params(("id" = i64, Path, description = "Message id")),
+    responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
+        (status = 200, description = "The message, pinned", body = MessageOut),
+        (status = 403, description = "`not_allowed`: a group's member who is not its owner", body = ErrorBody),
+        (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
+        (status = 409, description = "`deleted`, or `too_many_pins`: 50 pinned already", body = ErrorBody),
+    )
+)]
+async fn pin(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<MessageOut>> {
+    Ok(axum::Json(revise::pin(&state, user.id, id, true).await?))
+}
+
+/// Unpin a message (idempotent); who may is as for pinning.
+#[utoipa::path(
+    delete, path = "/chat/message/{id}/pin", tag = "chat",
+    security(("oauth2" = [])),
+    params(("id" = i64, Path, description = "Message id")),
+    responses(
+        (status = 429, description = "`rate_limited`: over the per-user limit; wait `Retry-After` seconds", body = ErrorBody),
+        (status = 200, description = "The message, not pinned", body = MessageOut),
+        (status = 403, description = "`not_allowed`: a group's member who is not its owner", body = ErrorBody),
+        (status = 404, description = "No such message in a chat of the caller's", body = ErrorBody),
+    )
+)]
+async fn unpin(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<MessageOut>> {
+    Ok(axum::Json(revise::pin(&state, user.id, id, false).await?))
 }

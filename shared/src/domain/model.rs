@@ -44,6 +44,8 @@ pub(crate) const MAX_EMOJI_BYTES: usize = 32;
 pub const MAX_MENTIONS: usize = 50;
 /// Distinct reactions one message can carry; the next new one is refused with 409.
 pub(crate) const MAX_REACTIONS: usize = 20;
+/// Pinned messages per chat: a pin past it is refused (409 `too_many_pins`).
+pub const MAX_PINS: usize = 50;
 /// Reactors listed per reaction in [`Reaction::user_ids`]; `count` stays exact beyond it.
 pub const MAX_REACTORS_LISTED: usize = 100;
 
@@ -82,6 +84,9 @@ pub struct MessageOut {
     /// once; empty once the message is deleted. The text keeps its own form of the names.
     #[serde(default)]
     pub mentions: Vec<i64>,
+    /// When the message was pinned in its chat; null when it is not pinned.
+    #[serde(default)]
+    pub pinned_at: Option<DateTime<Utc>>,
 }
 
 /// A file sent with a message. The bytes are fetched through `GET /chat/attachments/{id}`
@@ -231,8 +236,8 @@ pub struct Change {
     #[schema(example = "message")]
     pub kind: String,
     pub chat_id: i64,
-    /// For `message_updated`: `edited`, `deleted`, `reaction_added`, `reaction_removed`; for
-    /// `member`: `joined` or `left`.
+    /// For `message_updated`: `edited`, `deleted`, `reaction_added`, `reaction_removed`,
+    /// `pinned`, `unpinned`; for `member`: `joined` or `left`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
     /// For `member`: who joined or left.

@@ -1,4 +1,4 @@
-//! Changes to messages that exist: edit, delete, react. Each is one change of the chat, with
+//! Changes to messages that exist: edit, delete, react, pin. Each is one change of the chat, with
 //! the chat's next rev, recorded in `chat_changes` and published as `message.updated`.
 //!
 //! Every change here runs the same way: the caller's standing is checked without a lock (so
@@ -18,7 +18,7 @@ use sqlx::{Postgres, Transaction};
 use crate::{
     domain::{
         error::{Error, Result},
-        model::{MAX_REACTIONS, MessageOut},
+        model::{MAX_PINS, MAX_REACTIONS, MessageOut},
         validate,
     },
     events::Event,
@@ -121,6 +121,39 @@ pub async fn unreact(
     let message =
         messages::refresh_reactions(&mut *tx, message_id, rev, user_id, "reaction_removed").await?;
     commit(state, tx, "reaction_removed", message).await
+}
+
+/// Pins or unpins a message (`pin`). In a group only the owner may (windi's groups have no
+/// other admin role); in a private chat either member. A deleted message cannot be pinned; a
+/// pin past [`MAX_PINS`] is refused with 409 `too_many_pins`. Pinning a pinned message (or
+/// unpinning one that is not) changes nothing.
+pub async fn pin(state: &AppState, user_id: i64, message_id: i64, pin: bool) -> Result<MessageOut> {
+    let allowed = |s: &Subject| {
+        if s.is_group && s.role != "owner" {
+            return Err(forbidden(
+                "not_allowed",
+                "only a group's owner can pin or unpin its messages",
+            ));
+        }
+        if pin && s.deleted {
+            return Err(deleted());
+        }
+        Ok(())
+    };
+    let (mut tx, subject, rev, _turn) = begin(state, message_id, user_id, allowed).await?;
+    if subject.pinned == pin {
+        return unchanged(state, tx, message_id, user_id).await;
+    }
+    // Counted under the chat's lock, so concurrent pins cannot pass the cap together.
+    if pin && messages::pinned_count(&mut *tx, subject.chat_id).await? >= MAX_PINS as i64 {
+        tx.rollback().await?;
+        return Err(Error::Conflict {
+            code: "too_many_pins",
+            detail: format!("message: a chat has at most {MAX_PINS} pinned messages; unpin one"),
+        });
+    }
+    let message = messages::set_pinned(&mut *tx, message_id, rev, user_id, pin).await?;
+    commit(state, tx, if pin { "pinned" } else { "unpinned" }, message).await
 }
 
 /// Checks the caller, takes the chat's next rev, and checks again under its lock.

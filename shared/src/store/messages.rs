@@ -12,7 +12,7 @@ macro_rules! message_columns {
     () => {
         "m.id, m.chat_id, m.seq, m.sender_id, m.text, m.created_at AS timestamp, m.dedup_key,
          m.rev, m.edited_at, m.deleted_at IS NOT NULL AS deleted, m.reply_to, m.reactions, m.attachments,
-         m.mentions,
+         m.mentions, m.pinned_at,
          NOT EXISTS (SELECT 1 FROM chat_members r
                      WHERE r.chat_id = m.chat_id AND r.user_id <> m.sender_id
                        AND r.shown_read_seq < m.seq) AS read"
@@ -181,6 +181,7 @@ pub(crate) struct Subject {
     pub chat_id: i64,
     pub sender_id: i64,
     pub deleted: bool,
+    pub pinned: bool,
     pub text: String,
     pub is_group: bool,
     /// The caller's role in the chat.
@@ -199,8 +200,8 @@ pub(crate) async fn subject(
     user_id: i64,
     lock: bool,
 ) -> sqlx::Result<Option<Subject>> {
-    const SUBJECT: &str =
-        "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted, m.text,
+    const SUBJECT: &str = "SELECT m.chat_id, m.sender_id, m.deleted_at IS NOT NULL AS deleted,
+                m.pinned_at IS NOT NULL AS pinned, m.text,
                 c.kind = 'group' AS is_group, me.role,
                 c.kind = 'private' AND EXISTS (SELECT 1 FROM blocks b
                     WHERE (b.blocker_id = c.private_low AND b.blocked_id = c.private_high)
@@ -219,6 +220,58 @@ pub(crate) async fn subject(
         .bind(user_id)
         .fetch_optional(db)
         .await
+}
+
+/// Pins (`pin`) or unpins a message, as change `rev`.
+pub(crate) async fn set_pinned(
+    db: impl PgExecutor<'_>,
+    message_id: i64,
+    rev: i64,
+    actor: i64,
+    pin: bool,
+) -> sqlx::Result<MessageOut> {
+    sqlx::query_as(concat!(
+        "WITH m AS (
+             UPDATE messages SET pinned_at = CASE WHEN $4 THEN now() END, rev = $2 WHERE id = $1
+             RETURNING *),
+         ch AS (
+             INSERT INTO chat_changes (chat_id, rev, kind, message_id, user_id)
+             SELECT chat_id, rev, CASE WHEN $4 THEN 'pinned' ELSE 'unpinned' END, id, $3 FROM m)
+         SELECT ",
+        message_columns!(),
+        " FROM m"
+    ))
+    .bind(message_id)
+    .bind(rev)
+    .bind(actor)
+    .bind(pin)
+    .fetch_one(db)
+    .await
+}
+
+/// How many messages of the chat are pinned (read under the chat's lock by a pin, so two
+/// cannot pass the cap together).
+pub(crate) async fn pinned_count(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM messages WHERE chat_id = $1 AND pinned_at IS NOT NULL")
+        .bind(chat_id)
+        .fetch_one(db)
+        .await
+}
+
+/// The pinned messages of a chat, newest pin first, at most
+/// [`crate::domain::model::MAX_PINS`] (the caller checked the reader is a member).
+pub async fn pinned(db: impl PgExecutor<'_>, chat_id: i64) -> sqlx::Result<Vec<MessageOut>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages m
+         WHERE m.chat_id = $1 AND m.pinned_at IS NOT NULL
+         ORDER BY m.pinned_at DESC, m.id DESC LIMIT $2"
+    ))
+    .bind(chat_id)
+    .bind(crate::domain::model::MAX_PINS as i64)
+    .fetch_all(db)
+    .await
 }
 
 /// New text for a message, as change `rev`.
@@ -261,7 +314,7 @@ pub async fn tombstone(
          unmentioned AS (DELETE FROM message_mentions WHERE message_id = $1),
          m AS (
              UPDATE messages SET text = '', deleted_at = now(), reactions = '[]', attachments = '[]',
-                 mentions = '{}', rev = $2
+                 mentions = '{}', pinned_at = NULL, rev = $2
              WHERE id = $1
              RETURNING *),
          ch AS (
