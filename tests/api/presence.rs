@@ -469,3 +469,49 @@ async fn presence_frames_are_batched_changes_of_contacts_and_a_crashed_relays_us
     );
     one.stop().await;
 }
+
+/// The client's `away` frame: stored, shown as `away` while online (over HTTP and in the
+/// contacts' `presence` frames), and cleared by `away: false`; a malformed one is refused with
+/// an error frame and the connection stays open.
+#[tokio::test]
+async fn an_away_frame_shows_the_user_away_to_contacts_until_they_are_back() {
+    use std::time::Duration;
+    use windi_tests::{relay_settings, ws::WsClient};
+    const SOON: Duration = Duration::from_secs(6);
+
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    app.group(&alice, &[&bob]).await;
+    let one = app.relay(relay_settings()).await;
+    let mut alices = WsClient::connect(one.addr, &alice.token).await;
+    let mut bobs = WsClient::connect(one.addr, &bob.token).await;
+    // The status of Bob that Alice's frames tell, waiting past his coming online.
+    async fn bob_shown(ws: &mut WsClient, bob: i64, want: &str) {
+        loop {
+            let frame = ws.expect("presence", SOON).await;
+            let mine = frame["presence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["user_id"] == bob)
+                .cloned();
+            if mine.is_some_and(|p| p["status"] == want) {
+                return;
+            }
+        }
+    }
+    bob_shown(&mut alices, bob.id, "online").await;
+
+    bobs.send(json!({"type": "away", "away": true})).await;
+    bob_shown(&mut alices, bob.id, "away").await;
+    assert_eq!(presence(&app, &alice, &[bob.id]).await[0].1, "away");
+
+    bobs.send(json!({"type": "away"})).await;
+    let refused = bobs.expect("error", SOON).await;
+    assert_eq!(refused["code"], "bad_frame", "{refused}");
+
+    bobs.send(json!({"type": "away", "away": false})).await;
+    bob_shown(&mut alices, bob.id, "online").await;
+    assert_eq!(presence(&app, &alice, &[bob.id]).await[0].1, "online");
+    one.stop().await;
+}

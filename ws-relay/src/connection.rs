@@ -730,6 +730,7 @@ impl Session {
                 self.send(recipient_id, chat_id, out).await
             }
             ClientFrame::Typing { chat_id } => self.typing(chat_id).await,
+            ClientFrame::Away { away } => self.away(away).await,
         }
     }
 
@@ -975,6 +976,29 @@ impl Session {
                 user_id: self.user_id,
             })
             .await;
+        Ok(())
+    }
+
+    /// The client says the user is away (or back): stored, and announced to their contacts
+    /// at once (a presence change like a connection's, batched on each receiving side).
+    /// Limited like typing, per user.
+    async fn away(&mut self, away: bool) -> Result<(), Closed> {
+        if let Err(e) = self.state.limits.typing.check(self.user_id) {
+            let body = ErrorBody::of(&e);
+            return self.error(&body.detail, &body.code).await;
+        }
+        let db = &self.state.db;
+        let done = async {
+            presence::set_away(db, self.user_id, away).await?;
+            crate::keeper::announce(db, &self.state.events, vec![self.user_id]).await
+        }
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "cannot set away");
+            return self
+                .error("away could not be stored; try again", "unavailable")
+                .await;
+        }
         Ok(())
     }
 

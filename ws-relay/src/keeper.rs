@@ -31,6 +31,26 @@ use crate::hub::Hub;
 /// disconnection waits before others can see it.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// Tells every relay what these users' presence is now, with their chats: each relay passes it
+/// to its connections in those chats. Users who hide theirs are not announced. (The keeper's
+/// writes, and a connection whose client said it is away or back.)
+pub async fn announce(db: &PgPool, bus: &Bus, mut users: Vec<i64>) -> sqlx::Result<()> {
+    users.sort_unstable();
+    users.dedup();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let shown = store::of_users(db, &users).await?;
+    let mut chats = store::chats_of(db, &users).await?;
+    for presence in shown {
+        if let Some(chat_ids) = chats.remove(&presence.user_id) {
+            bus.publish_ephemeral(Event::Presence { presence, chat_ids })
+                .await;
+        }
+    }
+    Ok(())
+}
+
 /// One relay's presence writer.
 #[derive(Debug)]
 pub struct Keeper {
@@ -162,24 +182,8 @@ impl Keeper {
         written.map(|()| changes.iter().map(|&(user_id, _)| user_id).collect())
     }
 
-    /// Tells every relay what these users' presence is now, with their chats: each relay
-    /// passes it to its connections in those chats. Users who hide theirs are not announced.
-    async fn announce(&self, mut users: Vec<i64>) -> sqlx::Result<()> {
-        users.sort_unstable();
-        users.dedup();
-        if users.is_empty() {
-            return Ok(());
-        }
-        let shown = store::of_users(&self.db, &users).await?;
-        let mut chats = store::chats_of(&self.db, &users).await?;
-        for presence in shown {
-            if let Some(chat_ids) = chats.remove(&presence.user_id) {
-                self.bus
-                    .publish_ephemeral(Event::Presence { presence, chat_ids })
-                    .await;
-            }
-        }
-        Ok(())
+    async fn announce(&self, users: Vec<i64>) -> sqlx::Result<()> {
+        announce(&self.db, &self.bus, users).await
     }
 
     /// The relay stops: its rows go now, its users last seen now, and every relay tells

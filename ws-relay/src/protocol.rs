@@ -46,6 +46,10 @@ pub enum ClientFrame {
         #[serde(default, deserialize_with = "whole::list")]
         mentions: Vec<i64>,
     },
+    /// "I am away" (`true`, e.g. the app went to the background) or "I am back" (`false`):
+    /// while online, the user's presence reads `away`. Kept until changed (a new connection
+    /// does not reset it).
+    Away { away: bool },
     /// "I am typing in this chat": relayed to the other members, never stored.
     Typing {
         #[serde(deserialize_with = "whole::one")]
