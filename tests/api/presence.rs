@@ -515,3 +515,25 @@ async fn an_away_frame_shows_the_user_away_to_contacts_until_they_are_back() {
     assert_eq!(presence(&app, &alice, &[bob.id]).await[0].1, "online");
     one.stop().await;
 }
+
+/// The same over NATS (as deployed): relays on one NATS tell each other's users.
+#[tokio::test]
+async fn presence_frames_cross_relays_over_nats() {
+    use std::time::Duration;
+    use windi_tests::{relay_settings, ws::WsClient};
+
+    let app = TestApp::spawn_with_nats().await;
+    let (alice, bob) = (app.user("Alice").await, app.user("Bob").await);
+    app.group(&alice, &[&bob]).await;
+    let (one, two) = (
+        app.relay(relay_settings()).await,
+        app.relay(relay_settings()).await,
+    );
+    let mut alices = WsClient::connect(one.addr, &alice.token).await;
+    let _bobs = WsClient::connect(two.addr, &bob.token).await;
+    let frame = alices.expect("presence", Duration::from_secs(6)).await;
+    assert_eq!(frame["presence"][0]["user_id"], bob.id, "{frame}");
+    assert_eq!(frame["presence"][0]["status"], "online", "{frame}");
+    one.stop().await;
+    two.stop().await;
+}

@@ -43,6 +43,7 @@ mod search;
 mod upload;
 
 mod pg_activity;
+mod presence;
 mod recovery;
 mod storm;
 
@@ -69,6 +70,7 @@ const SCENARIOS: &[&str] = &[
     "upload",
     "recovery",
     "storm",
+    "presence",
     "capacity",
 ];
 
@@ -83,7 +85,7 @@ const SCENARIOS: &[&str] = &[
 #[command(name = "windi-bench")]
 struct Cli {
     /// Scenarios to run: send, latency, fanout, connections, history, read-flag, search, chatlist,
-    /// login, upload, recovery, storm, capacity, or all.
+    /// login, upload, recovery, storm, presence, capacity, or all.
     #[arg(required = true, value_parser = scenario_name)]
     scenarios: Vec<String>,
     /// The CI smoke: tiny sizes, a few seconds per scenario (figures are real but noisy).
@@ -99,7 +101,8 @@ struct Cli {
     #[arg(long)]
     sockets: Option<usize>,
     /// `storm`: sockets that reconnect at once after the relay restarts (200 with --quick
-    /// unless given); an even multiple of 100.
+    /// unless given); an even multiple of 100. `presence`: the users connected, a multiple of
+    /// 100.
     #[arg(long)]
     storm_sockets: Option<usize>,
 }
@@ -126,6 +129,7 @@ async fn run_scenario(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         "upload" => upload::run(ctx).await,
         "recovery" => recovery::run(ctx).await,
         "storm" => storm::run(ctx).await,
+        "presence" => presence::run(ctx).await,
         // capacity reads the figures measured before it; see the loop in `run`.
         "capacity" => capacity::run(ctx, &[]).await,
         other => anyhow::bail!("unknown scenario {other}"),
