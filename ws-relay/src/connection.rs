@@ -109,6 +109,8 @@ struct Session {
     presence: Option<Batcher>,
     /// Whether the user shares read receipts: who does not sees no one else's `read` frames.
     receipts: bool,
+    /// Messages (chat, seq) written during a batch, noted as delivered once it is flushed.
+    handed: Vec<(i64, i64)>,
 }
 
 /// Removes the connection from the hub however the session ends.
@@ -173,6 +175,7 @@ pub async fn run(
         batching: false,
         presence: None,
         receipts: true,
+        handed: Vec::new(),
     };
     let (mut items, signals) = (registration.items, registration.signals);
 
@@ -404,7 +407,12 @@ impl Session {
         self.batching = false;
         done?;
         match tokio::time::timeout(self.settings.write_timeout, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if !self.handed.is_empty() {
+                    self.hub.note_delivered(self.user_id, self.handed.drain(..));
+                }
+                Ok(())
+            }
             Ok(Err(_)) => Err(Closed),
             Err(_) => {
                 Stats::add(&self.hub.stats.slow_consumers, 1);
@@ -781,11 +789,17 @@ impl Session {
     }
 
     /// A message was written to this device: its delivered receipt is noted (the keeper
-    /// writes it within a second). The sender's own messages need none.
-    fn handed(&self, message: &MessageOut) {
-        if message.sender_id != self.user_id {
-            self.hub
-                .note_delivered(message.chat_id, self.user_id, message.seq);
+    /// writes it within a second), once the bytes are flushed: at the end of a batch, or now
+    /// outside one (where each write flushes). The sender's own messages need none.
+    fn handed(&mut self, message: &MessageOut) {
+        if message.sender_id == self.user_id {
+            return;
+        }
+        let handed = (message.chat_id, message.seq);
+        if self.batching {
+            self.handed.push(handed);
+        } else {
+            self.hub.note_delivered(self.user_id, [handed]);
         }
     }
 

@@ -772,47 +772,35 @@ impl Hub {
                     if let Some((_, rev)) = event.change() {
                         route.seen = route.seen.max(rev);
                     }
-                    if let Event::MessageRead {
-                        user_id,
-                        last_read_seq,
-                        ..
-                    } = &*event
-                    {
-                        let seen = route.markers.entry(*user_id).or_default();
-                        if *last_read_seq <= *seen {
-                            // Passed on already (by the poller, or a repeated publish).
-                            return;
-                        }
-                        *seen = *last_read_seq;
+                    let fresh = match &*event {
+                        Event::MessageRead {
+                            user_id,
+                            last_read_seq,
+                            ..
+                        } => advance(&mut route.markers, *user_id, *last_read_seq),
+                        Event::MessageDelivered {
+                            user_id,
+                            delivered_seq,
+                            ..
+                        } => advance(&mut route.delivered, *user_id, *delivered_seq),
+                        _ => true,
+                    };
+                    if !fresh {
+                        // Passed on already (by the poller, or a repeated publish).
+                        return;
                     }
-                    if let Event::MessageDelivered {
-                        user_id,
-                        delivered_seq,
-                        senders,
-                        ..
-                    } = &*event
-                    {
-                        let seen = route.delivered.entry(*user_id).or_default();
-                        if *delivered_seq <= *seen {
-                            return;
-                        }
-                        *seen = *delivered_seq;
-                        if !senders.is_empty() {
-                            // Only the senders' devices: O(their devices), not O(members).
-                            let targets: Vec<_> = senders
-                                .iter()
-                                .filter_map(|s| users.get(s))
-                                .flat_map(|r| r.conns.iter())
-                                .filter(|c| route.conns.contains(c))
-                                .filter_map(|c| conns.get(c))
-                                .map(|e| (e.tx.clone(), e.signals.clone()))
-                                .collect();
-                            drop(tables);
-                            deliver(targets, &Arc::new(Live::new(event)));
-                            return;
-                        }
+                    match &*event {
+                        // Only the senders' devices: O(their devices), not O(members).
+                        Event::MessageDelivered { senders, .. } if !senders.is_empty() => senders
+                            .iter()
+                            .filter_map(|s| users.get(s))
+                            .flat_map(|r| r.conns.iter())
+                            .filter(|c| route.conns.contains(c))
+                            .filter_map(|c| conns.get(c))
+                            .map(|e| (e.tx.clone(), e.signals.clone()))
+                            .collect(),
+                        _ => queues(conns, route.conns.iter()),
                     }
-                    queues(conns, route.conns.iter())
                 };
                 let live = Arc::new(Live::new(event));
                 deliver(targets, &live);
@@ -993,75 +981,79 @@ impl Hub {
         }
     }
 
-    /// Passes on the markers of routed chats that moved further than their events said: a
-    /// lost `message.read` reaches connected members within the poll bound, like a change.
+    /// Passes on the read markers of routed chats that moved further than their events said:
+    /// a lost `message.read` reaches connected members within the poll bound, like a change.
     fn markers_moved(&self, rows: &[MarkerCommitted]) {
-        let mut missed = Vec::new();
-        {
-            let mut tables = self.tables();
-            for row in rows {
-                let Some(route) = tables.chats.get_mut(&row.chat_id) else {
-                    continue;
-                };
-                let seen = route.markers.get(&row.user_id).copied().unwrap_or_default();
-                if row.last_read_seq > seen {
-                    missed.push(Event::MessageRead {
-                        chat_id: row.chat_id,
-                        user_id: row.user_id,
-                        last_read_seq: row.last_read_seq,
-                        rev: route.seen,
-                        hidden: row.hidden,
-                    });
-                }
-            }
-        }
-        // Dispatched like a live event, which records the marker as seen.
-        for event in missed {
-            Stats::add(&self.stats.markers_recovered, 1);
-            self.dispatch(Arc::new(event));
-        }
+        self.recover_markers(
+            rows,
+            |r| (r.chat_id, r.user_id, r.last_read_seq),
+            |route| &route.markers,
+            |r, rev| Event::MessageRead {
+                chat_id: r.chat_id,
+                user_id: r.user_id,
+                last_read_seq: r.last_read_seq,
+                rev,
+                hidden: r.hidden,
+            },
+            &self.stats.markers_recovered,
+        );
     }
 
-    /// Passes on the delivered markers of routed chats that moved further than their events
-    /// said, to every connection of the chat (who sent what is not known here; the rare path).
+    /// The same for delivered markers, told to every connection of the chat (who sent what is
+    /// not known here; the rare path).
     fn delivered_moved(&self, rows: &[DeliveredCommitted]) {
-        let mut missed = Vec::new();
-        {
-            let mut tables = self.tables();
-            for row in rows {
-                let Some(route) = tables.chats.get_mut(&row.chat_id) else {
-                    continue;
-                };
-                let seen = route
-                    .delivered
-                    .get(&row.user_id)
-                    .copied()
-                    .unwrap_or_default();
-                if row.delivered_seq > seen {
-                    missed.push(Event::MessageDelivered {
-                        chat_id: row.chat_id,
-                        user_id: row.user_id,
-                        delivered_seq: row.delivered_seq,
-                        rev: route.seen,
-                        senders: Vec::new(),
-                    });
-                }
-            }
-        }
+        self.recover_markers(
+            rows,
+            |r| (r.chat_id, r.user_id, r.delivered_seq),
+            |route| &route.delivered,
+            |r, rev| Event::MessageDelivered {
+                chat_id: r.chat_id,
+                user_id: r.user_id,
+                delivered_seq: r.delivered_seq,
+                rev,
+                senders: Vec::new(),
+            },
+            &self.stats.delivered_recovered,
+        );
+    }
+
+    /// One marker kind's recovery: each row, as (chat, user, seq), of a routed chat whose seq
+    /// is past what the route has `seen` of that member becomes `event` at the route's rev,
+    /// dispatched like a live event (which records it as seen), and is counted.
+    fn recover_markers<R>(
+        &self,
+        rows: &[R],
+        key: impl Fn(&R) -> (i64, i64, i64),
+        seen: fn(&Route) -> &HashMap<i64, i64>,
+        event: impl Fn(&R, i64) -> Event,
+        recovered: &AtomicU64,
+    ) {
+        let missed: Vec<Event> = {
+            let tables = self.tables();
+            rows.iter()
+                .filter_map(|row| {
+                    let (chat_id, user_id, seq) = key(row);
+                    let route = tables.chats.get(&chat_id)?;
+                    let known = seen(route).get(&user_id).copied().unwrap_or_default();
+                    (seq > known).then(|| event(row, route.seen))
+                })
+                .collect()
+        };
         for event in missed {
-            Stats::add(&self.stats.delivered_recovered, 1);
+            Stats::add(recovered, 1);
             self.dispatch(Arc::new(event));
         }
     }
 
-    /// Message `seq` of `chat_id` was handed to a device of `user_id` (see [`crate::receipts`]).
-    pub fn note_delivered(&self, chat_id: i64, user_id: i64, seq: i64) {
+    /// These messages (chat, seq) reached a device of `user_id` (see [`crate::receipts`]): one
+    /// lock for a connection's whole batch.
+    pub fn note_delivered(&self, user_id: i64, handed: impl IntoIterator<Item = (i64, i64)>) {
         let mut pending = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
         let dropped = pending.dropped;
-        pending.note(chat_id, user_id, seq);
-        if pending.dropped > dropped {
-            Stats::add(&self.stats.receipts_dropped, 1);
+        for (chat_id, seq) in handed {
+            pending.note(chat_id, user_id, seq);
         }
+        Stats::add(&self.stats.receipts_dropped, pending.dropped - dropped);
     }
 
     /// Every delivered note since the last call, for the keeper to write.
@@ -1214,6 +1206,16 @@ fn signals_of<'a>(
     ids.filter_map(|c| conns.get(c))
         .map(|e| e.signals.clone())
         .collect()
+}
+
+/// Records `seq` as the highest marker seen of `user_id`; false if it is not past it (a repeat).
+fn advance(seen: &mut HashMap<i64, i64>, user_id: i64, seq: i64) -> bool {
+    let at = seen.entry(user_id).or_default();
+    if seq <= *at {
+        return false;
+    }
+    *at = seq;
+    true
 }
 
 /// Fills the queues outside the lock. A full queue means the client is not keeping up: it is
