@@ -1028,6 +1028,25 @@ pub async fn wait_count(
 
 /// Opens the private chat of users 2k and 2k+1 for every k (one first message each, from 2k,
 /// in order); answers the chat ids, chat k at index k.
+/// Puts `users` in groups of `size`, in order, the first of each its owner; answers each
+/// group's chat id and its owner's token.
+pub async fn groups_of(
+    api: &Api,
+    users: &[User],
+    size: usize,
+    name: &str,
+) -> anyhow::Result<Vec<(i64, String)>> {
+    let mut groups = Vec::with_capacity(users.len().div_ceil(size));
+    for (g, members) in users.chunks(size).enumerate() {
+        let others: Vec<i64> = members[1..].iter().map(|u| u.id).collect();
+        let chat = api
+            .group(&members[0].token, &format!("{name} {g}"), &others)
+            .await?;
+        groups.push((chat, members[0].token.clone()));
+    }
+    Ok(groups)
+}
+
 pub async fn private_chats(api: &Api, users: &[User]) -> anyhow::Result<Vec<i64>> {
     let mut chats = Vec::with_capacity(users.len() / 2);
     for (k, pair) in users.chunks_exact(2).enumerate() {

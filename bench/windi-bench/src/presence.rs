@@ -29,7 +29,9 @@ use futures::{StreamExt, stream};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    harness::{Api, Ctx, RelayMode, User, Windi, WindiOptions, Ws, bulk_users, raise_open_files},
+    harness::{
+        Api, Ctx, RelayMode, User, Windi, WindiOptions, Ws, bulk_users, groups_of, raise_open_files,
+    },
     report::{Figure, Target},
 };
 
@@ -75,11 +77,7 @@ impl Side {
         .await?;
         let api: Api = windi.api(ctx);
         let users = bulk_users(&windi, &api, n, tag).await?;
-        for (g, members) in users.chunks(group).enumerate() {
-            let others: Vec<i64> = members[1..].iter().map(|u| u.id).collect();
-            api.group(&members[0].token, &format!("presence {g}"), &others)
-                .await?;
-        }
+        groups_of(&api, &users, group, "presence").await?;
         Ok(Self {
             windi,
             users,

@@ -42,8 +42,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     harness::{
-        Api, Ctx, RelayMode, To, User, Windi, WindiOptions, Ws, bulk_users, marked, private_chats,
-        raise_open_files,
+        Api, Ctx, RelayMode, To, User, Windi, WindiOptions, Ws, bulk_users, groups_of, marked,
+        private_chats, raise_open_files,
     },
     pg_activity::{self, Sampler, recovery_counters},
     report::{Figure, quantile},
@@ -97,14 +97,7 @@ impl Side {
         let api = windi.api(ctx);
         let users = bulk_users(&windi, &api, n, tag).await?;
         private_chats(&api, &users).await?;
-        let mut groups = Vec::with_capacity(n / group);
-        for (g, members) in users.chunks(group).enumerate() {
-            let others: Vec<i64> = members[1..].iter().map(|u| u.id).collect();
-            let chat = api
-                .group(&members[0].token, &format!("storm {g}"), &others)
-                .await?;
-            groups.push((chat, members[0].token.clone()));
-        }
+        let groups = groups_of(&api, &users, group, "storm").await?;
         Ok(Self {
             windi,
             api,
