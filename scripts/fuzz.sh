@@ -96,11 +96,12 @@ curl -sf -X PUT "$api/chat/message/1/reactions/%F0%9F%91%8D" "${auth[@]}" >/dev/
 #   GET /users/search, PATCH /auth/me             a name or query without control characters
 #   GET /chat/search          q must hold a word (a letter or digit, not only -excluded ones)
 #                             and at most 12 terms
+#   PUT /users/{id}/block     the id is not the caller's own
 cat >"$out/schemathesis.toml" <<TOML
 $(for op in "POST /chat/message" "GET /chat/history/{chat_id}" "POST /chat/group" \
   "POST /chat/group/{chat_id}/members" "DELETE /chat/group/{chat_id}/members/{user_id}" \
   "PUT /chat/message/{id}/reactions/{emoji}" "DELETE /chat/message/{id}/reactions/{emoji}" \
-  "GET /users/search" "PATCH /auth/me" "GET /chat/search"; do
+  "GET /users/search" "PATCH /auth/me" "GET /chat/search" "PUT /users/{id}/block"; do
   printf '[[operations]]\ninclude-name = "%s"\n' "$op"
   printf 'checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]\n\n'
 done)

@@ -96,7 +96,7 @@ async fn message_receipts(
 }
 
 /// Mute a chat, or choose which of its messages notify the caller. A field left out stays as it
-/// is; `"muted_until": null` unmutes. The settings are the caller's own: other members see
+/// is; `"muted_until": null` (or a time already past) unmutes. The settings are the caller's own: other members see
 /// nothing of them.
 #[utoipa::path(
     patch, path = "/chat/{chat_id}/settings", tag = "chat",
@@ -106,7 +106,7 @@ async fn message_receipts(
     responses(
         (status = 200, description = "The caller's settings of the chat, after the change", body = ChatSettings),
         (status = 404, description = "No such chat of the caller's", body = ErrorBody),
-        (status = 422, description = "`muted_until` is not a future RFC 3339 time, \"forever\" or null; `notify` is not `all`, `mentions` or `none`", body = ErrorBody),
+        (status = 422, description = "`muted_until` is not an RFC 3339 time, \"forever\" or null; `notify` is not `all`, `mentions` or `none`", body = ErrorBody),
     )
 )]
 async fn update_settings(
@@ -115,17 +115,14 @@ async fn update_settings(
     Path(chat_id): Path<i64>,
     Json(patch): Json<ChatSettingsPatch>,
 ) -> Result<axum::Json<ChatSettings>> {
-    if let Some(Some(MutedUntil::Until(at))) = patch.muted_until
-        && at <= chrono::Utc::now()
-    {
-        return Err(Error::invalid(
-            "muted_until",
-            "must be in the future (null unmutes)",
-        ));
-    }
-    let settings =
-        members::update_settings(&state.db, chat_id, user.id, patch.muted_until, patch.notify)
-            .await?
-            .ok_or(Error::NotFound("chat"))?;
+    // A time already past is stored as no mute at all (it reads the same, and a year Postgres
+    // cannot hold, such as 0000, never reaches it).
+    let muted_until = match patch.muted_until {
+        Some(Some(MutedUntil::Until(at))) if at <= chrono::Utc::now() => Some(None),
+        other => other,
+    };
+    let settings = members::update_settings(&state.db, chat_id, user.id, muted_until, patch.notify)
+        .await?
+        .ok_or(Error::NotFound("chat"))?;
     Ok(axum::Json(settings))
 }

@@ -546,12 +546,33 @@ impl Notify {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatSettingsPatch {
-    /// An RFC 3339 time (in the future), `"forever"`, or null to unmute.
+    /// An RFC 3339 time, `"forever"`, or null to unmute. A time already past unmutes too: a
+    /// mute "until 09:00" sent at 09:00:01 is over, not an error.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, example = "2026-12-31T09:00:00Z")]
+    #[schema(schema_with = muted_until_schema, example = "2026-12-31T09:00:00Z")]
     pub muted_until: Option<Option<MutedUntil>>,
     #[serde(default)]
     pub notify: Option<Notify>,
+}
+
+/// `muted_until`'s schema: a date-time, the word `"forever"`, or null (what
+/// [`MutedUntil`]'s reader takes, so a fuzzer's date-time is a valid patch).
+fn muted_until_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["forever"])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// A field that is present (maybe null) is `Some`; an absent one stays `None` by `default`.

@@ -75,8 +75,13 @@ impl Visibility {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PresenceQuery {
-    /// User ids, comma-separated: `ids=1,2,3` (at most 200).
-    #[param(example = "2,3")]
+    /// User ids, comma-separated: `ids=1,2,3` (at least one, at most 200; a repeat counts
+    /// once).
+    #[param(
+        example = "2,3",
+        min_length = 1,
+        pattern = "^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17}){0,199}$"
+    )]
     pub ids: String,
 }
 

@@ -7,8 +7,11 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Request},
     http::{HeaderMap, header, request::Parts},
 };
-use serde::de::DeserializeOwned;
+use serde::de::{
+    Deserialize, DeserializeOwned, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer,
+};
 use std::{
+    marker::PhantomData,
     net::{IpAddr, SocketAddr},
     time::Instant,
 };
@@ -19,10 +22,45 @@ use crate::{
     store::sessions,
 };
 
-/// `axum::Json` with our rejection.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(Error))]
+/// `axum::Json` with our rejection, taking a JSON object only. serde lets a struct be read from
+/// an array of its fields in order (`[null, null]` would be a valid settings patch), which no
+/// client means and the API's schema does not allow: every request body here is an object.
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(Object(value)) = axum::Json::<Object<T>>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A `T` read from a JSON object and nothing else: the object's entries go straight to `T`'s
+/// own deserializer (no copy, serde_json's positions in the errors), anything else is the
+/// error "expected a JSON object".
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Only(PhantomData)).map(Object)
+    }
+}
 
 /// `axum::extract::Path` with our rejection.
 #[derive(Debug, FromRequestParts)]
@@ -53,7 +91,7 @@ where
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
         if is_json {
-            let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+            let Json(value) = Json::<T>::from_request(req, state).await?;
             Ok(Self(value))
         } else {
             let axum::Form(value) = axum::Form::<T>::from_request(req, state).await?;
